@@ -1,0 +1,401 @@
+//! The deterministic key/value state machine: no I/O, no clock, no randomness.
+
+use super::command::*;
+use super::dedup::{ClientWindow, DedupTable, Seen};
+use super::event::{Event, EventKind};
+use super::hlc::Hlc;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+/// One key's stored state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub value: Bytes,
+    /// Log index of the last change (the Dapr ETag).
+    pub revision: u64,
+    pub create_revision: u64,
+    pub version: Hlc,
+    pub expires_at_ms: Option<u64>,
+    /// AIO fencing token protecting the key, once a write set one.
+    pub fencing: Option<Hlc>,
+}
+
+impl Entry {
+    pub fn meta(&self) -> Meta {
+        Meta {
+            revision: self.revision,
+            create_revision: self.create_revision,
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// What changed since the store last persisted, so disk mode writes only that.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub keys: BTreeSet<Bytes>,
+    pub clients: BTreeSet<u64>,
+}
+
+/// Keys, versions and the dedup table: everything the replicas agree on.
+#[derive(Debug, Default)]
+pub struct StateMachine {
+    keys: BTreeMap<Bytes, Entry>,
+    /// `(expires_at_ms, key)` for every key with a TTL, soonest first.
+    expiry: BTreeSet<(u64, Bytes)>,
+    /// The last version issued: new versions always exceed it.
+    last_version: Hlc,
+    dedup: DedupTable,
+    dirty: Dirty,
+}
+
+impl StateMachine {
+    /// Applies the command at log index `revision`.
+    pub fn apply(&mut self, revision: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
+        let mut events = Vec::new();
+        if let Some(client) = cmd.client {
+            match self.dedup.check(client) {
+                Seen::Applied(r) => return (r.clone(), events),
+                Seen::Forgotten => {
+                    let outcome = Outcome::Op(OpResult::Rejected(Rejection::DuplicateUnknown));
+                    return (CommandResult { revision, outcome }, events);
+                }
+                Seen::New => {}
+            }
+        }
+        let mut cx = Apply {
+            sm: self,
+            revision,
+            now_ms: cmd.now_ms,
+            events: &mut events,
+        };
+        let outcome = cx.op(&cmd.op);
+        let result = CommandResult { revision, outcome };
+        if let Some(client) = cmd.client {
+            if let Some(evicted) = self.dedup.record(client, result.clone()) {
+                self.dirty.clients.insert(evicted);
+            }
+            self.dirty.clients.insert(client.client_id);
+        }
+        (result, events)
+    }
+
+    /// The live entry for `key` at `now_ms`.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        self.keys.get(key).filter(|e| e.is_live(now_ms))
+    }
+
+    /// Up to `limit` live entries under `prefix`, strictly after `after`.
+    pub fn list(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+        now_ms: u64,
+    ) -> Vec<(Bytes, Entry)> {
+        let start = if after.is_empty() || after < prefix {
+            Bound::Included(Bytes::copy_from_slice(prefix))
+        } else {
+            Bound::Excluded(Bytes::copy_from_slice(after))
+        };
+        self.keys
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.is_live(now_ms))
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// The soonest expiry time of any key, for the leader's reaper.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn last_version(&self) -> Hlc {
+        self.last_version
+    }
+
+    pub fn dedup(&self) -> &DedupTable {
+        &self.dedup
+    }
+
+    /// Takes the set of keys and clients changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn raw_entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.keys.get(key)
+    }
+
+    pub fn client_window(&self, client_id: u64) -> Option<&ClientWindow> {
+        self.dedup.window_of(client_id)
+    }
+
+    /// Rebuilds a state machine from stored parts (disk or snapshot).
+    pub fn from_parts(
+        keys: impl IntoIterator<Item = (Bytes, Entry)>,
+        last_version: Hlc,
+        dedup: DedupTable,
+    ) -> Self {
+        let keys: BTreeMap<Bytes, Entry> = keys.into_iter().collect();
+        let expiry = keys
+            .iter()
+            .filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone())))
+            .collect();
+        Self {
+            keys,
+            expiry,
+            last_version,
+            dedup,
+            dirty: Dirty::default(),
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.keys.iter()
+    }
+
+    fn insert(&mut self, key: Bytes, entry: Entry) {
+        if let Some(old) = self.keys.get(&key) {
+            if let Some(t) = old.expires_at_ms {
+                self.expiry.remove(&(t, key.clone()));
+            }
+        }
+        if let Some(t) = entry.expires_at_ms {
+            self.expiry.insert((t, key.clone()));
+        }
+        self.dirty.keys.insert(key.clone());
+        self.keys.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &Bytes) -> Option<Entry> {
+        let old = self.keys.remove(key)?;
+        if let Some(t) = old.expires_at_ms {
+            self.expiry.remove(&(t, key.clone()));
+        }
+        self.dirty.keys.insert(key.clone());
+        Some(old)
+    }
+}
+
+/// One command being applied.
+struct Apply<'a> {
+    sm: &'a mut StateMachine,
+    revision: u64,
+    now_ms: u64,
+    events: &'a mut Vec<Event>,
+}
+
+impl Apply<'_> {
+    fn op(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Put(p) => Outcome::Op(self.put(p)),
+            Op::Delete(d) => Outcome::Op(self.delete(d)),
+            Op::Batch(ops) => Outcome::Batch(ops.iter().map(|o| self.item(o)).collect()),
+            Op::Txn(ops) => self.txn(ops),
+            Op::Expire => Outcome::Expired {
+                count: self.expire_due(),
+            },
+        }
+    }
+
+    fn item(&mut self, op: &TxnOp) -> OpResult {
+        match op {
+            TxnOp::Put(p) => self.put(p),
+            TxnOp::Delete(d) => self.delete(d),
+        }
+    }
+
+    /// Checks every condition against the state before the transaction, then applies all.
+    fn txn(&mut self, ops: &[TxnOp]) -> Outcome {
+        for op in ops {
+            self.expire_key(op.key());
+        }
+        let checks: Vec<OpResult> = ops.iter().map(|o| self.precheck(o)).collect();
+        if let Some(failed) = checks.iter().position(|r| {
+            !matches!(
+                r,
+                OpResult::Put { applied: true, .. }
+                    | OpResult::Delete(DeleteOutcome::Deleted | DeleteOutcome::NotFound)
+            )
+        }) {
+            return Outcome::Txn {
+                succeeded: false,
+                failed: Some(failed as u32),
+                results: checks,
+            };
+        }
+        let results = ops.iter().map(|o| self.item(o)).collect();
+        Outcome::Txn {
+            succeeded: true,
+            failed: None,
+            results,
+        }
+    }
+
+    /// What `item` would answer, without changing anything.
+    fn precheck(&self, op: &TxnOp) -> OpResult {
+        let (key, fencing) = match op {
+            TxnOp::Put(p) => (&p.key, p.fencing),
+            TxnOp::Delete(d) => (&d.key, d.fencing),
+        };
+        let current = self.sm.keys.get(key);
+        if let Err(r) = check_fencing(current, fencing) {
+            return OpResult::Rejected(r);
+        }
+        match op {
+            TxnOp::Put(p) => OpResult::Put {
+                applied: put_allowed(current, p),
+                meta: None,
+            },
+            TxnOp::Delete(d) => OpResult::Delete(delete_outcome(current, &d.condition)),
+        }
+    }
+
+    fn put(&mut self, p: &Put) -> OpResult {
+        self.expire_key(&p.key);
+        let current = self.sm.keys.get(&p.key);
+        let fencing = match check_fencing(current, p.fencing) {
+            Ok(f) => f,
+            Err(r) => return OpResult::Rejected(r),
+        };
+        if !put_allowed(current, p) {
+            return OpResult::Put {
+                applied: false,
+                meta: current.map(Entry::meta),
+            };
+        }
+        let create_revision = current.map_or(self.revision, |e| e.create_revision);
+        let version = self.next_version(p.client_ts);
+        let entry = Entry {
+            value: p.value.clone(),
+            revision: self.revision,
+            create_revision,
+            version,
+            expires_at_ms: p.ttl_ms.map(|t| self.now_ms.saturating_add(t)),
+            fencing,
+        };
+        let meta = entry.meta();
+        self.event(&p.key, EventKind::Put, p.value.clone(), version, false);
+        self.sm.insert(p.key.clone(), entry);
+        OpResult::Put {
+            applied: true,
+            meta: Some(meta),
+        }
+    }
+
+    fn delete(&mut self, d: &Delete) -> OpResult {
+        self.expire_key(&d.key);
+        let current = self.sm.keys.get(&d.key);
+        if let Err(r) = check_fencing(current, d.fencing) {
+            return OpResult::Rejected(r);
+        }
+        let outcome = delete_outcome(current, &d.condition);
+        if outcome == DeleteOutcome::Deleted {
+            self.sm.remove(&d.key);
+            let version = self.next_version(None);
+            self.event(&d.key, EventKind::Delete, Bytes::new(), version, false);
+        }
+        OpResult::Delete(outcome)
+    }
+
+    /// Removes `key` first if it expired by this command's time, with its DELETE event.
+    fn expire_key(&mut self, key: &Bytes) {
+        if self
+            .sm
+            .keys
+            .get(key)
+            .is_some_and(|e| !e.is_live(self.now_ms))
+        {
+            self.sm.remove(key);
+            let version = self.next_version(None);
+            self.event(key, EventKind::Delete, Bytes::new(), version, true);
+        }
+    }
+
+    fn expire_due(&mut self) -> u32 {
+        let due: Vec<Bytes> = self
+            .sm
+            .expiry
+            .iter()
+            .take_while(|(t, _)| *t <= self.now_ms)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in &due {
+            self.expire_key(key);
+        }
+        due.len() as u32
+    }
+
+    fn next_version(&mut self, client_ts: Option<Hlc>) -> Hlc {
+        let v = self.sm.last_version.next(self.now_ms, client_ts);
+        self.sm.last_version = v;
+        v
+    }
+
+    fn event(&mut self, key: &Bytes, kind: EventKind, value: Bytes, version: Hlc, expired: bool) {
+        let revision = self.revision;
+        self.events.push(Event {
+            revision,
+            key: key.clone(),
+            kind,
+            value,
+            version,
+            expired,
+        });
+    }
+}
+
+/// The AIO fencing rule: once a key has a token, writes need one at least as new.
+/// Returns the token to store with the key.
+fn check_fencing(current: Option<&Entry>, token: Option<Hlc>) -> Result<Option<Hlc>, Rejection> {
+    match (current.and_then(|e| e.fencing), token) {
+        (None, t) => Ok(t),
+        (Some(_), None) => Err(Rejection::FencingRequired),
+        (Some(stored), Some(t)) if t < stored => Err(Rejection::FencingStale),
+        (Some(_), Some(t)) => Ok(Some(t)),
+    }
+}
+
+fn put_allowed(current: Option<&Entry>, p: &Put) -> bool {
+    match p.condition {
+        PutCondition::Always => true,
+        PutCondition::IfRevision(0) => current.is_none(),
+        PutCondition::IfRevision(r) => current.is_some_and(|e| e.revision == r),
+        PutCondition::IfAbsent => current.is_none(),
+        PutCondition::IfAbsentOrEqual => current.is_none_or(|e| e.value == p.value),
+    }
+}
+
+fn delete_outcome(current: Option<&Entry>, condition: &DeleteCondition) -> DeleteOutcome {
+    let Some(e) = current else {
+        return DeleteOutcome::NotFound;
+    };
+    let holds = match condition {
+        DeleteCondition::Always => true,
+        DeleteCondition::IfRevision(r) => e.revision == *r,
+        DeleteCondition::IfValue(v) => e.value == *v,
+    };
+    if holds {
+        DeleteOutcome::Deleted
+    } else {
+        DeleteOutcome::ConditionFailed
+    }
+}

@@ -1,0 +1,416 @@
+use super::*;
+use bytes::Bytes;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str) -> Put {
+    Put {
+        key: b(key),
+        value: b(value),
+        ttl_ms: None,
+        condition: PutCondition::Always,
+        fencing: None,
+        client_ts: None,
+    }
+}
+
+fn del(key: &str) -> Delete {
+    Delete {
+        key: b(key),
+        condition: DeleteCondition::Always,
+        fencing: None,
+    }
+}
+
+fn cmd(now_ms: u64, op: Op) -> Command {
+    Command {
+        client: None,
+        now_ms,
+        op,
+    }
+}
+
+fn op_result(r: &CommandResult) -> &OpResult {
+    match &r.outcome {
+        Outcome::Op(o) => o,
+        other => panic!("not a single op: {other:?}"),
+    }
+}
+
+#[test]
+fn put_assigns_revision_and_growing_versions() {
+    let mut sm = StateMachine::default();
+    let (r1, ev1) = sm.apply(5, &cmd(1000, Op::Put(put("k", "a"))));
+    let (_, _) = sm.apply(6, &cmd(1000, Op::Put(put("k", "b"))));
+    let e = sm.get(b"k", 1000).unwrap();
+    assert_eq!(
+        (e.revision, e.create_revision, &e.value[..]),
+        (6, 5, &b"b"[..])
+    );
+    assert_eq!(r1.revision, 5);
+    assert_eq!(ev1[0].kind, EventKind::Put);
+    assert!(e.version > ev1[0].version);
+}
+
+#[test]
+fn if_revision_compares_and_sets() {
+    let mut sm = StateMachine::default();
+    let mut p = put("k", "a");
+    p.condition = PutCondition::IfRevision(0);
+    assert!(matches!(
+        op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0),
+        OpResult::Put { applied: true, .. }
+    ));
+    assert!(matches!(
+        op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0),
+        OpResult::Put { applied: false, .. }
+    ));
+    p.condition = PutCondition::IfRevision(1);
+    p.value = b("b");
+    assert!(matches!(
+        op_result(&sm.apply(3, &cmd(0, Op::Put(p))).0),
+        OpResult::Put { applied: true, .. }
+    ));
+    assert_eq!(sm.get(b"k", 0).unwrap().value, b("b"));
+}
+
+#[test]
+fn nx_and_nex() {
+    let mut sm = StateMachine::default();
+    let mut p = put("lock", "A");
+    p.condition = PutCondition::IfAbsentOrEqual;
+    let applied = |sm: &mut StateMachine, rev, p: &Put| {
+        matches!(
+            op_result(&sm.apply(rev, &cmd(0, Op::Put(p.clone()))).0),
+            OpResult::Put { applied: true, .. }
+        )
+    };
+    assert!(applied(&mut sm, 1, &p));
+    assert!(applied(&mut sm, 2, &p), "NEX renews the holder's own value");
+    p.value = b("B");
+    assert!(!applied(&mut sm, 3, &p));
+    p.condition = PutCondition::IfAbsent;
+    assert!(!applied(&mut sm, 4, &p));
+}
+
+#[test]
+fn vdel_checks_value() {
+    let mut sm = StateMachine::default();
+    sm.apply(1, &cmd(0, Op::Put(put("k", "v"))));
+    let mut d = del("k");
+    d.condition = DeleteCondition::IfValue(b("x"));
+    assert_eq!(
+        op_result(&sm.apply(2, &cmd(0, Op::Delete(d.clone()))).0),
+        &OpResult::Delete(DeleteOutcome::ConditionFailed)
+    );
+    d.condition = DeleteCondition::IfValue(b("v"));
+    assert_eq!(
+        op_result(&sm.apply(3, &cmd(0, Op::Delete(d.clone()))).0),
+        &OpResult::Delete(DeleteOutcome::Deleted)
+    );
+    assert_eq!(
+        op_result(&sm.apply(4, &cmd(0, Op::Delete(d))).0),
+        &OpResult::Delete(DeleteOutcome::NotFound)
+    );
+}
+
+#[test]
+fn ttl_hides_then_expire_deletes_with_event() {
+    let mut sm = StateMachine::default();
+    let mut p = put("k", "v");
+    p.ttl_ms = Some(100);
+    sm.apply(1, &cmd(1000, Op::Put(p)));
+    assert!(sm.get(b"k", 1099).is_some());
+    assert!(
+        sm.get(b"k", 1100).is_none(),
+        "expired keys are never returned"
+    );
+    assert_eq!(sm.next_expiry(), Some(1100));
+    let (r, ev) = sm.apply(2, &cmd(1100, Op::Expire));
+    assert_eq!(r.outcome, Outcome::Expired { count: 1 });
+    assert_eq!((ev[0].kind, ev[0].expired), (EventKind::Delete, true));
+    assert!(sm.is_empty());
+    assert_eq!(sm.next_expiry(), None);
+}
+
+#[test]
+fn nx_treats_expired_key_as_absent() {
+    let mut sm = StateMachine::default();
+    let mut p = put("lease", "A");
+    p.ttl_ms = Some(10);
+    p.condition = PutCondition::IfAbsent;
+    sm.apply(1, &cmd(0, Op::Put(p.clone())));
+    p.value = b("B");
+    let (r, ev) = sm.apply(2, &cmd(10, Op::Put(p)));
+    assert!(matches!(op_result(&r), OpResult::Put { applied: true, .. }));
+    assert_eq!(ev.len(), 2, "expiry delete, then the put");
+    assert!(ev[0].expired);
+}
+
+#[test]
+fn fencing_tokens() {
+    let mut sm = StateMachine::default();
+    let mut p = put("k", "v");
+    p.fencing = Some(Hlc::new(10, 0));
+    assert!(matches!(
+        op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0),
+        OpResult::Put { applied: true, .. }
+    ));
+    p.fencing = None;
+    assert_eq!(
+        op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0),
+        &OpResult::Rejected(Rejection::FencingRequired)
+    );
+    p.fencing = Some(Hlc::new(9, 9));
+    assert_eq!(
+        op_result(&sm.apply(3, &cmd(0, Op::Put(p.clone()))).0),
+        &OpResult::Rejected(Rejection::FencingStale)
+    );
+    let mut d = del("k");
+    assert_eq!(
+        op_result(&sm.apply(4, &cmd(0, Op::Delete(d.clone()))).0),
+        &OpResult::Rejected(Rejection::FencingRequired)
+    );
+    d.fencing = Some(Hlc::new(10, 0));
+    assert_eq!(
+        op_result(&sm.apply(5, &cmd(0, Op::Delete(d))).0),
+        &OpResult::Delete(DeleteOutcome::Deleted)
+    );
+}
+
+#[test]
+fn txn_is_all_or_nothing() {
+    let mut sm = StateMachine::default();
+    sm.apply(1, &cmd(0, Op::Put(put("a", "1"))));
+    let mut guarded = put("b", "2");
+    guarded.condition = PutCondition::IfRevision(99);
+    let (r, ev) = sm.apply(
+        2,
+        &cmd(
+            0,
+            Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(guarded)]),
+        ),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Txn {
+            succeeded: false,
+            failed: Some(1),
+            ..
+        }
+    ));
+    assert!(ev.is_empty());
+    assert!(sm.get(b"a", 0).is_some());
+    let (r, ev) = sm.apply(
+        3,
+        &cmd(
+            0,
+            Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(put("b", "2"))]),
+        ),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
+    assert_eq!(ev.len(), 2);
+    assert!(ev.iter().all(|e| e.revision == 3));
+}
+
+#[test]
+fn retried_write_is_answered_not_reapplied() {
+    let mut sm = StateMachine::default();
+    let client = Some(ClientRef {
+        client_id: 7,
+        seq: 1,
+    });
+    let c = Command {
+        client,
+        now_ms: 0,
+        op: Op::Put(put("k", "v")),
+    };
+    let (first, ev) = sm.apply(1, &c);
+    let (again, ev2) = sm.apply(2, &c);
+    assert_eq!(first, again);
+    assert_eq!((ev.len(), ev2.len()), (1, 0));
+    assert_eq!(sm.get(b"k", 0).unwrap().revision, 1);
+}
+
+#[test]
+fn list_pages_by_prefix() {
+    let mut sm = StateMachine::default();
+    for (i, k) in ["a/1", "a/2", "a/3", "b/1"].iter().enumerate() {
+        sm.apply(i as u64 + 1, &cmd(0, Op::Put(put(k, "v"))));
+    }
+    let page = sm.list(b"a/", b"", 2, 0);
+    assert_eq!(
+        page.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![b("a/1"), b("a/2")]
+    );
+    let page = sm.list(b"a/", b"a/2", 2, 0);
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0, b("a/3"));
+}
+
+#[test]
+fn snapshot_round_trips_and_rejects_garbage() {
+    let mut sm = StateMachine::default();
+    let mut p = put("k", "v");
+    p.ttl_ms = Some(5);
+    sm.apply(
+        1,
+        &Command {
+            client: Some(ClientRef {
+                client_id: 1,
+                seq: 1,
+            }),
+            now_ms: 3,
+            op: Op::Put(p),
+        },
+    );
+    let bytes = snapshot::encode(&sm);
+    let back = snapshot::decode(&bytes).unwrap();
+    assert_eq!(back.get(b"k", 0), sm.get(b"k", 0));
+    assert_eq!(back.next_expiry(), Some(8));
+    assert_eq!(back.last_version(), sm.last_version());
+    assert_eq!(back.dedup(), sm.dedup());
+    assert!(matches!(
+        snapshot::decode(b"nope"),
+        Err(snapshot::SnapshotError::BadMagic)
+    ));
+    assert!(matches!(
+        snapshot::decode(b"SNKV\x09\x00"),
+        Err(snapshot::SnapshotError::UnknownFormat(9))
+    ));
+    assert!(matches!(
+        snapshot::decode(&bytes[..bytes.len() - 3]),
+        Err(snapshot::SnapshotError::Corrupt(_))
+    ));
+}
+
+/// The reference model: a plain map with revisions, no TTL.
+#[derive(Default)]
+struct Model {
+    map: BTreeMap<u8, (u8, u64)>,
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Put(u8, u8, Option<u64>),
+    Nx(u8, u8),
+    Nex(u8, u8),
+    Del(u8, Option<u64>),
+    Vdel(u8, u8),
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let k = 0u8..6;
+    let v = 0u8..4;
+    let rev = proptest::option::of(0u64..12);
+    prop_oneof![
+        (k.clone(), v.clone(), rev.clone()).prop_map(|(k, v, r)| ModelOp::Put(k, v, r)),
+        (k.clone(), v.clone()).prop_map(|(k, v)| ModelOp::Nx(k, v)),
+        (k.clone(), v.clone()).prop_map(|(k, v)| ModelOp::Nex(k, v)),
+        (k.clone(), rev).prop_map(|(k, r)| ModelOp::Del(k, r)),
+        (k, v).prop_map(|(k, v)| ModelOp::Vdel(k, v)),
+    ]
+}
+
+impl Model {
+    fn apply(&mut self, rev: u64, op: &ModelOp) -> bool {
+        let cur = |m: &Self, k: &u8| m.map.get(k).copied();
+        let ok = match op {
+            ModelOp::Put(k, _, None) => {
+                let _ = k;
+                true
+            }
+            ModelOp::Put(k, _, Some(0)) => cur(self, k).is_none(),
+            ModelOp::Put(k, _, Some(r)) => cur(self, k).is_some_and(|(_, kr)| kr == *r),
+            ModelOp::Nx(k, _) => cur(self, k).is_none(),
+            ModelOp::Nex(k, v) => cur(self, k).is_none_or(|(cv, _)| cv == *v),
+            ModelOp::Del(k, None) => cur(self, k).is_some(),
+            ModelOp::Del(k, Some(r)) => cur(self, k).is_some_and(|(_, kr)| kr == *r),
+            ModelOp::Vdel(k, v) => cur(self, k).is_some_and(|(cv, _)| cv == *v),
+        };
+        if ok {
+            match op {
+                ModelOp::Put(k, v, _) | ModelOp::Nx(k, v) | ModelOp::Nex(k, v) => {
+                    self.map.insert(*k, (*v, rev));
+                }
+                ModelOp::Del(k, _) | ModelOp::Vdel(k, _) => {
+                    self.map.remove(k);
+                }
+            }
+        }
+        ok
+    }
+}
+
+fn to_command(op: &ModelOp) -> Op {
+    let key = |k: &u8| Bytes::from(vec![b'k', *k]);
+    let val = |v: &u8| Bytes::from(vec![*v]);
+    let p = |k, v, condition| {
+        Op::Put(Put {
+            key: key(k),
+            value: val(v),
+            ttl_ms: None,
+            condition,
+            fencing: None,
+            client_ts: None,
+        })
+    };
+    let d = |k, condition| {
+        Op::Delete(Delete {
+            key: key(k),
+            condition,
+            fencing: None,
+        })
+    };
+    match op {
+        ModelOp::Put(k, v, None) => p(k, v, PutCondition::Always),
+        ModelOp::Put(k, v, Some(r)) => p(k, v, PutCondition::IfRevision(*r)),
+        ModelOp::Nx(k, v) => p(k, v, PutCondition::IfAbsent),
+        ModelOp::Nex(k, v) => p(k, v, PutCondition::IfAbsentOrEqual),
+        ModelOp::Del(k, None) => d(k, DeleteCondition::Always),
+        ModelOp::Del(k, Some(r)) => d(k, DeleteCondition::IfRevision(*r)),
+        ModelOp::Vdel(k, v) => d(k, DeleteCondition::IfValue(val(v))),
+    }
+}
+
+fn applied(r: &CommandResult) -> bool {
+    matches!(
+        op_result(r),
+        OpResult::Put { applied: true, .. } | OpResult::Delete(DeleteOutcome::Deleted)
+    )
+}
+
+proptest! {
+    #[test]
+    fn apply_matches_the_model(ops in proptest::collection::vec(model_op(), 1..60)) {
+        let mut sm = StateMachine::default();
+        let mut model = Model::default();
+        let mut last_version = Hlc::default();
+        for (i, op) in ops.iter().enumerate() {
+            let rev = i as u64 + 1;
+            let (r, events) = sm.apply(rev, &cmd(rev / 3, to_command(op)));
+            prop_assert_eq!(applied(&r), model.apply(rev, op), "op {:?}", op);
+            prop_assert_eq!(events.len(), usize::from(applied(&r)));
+            for e in &events {
+                prop_assert!(e.version > last_version, "versions only grow");
+                last_version = e.version;
+            }
+        }
+        for k in 0u8..6 {
+            let got = sm.get(&[b'k', k], 0).map(|e| (e.value[0], e.revision));
+            prop_assert_eq!(got, model.map.get(&k).copied());
+        }
+        let back = snapshot::decode(&snapshot::encode(&sm)).unwrap();
+        prop_assert_eq!(back.list(b"", b"", 100, 0), sm.list(b"", b"", 100, 0));
+    }
+}

@@ -1,0 +1,3 @@
+//! statenode: a Raft-replicated key/value state cluster.
+
+pub mod kv;
