@@ -1,0 +1,3 @@
+//! openraft glue: type config, network, peer server, forwarding, read barrier, membership.
+
+pub mod types;

@@ -1,0 +1,40 @@
+//! The openraft type configuration.
+
+use crate::kv::{Command, CommandResult};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A node as the membership records it: where peers and clients reach it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Peer (Raft) address, `host:port`.
+    pub peer_addr: String,
+    /// Client gRPC address, so followers can point clients at the leader.
+    pub grpc_addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer={} grpc={}", self.peer_addr, self.grpc_addr)
+    }
+}
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type StorageError = openraft::StorageError<NodeId>;

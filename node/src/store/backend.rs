@@ -1,0 +1,95 @@
+//! The narrow storage ports behind the openraft traits, with an in-memory twin of each.
+
+use crate::raft::types::{Entry, LogId};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+
+/// Small records kept next to the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogMeta {
+    Vote,
+    Committed,
+    LastPurged,
+}
+
+impl LogMeta {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogMeta::Vote => "vote",
+            LogMeta::Committed => "committed",
+            LogMeta::LastPurged => "last_purged",
+        }
+    }
+}
+
+/// A durable Raft log: every method returns only once its effect is on disk.
+pub trait LogBackend: Send + Sync + 'static {
+    /// Entries with `start <= index < end`, in order.
+    fn range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>>;
+    fn last(&self) -> io::Result<Option<LogId>>;
+    fn append(&self, entries: Vec<Entry>) -> io::Result<()>;
+    /// Deletes `[index, ∞)`.
+    fn truncate_from(&self, index: u64) -> io::Result<()>;
+    /// Deletes `[0, upto.index]` and records `upto` as last purged, atomically.
+    fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()>;
+    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>>;
+    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()>;
+}
+
+/// The in-memory log: same behaviour, nothing on disk.
+#[derive(Default)]
+pub struct MemLog {
+    inner: Mutex<MemLogInner>,
+}
+
+#[derive(Default)]
+struct MemLogInner {
+    log: BTreeMap<u64, Entry>,
+    meta: BTreeMap<LogMeta, Vec<u8>>,
+}
+
+impl LogBackend for MemLog {
+    fn range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let g = self.inner.lock().expect("poisoned");
+        Ok(g.log.range(start..end).map(|(_, e)| e.clone()).collect())
+    }
+
+    fn last(&self) -> io::Result<Option<LogId>> {
+        let g = self.inner.lock().expect("poisoned");
+        Ok(g.log.last_key_value().map(|(_, e)| e.log_id))
+    }
+
+    fn append(&self, entries: Vec<Entry>) -> io::Result<()> {
+        let mut g = self.inner.lock().expect("poisoned");
+        for e in entries {
+            g.log.insert(e.log_id.index, e);
+        }
+        Ok(())
+    }
+
+    fn truncate_from(&self, index: u64) -> io::Result<()> {
+        let mut g = self.inner.lock().expect("poisoned");
+        g.log.split_off(&index);
+        Ok(())
+    }
+
+    fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()> {
+        let mut g = self.inner.lock().expect("poisoned");
+        g.log = g.log.split_off(&(upto.index + 1));
+        g.meta.insert(LogMeta::LastPurged, encoded);
+        Ok(())
+    }
+
+    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.inner.lock().expect("poisoned").meta.get(&key).cloned())
+    }
+
+    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
+        self.inner.lock().expect("poisoned").meta.insert(key, value);
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Log and state-machine storage: redb on disk, with an in-memory twin of each.
+//! Both pass openraft's storage suite (see `tests.rs`).
+
+pub mod backend;
+pub mod log;
+pub mod redb_log;
+pub mod redb_sm;
+pub mod sm;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::{LogBackend, MemLog};
+pub use log::LogStore;
+pub use redb_log::RedbLog;
+pub use redb_sm::RedbSm;
+pub use sm::SmStore;

@@ -1,0 +1,258 @@
+//! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
+
+use super::redb_sm::{Changes, Loaded, RedbSm};
+use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
+use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::watch::EventHub;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageIOError,
+};
+use std::io::{self, Cursor};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+/// The applied state every reader on this node sees.
+pub struct SmState {
+    pub kv: StateMachine,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Makes snapshot ids unique when two snapshots share a last log id.
+    snapshot_seq: u64,
+}
+
+struct Shared {
+    state: RwLock<SmState>,
+    disk: Option<RedbSm>,
+    hub: Arc<EventHub>,
+}
+
+/// The state machine store handed to openraft; clones share the state.
+#[derive(Clone)]
+pub struct SmStore {
+    shared: Arc<Shared>,
+}
+
+fn sm_err(verb: ErrorVerb) -> impl Fn(io::Error) -> StorageError {
+    move |e| StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
+}
+
+impl SmStore {
+    /// A store that keeps nothing on disk.
+    pub fn memory(hub: Arc<EventHub>) -> Self {
+        let loaded = Loaded {
+            kv: StateMachine::default(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+        };
+        Self::from_loaded(loaded, None, hub)
+    }
+
+    /// A store backed by `sm.redb`, loading what a previous run persisted.
+    pub fn redb(disk: RedbSm, hub: Arc<EventHub>) -> io::Result<Self> {
+        let loaded = disk.load()?;
+        Ok(Self::from_loaded(loaded, Some(disk), hub))
+    }
+
+    fn from_loaded(l: Loaded, disk: Option<RedbSm>, hub: Arc<EventHub>) -> Self {
+        hub.reset(l.last_applied.map_or(0, |id| id.index) + 1);
+        let state = SmState {
+            kv: l.kv,
+            last_applied: l.last_applied,
+            membership: l.membership,
+            snapshot: l.snapshot,
+            snapshot_seq: 0,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                state: RwLock::new(state),
+                disk,
+                hub,
+            }),
+        }
+    }
+
+    /// Read access to the applied state.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmState> {
+        self.shared.state.read().expect("poisoned")
+    }
+
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.shared.hub
+    }
+
+    /// Applies a batch in memory; returns results, events and what disk mode must write.
+    fn apply_batch(
+        &self,
+        entries: Vec<Entry>,
+    ) -> (Vec<CommandResult>, Vec<Event>, Option<Changes>) {
+        let mut st = self.shared.state.write().expect("poisoned");
+        let mut results = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            st.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Normal(cmd) => {
+                    let (r, ev) = st.kv.apply(index, &cmd);
+                    events.extend(ev);
+                    r
+                }
+                EntryPayload::Membership(m) => {
+                    st.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResult {
+                        revision: index,
+                        outcome: Outcome::None,
+                    }
+                }
+                EntryPayload::Blank => CommandResult {
+                    revision: index,
+                    outcome: Outcome::None,
+                },
+            };
+            results.push(result);
+        }
+        let dirty = st.kv.take_dirty();
+        let changes = self.shared.disk.as_ref().map(|_| Changes {
+            keys: dirty
+                .keys
+                .into_iter()
+                .map(|k| {
+                    let e = st.kv.raw_entry(&k).cloned();
+                    (k, e)
+                })
+                .collect(),
+            clients: dirty
+                .clients
+                .into_iter()
+                .map(|id| (id, st.kv.client_window(id).cloned()))
+                .collect(),
+            last_applied: st.last_applied,
+            membership: st.membership.clone(),
+            last_version: st.kv.last_version(),
+        });
+        (results, events, changes)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let mut st = self.shared.state.write().expect("poisoned");
+            let data = snapshot::encode(&st.kv);
+            st.snapshot_seq += 1;
+            let snapshot_id = match st.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, st.snapshot_seq),
+                None => format!("0-0-{}", st.snapshot_seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: st.last_applied,
+                last_membership: st.membership.clone(),
+                snapshot_id,
+            };
+            st.snapshot = Some((meta.clone(), data.clone()));
+            (meta, data)
+        };
+        if self.shared.disk.is_some() {
+            let me = self.clone();
+            let (m, d) = (meta.clone(), data.clone());
+            blocking(move || me.shared.disk.as_ref().expect("disk").save_snapshot(&m, &d))
+                .await
+                .map_err(sm_err(ErrorVerb::Write))?;
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotBuilder = SmStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let st = self.read();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (results, events, changes) = self.apply_batch(entries.into_iter().collect());
+        if let Some(changes) = changes {
+            let me = self.clone();
+            blocking(move || me.shared.disk.as_ref().expect("disk").persist(&changes))
+                .await
+                .map_err(sm_err(ErrorVerb::Write))?;
+        }
+        self.shared.hub.publish(events);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = data.into_inner();
+        let kv =
+            snapshot::decode(&data).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
+        if self.shared.disk.is_some() {
+            let me = self.clone();
+            let (m, d) = (meta.clone(), data.clone());
+            blocking(move || {
+                let disk = me.shared.disk.as_ref().expect("disk");
+                disk.replace(&kv, m.last_log_id, &m.last_membership)?;
+                disk.save_snapshot(&m, &d)?;
+                Ok(kv)
+            })
+            .await
+            .map_err(sm_err(ErrorVerb::Write))
+            .map(|kv| self.install_in_memory(meta, kv, data))?;
+        } else {
+            self.install_in_memory(meta, kv, data);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let st = self.read();
+        Ok(st.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+}
+
+impl SmStore {
+    fn install_in_memory(&self, meta: &SnapshotMeta, kv: StateMachine, data: Vec<u8>) {
+        let mut st = self.shared.state.write().expect("poisoned");
+        st.kv = kv;
+        st.last_applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        st.snapshot = Some((meta.clone(), data));
+        self.shared
+            .hub
+            .reset(meta.last_log_id.map_or(0, |id| id.index) + 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! Applied-change fan-out for watchers on this node, with a bounded history for resuming.
+
+use crate::kv::Event;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Events kept for watchers that resume from a past revision.
+pub const DEFAULT_HISTORY: usize = 16_384;
+
+pub struct EventHub {
+    inner: Mutex<History>,
+    tx: broadcast::Sender<Arc<Event>>,
+    capacity: usize,
+}
+
+struct History {
+    events: VecDeque<Arc<Event>>,
+    /// Every event with revision >= this one is in `events` (or not yet applied).
+    complete_from: u64,
+}
+
+/// Where a new watcher starts.
+pub enum Start {
+    /// Past events to deliver first, then the live stream.
+    From(Vec<Arc<Event>>),
+    /// The asked-for history is gone; `next` is where a re-read state is complete from.
+    Resync { next: u64 },
+}
+
+impl EventHub {
+    pub fn new(capacity: usize, next_revision: u64) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        let inner = Mutex::new(History {
+            events: VecDeque::new(),
+            complete_from: next_revision,
+        });
+        Self {
+            inner,
+            tx,
+            capacity,
+        }
+    }
+
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut h = self.inner.lock().expect("poisoned");
+        for e in events {
+            let e = Arc::new(e);
+            h.events.push_back(e.clone());
+            if h.events.len() > self.capacity {
+                if let Some(old) = h.events.pop_front() {
+                    h.complete_from = h.complete_from.max(old.revision + 1);
+                }
+            }
+            // No receivers is fine: nobody is watching.
+            let _ = self.tx.send(e);
+        }
+    }
+
+    /// Forgets all history (a snapshot replaced the state): resuming before `next` needs a resync.
+    pub fn reset(&self, next_revision: u64) {
+        let mut h = self.inner.lock().expect("poisoned");
+        h.events.clear();
+        h.complete_from = next_revision;
+    }
+
+    /// Subscribes to live events and, atomically with it, collects the backlog from `from`.
+    pub fn subscribe(&self, from: Option<u64>) -> (Start, broadcast::Receiver<Arc<Event>>) {
+        let h = self.inner.lock().expect("poisoned");
+        let rx = self.tx.subscribe();
+        let start = match from {
+            None => Start::From(Vec::new()),
+            Some(r) if r < h.complete_from => Start::Resync {
+                next: h.complete_from,
+            },
+            Some(r) => Start::From(
+                h.events
+                    .iter()
+                    .filter(|e| e.revision >= r)
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        (start, rx)
+    }
+}
