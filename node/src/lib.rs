@@ -1,6 +1,20 @@
 //! statenode: a Raft-replicated key/value state cluster.
+//!
+//! Layout (see ARCHITECTURE.md): `kv` is the deterministic state machine, `store` keeps
+//! it and the Raft log (redb or memory), `raft` is the openraft glue, `handle` is the one
+//! narrow API the front doors (`grpc`) use, `node` wires everything together.
 
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod handle;
 pub mod kv;
+pub mod node;
 pub mod raft;
 pub mod store;
 pub mod watch;
+
+pub use config::Config;
+pub use error::Error;
+pub use handle::NodeHandle;
+pub use node::{Listeners, Node, Role};

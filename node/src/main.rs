@@ -1,1 +1,221 @@
-fn main() {}
+//! The `statenode` binary: serve, join, leave, members, dev.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use statenode::config::{Config, LogFormat};
+use statenode::{Listeners, Node, Role};
+use statenode_proto::v1 as pb;
+use statenode_proto::v1::cluster_client::ClusterClient;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "statenode", version, about = "A Raft-replicated key/value state cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: a single-node cluster with data in ./statenode-data.
+    Serve(NodeArgs),
+    /// Run a node that joins an existing cluster through any member's peer address.
+    Join {
+        /// Peer address (host:port) of any member.
+        #[arg(long, env = "STATENODE_SEED")]
+        seed: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Remove a member from the cluster (then stop that node and wipe its data).
+    Leave {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// List the cluster's members.
+    Members {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Run a local cluster of child processes on loopback; Ctrl-C stops them all.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        #[arg(long)]
+        memory: bool,
+        /// First node's peer port; node i uses base + i - 1.
+        #[arg(long, default_value_t = 7001)]
+        peer_base: u16,
+        /// First node's gRPC port; node i uses base + i - 1.
+        #[arg(long, default_value_t = 50001)]
+        grpc_base: u16,
+        #[arg(long, default_value = "./statenode-dev")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Endpoints {
+    /// Comma-separated client gRPC addresses (host:port).
+    #[arg(long, env = "STATENODE_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:50001")]
+    endpoints: Vec<String>,
+}
+
+/// Node flags; every one also reads `STATENODE_<NAME>` and overrides the config file.
+#[derive(Args, Default)]
+struct NodeArgs {
+    /// TOML config file (keys as in Config; flags and env override it).
+    #[arg(long, env = "STATENODE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "STATENODE_ID")]
+    id: Option<u64>,
+    #[arg(long, env = "STATENODE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep nothing on disk.
+    #[arg(long, env = "STATENODE_MEMORY", num_args = 0..=1, default_missing_value = "true")]
+    memory: Option<bool>,
+    #[arg(long, env = "STATENODE_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    #[arg(long, env = "STATENODE_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    #[arg(long, env = "STATENODE_GRPC")]
+    grpc: Option<String>,
+    #[arg(long, env = "STATENODE_GRPC_ADVERTISE")]
+    grpc_advertise: Option<String>,
+    /// Reserved for the HTTP front door.
+    #[arg(long, env = "STATENODE_HTTP")]
+    http: Option<String>,
+    /// Reserved for the MQTT front door.
+    #[arg(long, env = "STATENODE_MQTT")]
+    mqtt: Option<String>,
+    #[arg(long, env = "STATENODE_BOOTSTRAP_EXPECT")]
+    bootstrap_expect: Option<usize>,
+    /// id=host:port,... peer addresses of the initial configuration.
+    #[arg(long, env = "STATENODE_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    #[arg(long, env = "STATENODE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl NodeArgs {
+    /// defaults < file < env < flags (clap already ranks flags over env).
+    fn config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+                Config::from_toml(&text)?
+            }
+            None => Config { id: 0, ..Config::default() },
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(id, data_dir, peer_listen, grpc, http, mqtt, bootstrap_expect, peers, log_format);
+        if let Some(m) = self.memory {
+            c.memory = m;
+        }
+        if self.peer_advertise.is_some() {
+            c.peer_advertise = self.peer_advertise;
+        }
+        if self.grpc_advertise.is_some() {
+            c.grpc_advertise = self.grpc_advertise;
+        }
+        if c.id == 0 && !c.peers.is_empty() {
+            anyhow::bail!("--peers needs --id: which of the peers is this node?");
+        }
+        Ok(c)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args.config()?, Role::Serve).await,
+        Command::Join { seed, node } => serve(node.config()?, Role::Join { seed }).await,
+        Command::Leave { id, endpoints } => {
+            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.leave(pb::LeaveRequest { id }).await }).await?;
+            println!("node {id} removed; stop it now and wipe its data before reusing the directory");
+            print_members(&r.members);
+            Ok(())
+        }
+        Command::Members { endpoints } => {
+            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.members(pb::MembersRequest {}).await }).await?;
+            print_members(&r.members);
+            Ok(())
+        }
+        Command::Dev { nodes, memory, peer_base, grpc_base, data_dir } => {
+            statenode::node::dev::run(nodes, memory, peer_base, grpc_base, data_dir).await
+        }
+    }
+}
+
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let listeners = Listeners::bind(&config).await?;
+    let node = Node::start(config, listeners, role).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Tries each endpoint until one answers (followers forward to the leader).
+async fn with_leader<T, F, Fut>(endpoints: &[String], call: F) -> anyhow::Result<T>
+where
+    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = anyhow::anyhow!("no endpoints given");
+    for ep in endpoints {
+        statenode::config::check_addr(ep)?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30));
+        match channel.connect().await {
+            Ok(ch) => match call(ClusterClient::new(ch)).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if s.code() == tonic::Code::Unavailable => last = anyhow::anyhow!("{ep}: {}", s.message()),
+                Err(s) => anyhow::bail!("{ep}: {:?}: {}", s.code(), s.message()),
+            },
+            Err(e) => last = anyhow::anyhow!("{ep}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn print_members(members: &[pb::Member]) {
+    println!("{:<20} {:<8} {:<8} {:<24} {:<24}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
+    for m in members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let leader = if m.leader { "*" } else { "" };
+        println!("{:<20} {:<8} {:<8} {:<24} {:<24}", m.id, role, leader, m.peer_addr, m.grpc_addr);
+    }
+}

@@ -1,0 +1,341 @@
+//! One `Config`: defaults < TOML file < `STATENODE_*` environment < flags; `validate()`.
+
+use crate::error::{Error, Result};
+use crate::kv::Put;
+use crate::handle::ListQuery;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Raft node id (>= 1). Disk mode stores it and refuses to start under another.
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Keep nothing on disk: data lives as long as a quorum stays up.
+    pub memory: bool,
+    pub peer_listen: String,
+    /// The peer address other nodes dial; defaults to `peer_listen` with a routable host.
+    pub peer_advertise: Option<String>,
+    pub grpc: String,
+    /// The client address handed out in leader hints; defaults like `peer_advertise`.
+    pub grpc_advertise: Option<String>,
+    /// Reserved for the HTTP front door (Dapr API); not served by this release.
+    pub http: String,
+    /// Reserved for the MQTT front door (AIO state store); not served by this release.
+    pub mqtt: String,
+    /// Number of nodes that start together and form the first configuration.
+    pub bootstrap_expect: usize,
+    /// `id=host:port` peer addresses of the initial configuration.
+    pub peers: Vec<String>,
+    pub log_format: LogFormat,
+    pub raft: RaftTuning,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Log entries since the last snapshot that trigger a new one.
+    pub snapshot_threshold: u64,
+    /// Entries kept behind a snapshot for followers that lag a little.
+    pub keep_after_snapshot: u64,
+}
+
+/// Every size bound a request is checked against before it reaches the log.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Operations in one transaction or bulk write.
+    pub max_batch_ops: usize,
+    /// Keys plus values of one request.
+    pub max_request_bytes: usize,
+    pub list_default_limit: usize,
+    pub list_max_limit: usize,
+    /// Longest a TTL may be, in milliseconds.
+    pub max_ttl_ms: u64,
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            data_dir: PathBuf::from("./statenode-data"),
+            memory: false,
+            peer_listen: "0.0.0.0:7000".into(),
+            peer_advertise: None,
+            grpc: "0.0.0.0:50001".into(),
+            grpc_advertise: None,
+            http: "0.0.0.0:3500".into(),
+            mqtt: "0.0.0.0:1883".into(),
+            bootstrap_expect: 1,
+            peers: Vec::new(),
+            log_format: LogFormat::Text,
+            raft: RaftTuning::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self { heartbeat_ms: 100, election_min_ms: 400, election_max_ms: 800, snapshot_threshold: 5000, keep_after_snapshot: 1000 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            max_batch_ops: 128,
+            max_request_bytes: 4 * 1024 * 1024,
+            list_default_limit: 100,
+            list_max_limit: 1000,
+            max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Checks a `host:port` address: non-empty host, numeric non-zero port.
+pub fn check_addr(addr: &str) -> Result<()> {
+    let bad = || Error::invalid(format!("bad address {addr:?}: expected host:port"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty() && !host.contains(char::is_whitespace) && !host.contains('/');
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Parses one `id=host:port` peer.
+pub fn parse_peer(s: &str) -> Result<(u64, String)> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| Error::invalid(format!("bad peer {s:?}: expected id=host:port")))?;
+    let id: u64 = id.trim().parse().map_err(|_| Error::invalid(format!("bad peer id in {s:?}")))?;
+    if id == 0 {
+        return Err(Error::invalid(format!("bad peer {s:?}: ids start at 1")));
+    }
+    check_addr(addr)?;
+    Ok((id, addr.to_string()))
+}
+
+/// Replaces an unspecified listen host (0.0.0.0, [::]) with loopback, for advertising.
+fn routable(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+        _ => listen.to_string(),
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::invalid(format!("config file: {e}")))
+    }
+
+    pub fn peer_advertise(&self) -> String {
+        self.peer_advertise.clone().unwrap_or_else(|| {
+            self.peers.iter().filter_map(|p| parse_peer(p).ok()).find(|(id, _)| *id == self.id).map(|(_, a)| a)
+                .unwrap_or_else(|| routable(&self.peer_listen))
+        })
+    }
+
+    pub fn grpc_advertise(&self) -> String {
+        self.grpc_advertise.clone().unwrap_or_else(|| {
+            let host = self.peer_advertise().rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+            let port = self.grpc.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+            format!("{host}:{port}")
+        })
+    }
+
+    pub fn parsed_peers(&self) -> Result<Vec<(u64, String)>> {
+        self.peers.iter().map(|p| parse_peer(p)).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            return Err(Error::invalid("id must be at least 1"));
+        }
+        for a in [&self.peer_listen, &self.grpc, &self.http, &self.mqtt] {
+            check_addr(a)?;
+        }
+        for a in [&self.peer_advertise, &self.grpc_advertise].into_iter().flatten() {
+            check_addr(a)?;
+        }
+        let peers = self.parsed_peers()?;
+        if self.bootstrap_expect == 0 {
+            return Err(Error::invalid("bootstrap-expect must be at least 1"));
+        }
+        if self.bootstrap_expect > 1 && peers.len() != self.bootstrap_expect {
+            return Err(Error::invalid(format!(
+                "bootstrap-expect {} needs exactly that many --peers (got {})",
+                self.bootstrap_expect,
+                peers.len()
+            )));
+        }
+        if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
+            return Err(Error::invalid(format!("--peers must include this node's id {}", self.id)));
+        }
+        let mut ids: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != peers.len() {
+            return Err(Error::invalid("--peers lists an id twice"));
+        }
+        self.raft.validate()?;
+        self.limits.validate()
+    }
+}
+
+impl RaftTuning {
+    fn validate(&self) -> Result<()> {
+        if self.heartbeat_ms == 0 || self.election_min_ms < 2 * self.heartbeat_ms || self.election_max_ms <= self.election_min_ms {
+            return Err(Error::invalid("raft timing: need 0 < 2*heartbeat <= election_min < election_max"));
+        }
+        if self.snapshot_threshold == 0 {
+            return Err(Error::invalid("raft.snapshot_threshold must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<()> {
+        let positive = [self.max_key_bytes, self.max_value_bytes, self.max_batch_ops, self.max_request_bytes, self.list_default_limit, self.list_max_limit];
+        if positive.contains(&0) || self.list_default_limit > self.list_max_limit || self.request_timeout.is_zero() {
+            return Err(Error::invalid("limits must be positive and list_default_limit <= list_max_limit"));
+        }
+        Ok(())
+    }
+
+    pub fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::invalid("key must not be empty"));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::TooLarge(format!("key is {} bytes; the limit is {}", key.len(), self.max_key_bytes)));
+        }
+        Ok(())
+    }
+
+    pub fn check_put(&self, p: &Put) -> Result<()> {
+        self.check_key(&p.key)?;
+        if p.value.len() > self.max_value_bytes {
+            return Err(Error::TooLarge(format!("value is {} bytes; the limit is {}", p.value.len(), self.max_value_bytes)));
+        }
+        if p.ttl_ms.is_some_and(|t| t == 0 || t > self.max_ttl_ms) {
+            return Err(Error::invalid(format!("ttl must be between 1 ms and {} ms", self.max_ttl_ms)));
+        }
+        Ok(())
+    }
+
+    pub fn check_batch(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::invalid("a transaction needs at least one operation"));
+        }
+        if n > self.max_batch_ops {
+            return Err(Error::TooLarge(format!("{n} operations; the limit is {}", self.max_batch_ops)));
+        }
+        Ok(())
+    }
+
+    pub fn check_request(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_request_bytes {
+            return Err(Error::TooLarge(format!("request is {bytes} bytes; the limit is {}", self.max_request_bytes)));
+        }
+        Ok(())
+    }
+
+    pub fn check_list(&self, q: &mut ListQuery) -> Result<()> {
+        if q.prefix.len() > self.max_key_bytes || q.after.len() > self.max_key_bytes {
+            return Err(Error::TooLarge("prefix or cursor longer than the key limit".into()));
+        }
+        if q.limit == 0 {
+            q.limit = self.list_default_limit;
+        }
+        q.limit = q.limit.min(self.list_max_limit);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml("id = 3\nmemory = true\n[limits]\nmax_value_bytes = 10\n").unwrap();
+        assert_eq!((c.id, c.memory, c.limits.max_value_bytes), (3, true, 10));
+        assert_eq!(c.limits.max_key_bytes, 4096);
+        assert!(Config::from_toml("idd = 3").is_err());
+        assert!(Config::from_toml("id = \"x\"").is_err());
+        assert!(Config::from_toml("[[[").is_err());
+    }
+
+    #[test]
+    fn addresses_and_peers() {
+        for good in ["127.0.0.1:7000", "node-1.statenode:7000", "[::1]:7000"] {
+            check_addr(good).unwrap();
+        }
+        for bad in ["", "7000", "host:", "host:0", "host:70000", ":7000", "a b:1", "http://x:1"] {
+            assert!(check_addr(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_peer("2=h:7000").unwrap(), (2, "h:7000".into()));
+        for bad in ["h:7000", "0=h:1", "x=h:1", "1=h"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_needs_matching_peers() {
+        let mut c = Config { bootstrap_expect: 3, peers: vec!["1=a:1".into(), "2=b:1".into()], ..Config::default() };
+        assert!(c.validate().is_err());
+        c.peers.push("3=c:1".into());
+        c.validate().unwrap();
+        assert_eq!(c.peer_advertise(), "a:1");
+        assert_eq!(c.grpc_advertise(), "a:50001");
+        c.id = 9;
+        assert!(c.validate().is_err());
+        c.id = 1;
+        c.peers[2] = "2=c:1".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limits_reject_bad_input() {
+        let l = Limits::default();
+        assert!(matches!(l.check_key(b""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(l.check_key(&[b'k'; 4097]), Err(Error::TooLarge(_))));
+        assert!(matches!(l.check_batch(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(l.check_batch(129), Err(Error::TooLarge(_))));
+    }
+}

@@ -1,0 +1,336 @@
+//! `NodeHandle`: the one narrow API every front door uses.
+
+use crate::config::Limits;
+use crate::error::{Error, LeaderHint, Result};
+use crate::kv::{Command, CommandResult, Entry, Event, Op, TxnOp};
+use crate::raft::consensus::Consensus;
+use crate::raft::network::{decode, encode, PeerChannels};
+use crate::raft::types::{NodeId, NodeInfo};
+use crate::raft::Fail;
+use crate::store::SmStore;
+use crate::watch::Start;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    Linearizable,
+    /// The local state machine of the node asked.
+    Stale,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListQuery {
+    pub prefix: Bytes,
+    /// Start strictly after this key.
+    pub after: Bytes,
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListPage {
+    pub entries: Vec<(Bytes, Entry)>,
+    /// The last key of a full page; absent on the last page.
+    pub next_cursor: Option<Bytes>,
+    /// The applied index the page was read at.
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub peer_addr: String,
+    pub grpc_addr: String,
+    pub voter: bool,
+    pub leader: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<Member>,
+}
+
+/// A request one node sends another over the peer channel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    Write(Command),
+    Read(Vec<Bytes>),
+    List(ListQuery),
+    Join { id: NodeId, node: NodeInfo },
+    Leave { id: NodeId },
+    /// Served by the node asked, never forwarded.
+    Status,
+    /// Who are you? Answered even before the cluster forms (bootstrap).
+    Hello,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Write(CommandResult),
+    Read(Vec<Option<Entry>>),
+    List(ListPage),
+    Members(Vec<Member>),
+    Status(ClusterStatus),
+    Hello(NodeId, NodeInfo),
+}
+
+/// One item of a watch stream.
+#[derive(Clone, Debug)]
+pub enum WatchItem {
+    Event(Arc<Event>),
+    /// History is gone: re-read the state, then events continue from `next`.
+    Resync { next: u64 },
+}
+
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    consensus: Consensus,
+    sm: SmStore,
+    peers: Arc<PeerChannels>,
+    limits: Limits,
+    /// This node's own addresses, as it advertises them.
+    me: NodeInfo,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeHandle {
+    pub fn new(consensus: Consensus, sm: SmStore, peers: Arc<PeerChannels>, limits: Limits, me: NodeInfo) -> Self {
+        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me }) }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.consensus.id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn consensus(&self) -> &Consensus {
+        &self.inner.consensus
+    }
+
+    pub(crate) fn sm(&self) -> &SmStore {
+        &self.inner.sm
+    }
+
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult> {
+        self.validate(&cmd)?;
+        match self.route(PeerRequest::Write(cmd)).await? {
+            PeerReply::Write(r) => Ok(r),
+            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn read(&self, key: &[u8], c: Consistency) -> Result<Option<Entry>> {
+        let keys = [Bytes::copy_from_slice(key)];
+        Ok(self.read_many(&keys, c).await?.pop().flatten())
+    }
+
+    pub async fn read_many(&self, keys: &[Bytes], c: Consistency) -> Result<Vec<Option<Entry>>> {
+        for k in keys {
+            self.inner.limits.check_key(k)?;
+        }
+        if c == Consistency::Stale {
+            return Ok(self.local_read(keys));
+        }
+        match self.route(PeerRequest::Read(keys.to_vec())).await? {
+            PeerReply::Read(r) => Ok(r),
+            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn list(&self, mut q: ListQuery, c: Consistency) -> Result<ListPage> {
+        self.inner.limits.check_list(&mut q)?;
+        if c == Consistency::Stale {
+            return Ok(self.local_list(&q));
+        }
+        match self.route(PeerRequest::List(q)).await? {
+            PeerReply::List(p) => Ok(p),
+            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Every applied change under `prefix` on this node, from `from_revision` if given.
+    pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> EventStream {
+        let (start, rx) = self.inner.sm.hub().subscribe(from_revision);
+        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0 };
+        match start {
+            Start::From(events) => s.backlog.extend(events.into_iter().map(WatchItem::Event)),
+            Start::Resync { next } => s.backlog.push_back(WatchItem::Resync { next }),
+        }
+        s
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        self.inner.consensus.status()
+    }
+
+    pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<Vec<Member>> {
+        if id == 0 {
+            return Err(Error::invalid("node id must be at least 1"));
+        }
+        crate::config::check_addr(&node.peer_addr)?;
+        crate::config::check_addr(&node.grpc_addr)?;
+        match self.route(PeerRequest::Join { id, node }).await? {
+            PeerReply::Members(m) => Ok(m),
+            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>> {
+        match self.route(PeerRequest::Leave { id }).await? {
+            PeerReply::Members(m) => Ok(m),
+            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A hint to the current leader's client address, for `Unavailable` errors.
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        self.inner.consensus.leader().map(|(id, n)| LeaderHint { id, grpc_addr: n.grpc_addr })
+    }
+
+    /// Serves locally; forwards once to the leader when this node is not it.
+    async fn route(&self, req: PeerRequest) -> Result<PeerReply> {
+        let forward_copy = req.clone();
+        match self.serve_local(req).await {
+            Ok(reply) => Ok(reply),
+            Err(Fail::Forward(Some((id, node)))) if id != self.id() => self.forward(&node, forward_copy).await,
+            Err(Fail::Forward(_)) => Err(Error::unavailable("no leader elected")),
+            Err(Fail::Err(e)) => Err(e),
+        }
+    }
+
+    /// Serves a request on this node without forwarding: what the peer server runs for a
+    /// forwarded request, so a request is forwarded at most once.
+    pub async fn serve_local(&self, req: PeerRequest) -> std::result::Result<PeerReply, Fail> {
+        let c = &self.inner.consensus;
+        match req {
+            PeerRequest::Write(mut cmd) => {
+                // The leader stamps its clock: apply derives versions and TTLs from it.
+                cmd.now_ms = now_ms();
+                Ok(PeerReply::Write(c.write(cmd).await?))
+            }
+            PeerRequest::Read(keys) => {
+                c.read_barrier().await?;
+                Ok(PeerReply::Read(self.local_read(&keys)))
+            }
+            PeerRequest::List(q) => {
+                c.read_barrier().await?;
+                Ok(PeerReply::List(self.local_list(&q)))
+            }
+            PeerRequest::Join { id, node } => Ok(PeerReply::Members(c.join(id, node).await?)),
+            PeerRequest::Leave { id } => Ok(PeerReply::Members(c.leave(id).await?)),
+            PeerRequest::Status => Ok(PeerReply::Status(c.status())),
+            PeerRequest::Hello => Ok(PeerReply::Hello(self.id(), self.inner.me.clone())),
+        }
+    }
+
+    async fn forward(&self, leader: &NodeInfo, req: PeerRequest) -> Result<PeerReply> {
+        let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
+        let mut client = self.inner.peers.client(&leader.peer_addr).map_err(|e| unavailable(e.to_string()))?;
+        let is_write = matches!(req, PeerRequest::Write(_));
+        let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
+        let reply = match tokio::time::timeout(deadline, client.forward(encode(&req))).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(unavailable(format!("leader unreachable: {}", status.message())))
+            }
+            // The write may have reached the leader: its outcome is unknown.
+            Ok(Err(status)) if is_write => return Err(Error::Timeout(status.message().to_string())),
+            Ok(Err(status)) => return Err(unavailable(status.message().to_string())),
+            Err(_) if is_write => return Err(Error::Timeout("forwarded write timed out".into())),
+            Err(_) => return Err(unavailable("forwarded request timed out".into())),
+        };
+        decode::<Result<PeerReply>>(&reply).map_err(Error::internal)?
+    }
+
+    fn local_read(&self, keys: &[Bytes]) -> Vec<Option<Entry>> {
+        let now = now_ms();
+        let st = self.inner.sm.read();
+        keys.iter().map(|k| st.kv.get(k, now).cloned()).collect()
+    }
+
+    fn local_list(&self, q: &ListQuery) -> ListPage {
+        let now = now_ms();
+        let st = self.inner.sm.read();
+        let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
+        let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
+        ListPage { entries, next_cursor, revision: st.last_applied.map_or(0, |l| l.index) }
+    }
+
+    fn validate(&self, cmd: &Command) -> Result<()> {
+        let limits = &self.inner.limits;
+        match &cmd.op {
+            Op::Put(p) => limits.check_put(p),
+            Op::Delete(d) => limits.check_key(&d.key),
+            Op::Txn(ops) | Op::Batch(ops) => {
+                limits.check_batch(ops.len())?;
+                let mut total = 0usize;
+                for op in ops {
+                    match op {
+                        TxnOp::Put(p) => limits.check_put(p)?,
+                        TxnOp::Delete(d) => limits.check_key(&d.key)?,
+                    }
+                    total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
+                }
+                limits.check_request(total)
+            }
+            Op::Expire => Ok(()),
+        }
+    }
+}
+
+/// A watch: the backlog first, then live events; filtered by prefix.
+pub struct EventStream {
+    prefix: Bytes,
+    backlog: VecDeque<WatchItem>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    handle: NodeHandle,
+    /// Revision of the last event delivered, to resume after falling behind.
+    last: u64,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> Option<WatchItem> {
+        loop {
+            let item = match self.backlog.pop_front() {
+                Some(item) => item,
+                None => match self.rx.recv().await {
+                    Ok(e) => WatchItem::Event(e),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the live channel: resume from history, or resync.
+                        let fresh = self.handle.watch(self.prefix.clone(), Some(self.last + 1));
+                        self.backlog = fresh.backlog;
+                        self.rx = fresh.rx;
+                        continue;
+                    }
+                },
+            };
+            match &item {
+                WatchItem::Event(e) if !e.key.starts_with(&self.prefix) => continue,
+                WatchItem::Event(e) => self.last = e.revision,
+                WatchItem::Resync { next } => self.last = next.saturating_sub(1),
+            }
+            return Some(item);
+        }
+    }
+}

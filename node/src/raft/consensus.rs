@@ -1,0 +1,140 @@
+//! The narrow consensus API the node uses: write, read barrier, join, leave, status.
+
+use super::barrier::ReadBarrier;
+use super::types::{NodeId, NodeInfo, Raft};
+use super::Fail;
+use crate::error::Error;
+use crate::handle::{ClusterStatus, Member};
+use crate::kv::{Command, CommandResult};
+use openraft::{ChangeMembers, ServerState};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Consensus {
+    pub raft: Raft,
+    pub id: NodeId,
+    barrier: Arc<ReadBarrier>,
+    /// Serializes membership changes on this node (a joint config refuses a second change).
+    membership: tokio::sync::Mutex<()>,
+    write_timeout: Duration,
+}
+
+impl Consensus {
+    pub fn new(raft: Raft, id: NodeId, timeout: Duration) -> Self {
+        let barrier = ReadBarrier::new(raft.clone(), timeout);
+        Self { raft, id, barrier, membership: Default::default(), write_timeout: timeout }
+    }
+
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, Fail> {
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(Fail::from_write(e)),
+            Err(_) => Err(Error::Timeout("write not committed in time; it may still apply".into()).into()),
+        }
+    }
+
+    pub async fn read_barrier(&self) -> Result<(), Fail> {
+        self.barrier.wait().await
+    }
+
+    /// Adds `id` as a learner, waits until it caught up, then promotes it to voter.
+    /// A member already at the same address under another id (a memory-mode node that
+    /// restarted) is removed afterwards.
+    pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<Vec<Member>, Fail> {
+        let _serial = self.membership.lock().await;
+        self.raft.ensure_linearizable().await.map_err(Fail::from_read)?;
+        let status = self.status();
+        if let Some(m) = status.members.iter().find(|m| m.id == id) {
+            if m.peer_addr != node.peer_addr {
+                let msg = format!("node {id} is already a member at {}; remove it first", m.peer_addr);
+                return Err(Error::invalid(msg).into());
+            }
+            if m.voter {
+                return Ok(status.members);
+            }
+        }
+        let stale: BTreeSet<NodeId> =
+            status.members.iter().filter(|m| m.id != id && m.peer_addr == node.peer_addr).map(|m| m.id).collect();
+        let deadline = Duration::from_secs(120);
+        let add = self.raft.add_learner(id, node, true);
+        tokio::time::timeout(deadline, add)
+            .await
+            .map_err(|_| Error::Timeout("learner did not catch up in time".into()))?
+            .map_err(Fail::from_write)?;
+        let ids: BTreeSet<NodeId> = [id].into();
+        self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(Fail::from_write)?;
+        if !stale.is_empty() {
+            tracing::info!(?stale, new = id, "replacing members at the same address");
+            self.remove(stale).await?;
+        }
+        Ok(self.status().members)
+    }
+
+    pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>, Fail> {
+        let _serial = self.membership.lock().await;
+        self.raft.ensure_linearizable().await.map_err(Fail::from_read)?;
+        let status = self.status();
+        let Some(member) = status.members.iter().find(|m| m.id == id) else {
+            return Err(Error::NotFound(format!("node {id} is not a member")).into());
+        };
+        if member.voter && status.members.iter().filter(|m| m.voter).count() == 1 {
+            return Err(Error::invalid("cannot remove the last voter").into());
+        }
+        self.remove([id].into()).await?;
+        Ok(self.status().members)
+    }
+
+    async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), Fail> {
+        let voters: BTreeSet<NodeId> = self.status().members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let (v, l): (BTreeSet<NodeId>, BTreeSet<NodeId>) = ids.into_iter().partition(|i| voters.contains(i));
+        if !v.is_empty() {
+            self.raft.change_membership(ChangeMembers::RemoveVoters(v), false).await.map_err(Fail::from_write)?;
+        }
+        if !l.is_empty() {
+            self.raft.change_membership(ChangeMembers::RemoveNodes(l), false).await.map_err(Fail::from_write)?;
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                peer_addr: n.peer_addr.clone(),
+                grpc_addr: n.grpc_addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower if !voters.contains(&self.id) => "learner",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            id: self.id,
+            role: role.to_string(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
+    /// The leader's client address, for hints.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+}

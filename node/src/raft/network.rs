@@ -1,0 +1,147 @@
+//! The Raft network over tonic: one cached channel per peer, a deadline on every RPC,
+//! payloads bincode-encoded inside `bytes` fields.
+
+use super::types::{NodeId, NodeInfo, TypeConfig};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use statenode_proto::v1::peer_client::PeerClient;
+use statenode_proto::v1::Blob;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Raft messages (snapshot chunks) may be large; client and server agree on this bound.
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// One lazily-connected channel per peer address, shared by Raft and forwarding.
+/// openraft 0.9 asks for a new client on every read round, so reuse matters.
+#[derive(Default)]
+pub struct PeerChannels {
+    cache: Mutex<HashMap<String, Channel>>,
+}
+
+impl PeerChannels {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut cache = self.cache.lock().expect("poisoned");
+        if let Some(ch) = cache.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        cache.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Blob {
+    Blob { data: bincode::serialize(v).expect("in-memory serialization cannot fail").into() }
+}
+
+pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, bincode::Error> {
+    bincode::deserialize(&b.data)
+}
+
+#[derive(Clone)]
+pub struct Network {
+    pub channels: Arc<PeerChannels>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConn {
+        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
+    }
+}
+
+pub struct PeerConn {
+    target: NodeId,
+    addr: String,
+    channels: Arc<PeerChannels>,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
+
+impl PeerConn {
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let blob = encode(req);
+        let fut = async {
+            match rpc {
+                Rpc::Append => client.append_entries(blob).await,
+                Rpc::Vote => client.vote(blob).await,
+                Rpc::Snapshot => client.install_snapshot(blob).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::Append, &req, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Rpc::Snapshot, &req, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &req, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
