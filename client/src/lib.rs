@@ -1,1 +1,240 @@
+//! statenode-client: a light Rust client for statenode with leader tracking, retries with
+//! backoff and jitter under one deadline, and `(client_id, seq)` on every write so a
+//! retried write is applied once.
 
+use bytes::Bytes;
+use rand::Rng;
+use statenode_proto::v1 as pb;
+use statenode_proto::v1::cluster_client::ClusterClient;
+use statenode_proto::v1::kv_client::KvClient;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use statenode_proto::v1;
+
+/// Metadata key the server sets on UNAVAILABLE with the leader's client address.
+const LEADER_HEADER: &str = "x-statenode-leader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    #[error("deadline of {0:?} passed; last error: {1}")]
+    Deadline(Duration, Status),
+}
+
+impl Error {
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(s) | Error::Deadline(_, s) => Some(s.code()),
+            Error::Endpoint(_) => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Overall deadline of one call, retries included.
+    pub deadline: Duration,
+    /// Bound on one attempt.
+    pub attempt_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(6),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A client over a list of endpoints; cheap to share behind an `Arc`.
+pub struct Client {
+    endpoints: Mutex<Vec<(String, Channel)>>,
+    /// Index of the endpoint that answered last (the leader, usually).
+    preferred: AtomicUsize,
+    client_id: u64,
+    seq: AtomicU64,
+    opts: Options,
+}
+
+fn channel(addr: &str) -> Result<Channel> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|_| Error::Endpoint(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Whether a failed attempt may be retried: the cluster was unavailable, or the outcome
+/// is unknown but the write is deduplicated by `(client_id, seq)`.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+}
+
+impl Client {
+    pub fn new<S: AsRef<str>>(endpoints: &[S], opts: Options) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(Error::Endpoint(String::new()));
+        }
+        let eps = endpoints.iter().map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?))).collect::<Result<_>>()?;
+        let client_id = rand::thread_rng().gen_range(1..u64::MAX);
+        Ok(Self { endpoints: Mutex::new(eps), preferred: AtomicUsize::new(0), client_id, seq: AtomicU64::new(0), opts })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    fn next_ref(&self) -> pb::ClientRef {
+        pb::ClientRef { client_id: self.client_id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 }
+    }
+
+    fn pick(&self, attempt: u32) -> (usize, Channel) {
+        let eps = self.endpoints.lock().expect("poisoned");
+        let i = (self.preferred.load(Ordering::Relaxed) + attempt as usize) % eps.len();
+        (i, eps[i].1.clone())
+    }
+
+    /// Points the next attempt at the leader the server named, adding it if unknown.
+    fn follow_hint(&self, s: &Status) -> bool {
+        let Some(addr) = s.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let mut eps = self.endpoints.lock().expect("poisoned");
+        let i = match eps.iter().position(|(a, _)| a == addr) {
+            Some(i) => i,
+            None => match channel(addr) {
+                Ok(ch) => {
+                    eps.push((addr.to_string(), ch));
+                    eps.len() - 1
+                }
+                Err(_) => return false,
+            },
+        };
+        self.preferred.store(i, Ordering::Relaxed);
+        true
+    }
+
+    /// Runs `f` against endpoints until it succeeds, fails for good, or the deadline passes.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.opts.deadline;
+        let mut attempt = 0u32;
+        let mut rotate = 0u32;
+        loop {
+            let (i, ch) = self.pick(rotate);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = match tokio::time::timeout(self.opts.attempt_timeout.min(left), f(ch)).await {
+                Ok(Ok(r)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) if !retryable(&s) => return Err(Error::Status(s)),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded("attempt timed out"),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Deadline(self.opts.deadline, status));
+            }
+            rotate = if self.follow_hint(&status) { 0 } else { rotate + 1 };
+            attempt += 1;
+            let cap = self.opts.backoff_base.saturating_mul(1 << attempt.min(10)).min(self.opts.backoff_max);
+            let sleep = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+            tokio::time::sleep(sleep.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    pub async fn get(&self, key: impl Into<Bytes>, consistency: pb::Consistency) -> Result<Option<pb::KeyValue>> {
+        let req = pb::GetRequest { key: key.into(), consistency: consistency as i32 };
+        let r = self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).get(r).await }
+        }).await?;
+        Ok(r.kv)
+    }
+
+    /// A put; `client` is filled in so retries are deduplicated.
+    pub async fn put(&self, mut req: pb::PutRequest) -> Result<pb::PutResponse> {
+        req.client = Some(self.next_ref());
+        self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).put(r).await }
+        }).await
+    }
+
+    pub async fn put_simple(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<pb::PutResponse> {
+        self.put(pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await
+    }
+
+    pub async fn delete(&self, mut req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
+        req.client = Some(self.next_ref());
+        self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).delete(r).await }
+        }).await
+    }
+
+    pub async fn txn(&self, ops: Vec<pb::TxnOp>) -> Result<pb::TxnResponse> {
+        let req = pb::TxnRequest { ops, client: Some(self.next_ref()) };
+        self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).txn(r).await }
+        }).await
+    }
+
+    pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse> {
+        self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).list(r).await }
+        }).await
+    }
+
+    /// Opens a watch stream on one node (events are per node, in revision order).
+    pub async fn watch(&self, prefix: impl Into<Bytes>, from_revision: u64) -> Result<tonic::Streaming<pb::WatchEvent>> {
+        let req = pb::WatchRequest { prefix: prefix.into(), from_revision };
+        self.call(|ch| {
+            let r = req.clone();
+            async move { KvClient::new(ch).watch(r).await }
+        }).await.map_err(Error::from)
+    }
+
+    pub async fn status(&self) -> Result<pb::StatusResponse> {
+        self.call(|ch| {
+            let r = pb::StatusRequest {};
+            async move { ClusterClient::new(ch).status(r).await }
+        }).await
+    }
+
+    pub async fn members(&self) -> Result<pb::MembersResponse> {
+        self.call(|ch| {
+            let r = pb::MembersRequest {};
+            async move { ClusterClient::new(ch).members(r).await }
+        }).await
+    }
+
+    pub async fn leave(&self, id: u64) -> Result<pb::LeaveResponse> {
+        self.call(|ch| {
+            let r = pb::LeaveRequest { id };
+            async move { ClusterClient::new(ch).leave(r).await }
+        }).await
+    }
+}

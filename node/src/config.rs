@@ -10,7 +10,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Raft node id (>= 1). Disk mode stores it and refuses to start under another.
+    /// Raft node id (>= 1; 0 = automatic: the stored id, else 1 for serve and a fresh
+    /// id for join). Disk mode stores it and refuses to start under another.
     pub id: u64,
     pub data_dir: PathBuf,
     /// Keep nothing on disk: data lives as long as a quorum stays up.
@@ -177,9 +178,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.id == 0 {
-            return Err(Error::invalid("id must be at least 1"));
-        }
         for a in [&self.peer_listen, &self.grpc, &self.http, &self.mqtt] {
             check_addr(a)?;
         }
