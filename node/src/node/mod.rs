@@ -146,6 +146,16 @@ pub fn stored_id(config: &Config) -> anyhow::Result<Option<NodeId>> {
     Ok(log.raw_meta(NODE_ID_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(u64::from_le_bytes))
 }
 
+/// Accepted connections with Nagle off: Raft and client RPCs are small and latency-bound.
+fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(l).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
@@ -156,7 +166,7 @@ async fn serve_peer(l: TcpListener, raft: Raft, handle: NodeHandle, stop: watch:
         .max_encoding_message_size(MAX_PEER_MESSAGE);
     let r = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop))
+        .serve_with_incoming_shutdown(incoming(l), stopped(stop))
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "peer server failed");
@@ -170,7 +180,7 @@ async fn serve_grpc(l: TcpListener, handle: NodeHandle, stop: watch::Receiver<bo
     let r = tonic::transport::Server::builder()
         .add_service(kv)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop))
+        .serve_with_incoming_shutdown(incoming(l), stopped(stop))
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "grpc server failed");
