@@ -66,8 +66,13 @@ pub enum PeerRequest {
     Write(Command),
     Read(Vec<Bytes>),
     List(ListQuery),
-    Join { id: NodeId, node: NodeInfo },
-    Leave { id: NodeId },
+    Join {
+        id: NodeId,
+        node: NodeInfo,
+    },
+    Leave {
+        id: NodeId,
+    },
     /// Served by the node asked, never forwarded.
     Status,
     /// Who are you? Answered even before the cluster forms (bootstrap).
@@ -89,7 +94,9 @@ pub enum PeerReply {
 pub enum WatchItem {
     Event(Arc<Event>),
     /// History is gone: re-read the state, then events continue from `next`.
-    Resync { next: u64 },
+    Resync {
+        next: u64,
+    },
 }
 
 #[derive(Clone)]
@@ -107,12 +114,28 @@ struct Inner {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeHandle {
-    pub fn new(consensus: Consensus, sm: SmStore, peers: Arc<PeerChannels>, limits: Limits, me: NodeInfo) -> Self {
-        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me }) }
+    pub fn new(
+        consensus: Consensus,
+        sm: SmStore,
+        peers: Arc<PeerChannels>,
+        limits: Limits,
+        me: NodeInfo,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                consensus,
+                sm,
+                peers,
+                limits,
+                me,
+            }),
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -171,7 +194,13 @@ impl NodeHandle {
     /// Every applied change under `prefix` on this node, from `from_revision` if given.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> EventStream {
         let (start, rx) = self.inner.sm.hub().subscribe(from_revision);
-        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0 };
+        let mut s = EventStream {
+            prefix,
+            backlog: VecDeque::new(),
+            rx,
+            handle: self.clone(),
+            last: 0,
+        };
         match start {
             Start::From(events) => s.backlog.extend(events.into_iter().map(WatchItem::Event)),
             Start::Resync { next } => s.backlog.push_back(WatchItem::Resync { next }),
@@ -204,7 +233,10 @@ impl NodeHandle {
 
     /// A hint to the current leader's client address, for `Unavailable` errors.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
-        self.inner.consensus.leader().map(|(id, n)| LeaderHint { id, grpc_addr: n.grpc_addr })
+        self.inner.consensus.leader().map(|(id, n)| LeaderHint {
+            id,
+            grpc_addr: n.grpc_addr,
+        })
     }
 
     /// Serves locally; forwards once to the leader when this node is not it.
@@ -212,7 +244,9 @@ impl NodeHandle {
         let forward_copy = req.clone();
         match self.serve_local(req).await {
             Ok(reply) => Ok(reply),
-            Err(Fail::Forward(Some((id, node)))) if id != self.id() => self.forward(&node, forward_copy).await,
+            Err(Fail::Forward(Some((id, node)))) if id != self.id() => {
+                self.forward(&node, forward_copy).await
+            }
             Err(Fail::Forward(_)) => Err(Error::unavailable("no leader elected")),
             Err(Fail::Err(e)) => Err(e),
         }
@@ -244,17 +278,29 @@ impl NodeHandle {
     }
 
     async fn forward(&self, leader: &NodeInfo, req: PeerRequest) -> Result<PeerReply> {
-        let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
-        let mut client = self.inner.peers.client(&leader.peer_addr).map_err(|e| unavailable(e.to_string()))?;
+        let unavailable = |reason: String| Error::Unavailable {
+            reason,
+            leader_hint: self.leader_hint(),
+        };
+        let mut client = self
+            .inner
+            .peers
+            .client(&leader.peer_addr)
+            .map_err(|e| unavailable(e.to_string()))?;
         let is_write = matches!(req, PeerRequest::Write(_));
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
         let reply = match tokio::time::timeout(deadline, client.forward(encode(&req))).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(unavailable(format!("leader unreachable: {}", status.message())))
+                return Err(unavailable(format!(
+                    "leader unreachable: {}",
+                    status.message()
+                )))
             }
             // The write may have reached the leader: its outcome is unknown.
-            Ok(Err(status)) if is_write => return Err(Error::Timeout(status.message().to_string())),
+            Ok(Err(status)) if is_write => {
+                return Err(Error::Timeout(status.message().to_string()))
+            }
             Ok(Err(status)) => return Err(unavailable(status.message().to_string())),
             Err(_) if is_write => return Err(Error::Timeout("forwarded write timed out".into())),
             Err(_) => return Err(unavailable("forwarded request timed out".into())),
@@ -272,8 +318,14 @@ impl NodeHandle {
         let now = now_ms();
         let st = self.inner.sm.read();
         let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
-        let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
-        ListPage { entries, next_cursor, revision: st.last_applied.map_or(0, |l| l.index) }
+        let next_cursor = (entries.len() == q.limit)
+            .then(|| entries.last().map(|(k, _)| k.clone()))
+            .flatten();
+        ListPage {
+            entries,
+            next_cursor,
+            revision: st.last_applied.map_or(0, |l| l.index),
+        }
     }
 
     fn validate(&self, cmd: &Command) -> Result<()> {
@@ -289,7 +341,12 @@ impl NodeHandle {
                         TxnOp::Put(p) => limits.check_put(p)?,
                         TxnOp::Delete(d) => limits.check_key(&d.key)?,
                     }
-                    total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
+                    total += op.key().len()
+                        + if let TxnOp::Put(p) = op {
+                            p.value.len()
+                        } else {
+                            0
+                        };
                 }
                 limits.check_request(total)
             }

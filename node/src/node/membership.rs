@@ -39,7 +39,11 @@ fn fresh_id() -> NodeId {
     rand::random::<u64>() % (1 << 53) + 1000
 }
 
-pub async fn plan(config: &Config, role: &Role, channels: &Arc<PeerChannels>) -> anyhow::Result<Plan> {
+pub async fn plan(
+    config: &Config,
+    role: &Role,
+    channels: &Arc<PeerChannels>,
+) -> anyhow::Result<Plan> {
     let stored = stored_id(config)?;
     let given = (config.id != 0).then_some(config.id);
     let me = config.peer_advertise();
@@ -47,38 +51,72 @@ pub async fn plan(config: &Config, role: &Role, channels: &Arc<PeerChannels>) ->
         Role::Join { seed } => {
             crate::config::check_addr(seed)?;
             let id = stored.or(given).unwrap_or_else(fresh_id);
-            Ok(Plan { id, action: Action::Join(seed.clone()) })
+            Ok(Plan {
+                id,
+                action: Action::Join(seed.clone()),
+            })
         }
         Role::Serve => {
             let peers = config.parsed_peers()?;
             let id = stored.or(given).unwrap_or(1);
             if peers.len() <= 1 {
-                return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]) });
+                return Ok(Plan {
+                    id,
+                    action: Action::Initialize(vec![(id, me)]),
+                });
             }
-            let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
+            let others: Vec<String> = peers
+                .iter()
+                .filter(|(p, _)| *p != id)
+                .map(|(_, a)| a.clone())
+                .collect();
             match find_cluster(channels, &others).await {
                 Some((addr, _)) if config.memory => {
                     let id = fresh_id();
-                    tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");
-                    Ok(Plan { id, action: Action::Join(addr) })
+                    tracing::info!(
+                        id,
+                        "memory mode: a cluster already runs; joining it as a new member"
+                    );
+                    Ok(Plan {
+                        id,
+                        action: Action::Join(addr),
+                    })
                 }
-                Some(_) => Ok(Plan { id, action: Action::Wait }),
-                None => Ok(Plan { id, action: Action::Initialize(peers) }),
+                Some(_) => Ok(Plan {
+                    id,
+                    action: Action::Wait,
+                }),
+                None => Ok(Plan {
+                    id,
+                    action: Action::Initialize(peers),
+                }),
             }
         }
     }
 }
 
-async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Duration) -> anyhow::Result<PeerReply> {
+async fn ask(
+    channels: &PeerChannels,
+    addr: &str,
+    req: &PeerRequest,
+    timeout: Duration,
+) -> anyhow::Result<PeerReply> {
     let mut client = channels.client(addr)?;
-    let reply = tokio::time::timeout(timeout, client.forward(encode(req))).await??.into_inner();
+    let reply = tokio::time::timeout(timeout, client.forward(encode(req)))
+        .await??
+        .into_inner();
     Ok(decode::<crate::error::Result<PeerReply>>(&reply)??)
 }
 
 /// The first peer that reports a cluster with a leader, with its status.
-pub async fn find_cluster(channels: &PeerChannels, addrs: &[String]) -> Option<(String, ClusterStatus)> {
+pub async fn find_cluster(
+    channels: &PeerChannels,
+    addrs: &[String],
+) -> Option<(String, ClusterStatus)> {
     for addr in addrs {
-        if let Ok(PeerReply::Status(s)) = ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await {
+        if let Ok(PeerReply::Status(s)) =
+            ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await
+        {
             if s.leader_id.is_some() && !s.members.is_empty() {
                 return Some((addr.clone(), s));
             }
@@ -88,12 +126,20 @@ pub async fn find_cluster(channels: &PeerChannels, addrs: &[String]) -> Option<(
 }
 
 /// Runs the plan's action in the background of a pristine node.
-pub async fn form(plan: Plan, raft: Raft, channels: Arc<PeerChannels>, me: NodeInfo, stop: watch::Receiver<bool>) {
+pub async fn form(
+    plan: Plan,
+    raft: Raft,
+    channels: Arc<PeerChannels>,
+    me: NodeInfo,
+    stop: watch::Receiver<bool>,
+) {
     let result = match plan.action {
         Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
         Action::Join(via) => join_cluster(&channels, &via, plan.id, &me, stop).await,
         Action::Wait => {
-            tracing::info!("empty storage in an existing cluster: waiting for the leader to replicate");
+            tracing::info!(
+                "empty storage in an existing cluster: waiting for the leader to replicate"
+            );
             Ok(())
         }
     };
@@ -126,7 +172,9 @@ async fn initialize(
                     members.insert(pid, info);
                     break;
                 }
-                Ok(PeerReply::Hello(hid, _)) => anyhow::bail!("peer {addr} says it is node {hid}, expected {pid}"),
+                Ok(PeerReply::Hello(hid, _)) => {
+                    anyhow::bail!("peer {addr} says it is node {hid}, expected {pid}")
+                }
                 _ => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
@@ -134,7 +182,9 @@ async fn initialize(
     tracing::info!(?members, "all expected peers answered; initializing");
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
-        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -152,7 +202,11 @@ pub async fn join_cluster(
     while !*stop.borrow() {
         attempt += 1;
         let leader = match ask(channels, via, &PeerRequest::Status, Duration::from_secs(2)).await {
-            Ok(PeerReply::Status(s)) => s.members.iter().find(|m| Some(m.id) == s.leader_id).map(|m| m.peer_addr.clone()),
+            Ok(PeerReply::Status(s)) => s
+                .members
+                .iter()
+                .find(|m| Some(m.id) == s.leader_id)
+                .map(|m| m.peer_addr.clone()),
             _ => None,
         };
         let Some(leader) = leader else {
@@ -160,8 +214,15 @@ pub async fn join_cluster(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        tracing::info!(id, leader, "asking the leader to add this node (learner, then voter once caught up)");
-        let req = PeerRequest::Join { id, node: me.clone() };
+        tracing::info!(
+            id,
+            leader,
+            "asking the leader to add this node (learner, then voter once caught up)"
+        );
+        let req = PeerRequest::Join {
+            id,
+            node: me.clone(),
+        };
         match ask(channels, &leader, &req, deadline).await {
             Ok(PeerReply::Members(m)) => {
                 tracing::info!(id, members = m.len(), "joined: this node is now a voter");

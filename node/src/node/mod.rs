@@ -35,8 +35,12 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let peer = TcpListener::bind(&config.peer_listen).await.with_context(|| format!("bind peer {}", config.peer_listen))?;
-        let grpc = TcpListener::bind(&config.grpc).await.with_context(|| format!("bind grpc {}", config.grpc))?;
+        let peer = TcpListener::bind(&config.peer_listen)
+            .await
+            .with_context(|| format!("bind peer {}", config.peer_listen))?;
+        let grpc = TcpListener::bind(&config.grpc)
+            .await
+            .with_context(|| format!("bind grpc {}", config.grpc))?;
         Ok(Self { peer, grpc })
     }
 }
@@ -61,23 +65,56 @@ impl Node {
         let plan = membership::plan(&config, &role, &channels).await?;
         let (log, sm, pristine) = open_storage(&config, plan.id, hub)?;
         let id = plan.id;
-        let raft = Raft::new(id, Arc::new(raft_config(&config)?), Network { channels: channels.clone() }, log, sm.clone())
-            .await
-            .context("start raft")?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config(&config)?),
+            Network {
+                channels: channels.clone(),
+            },
+            log,
+            sm.clone(),
+        )
+        .await
+        .context("start raft")?;
         let consensus = Consensus::new(raft.clone(), id, config.limits.request_timeout);
-        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise() };
-        let handle = NodeHandle::new(consensus, sm, channels.clone(), config.limits.clone(), me.clone());
+        let me = NodeInfo {
+            peer_addr: config.peer_advertise(),
+            grpc_addr: config.grpc_advertise(),
+        };
+        let handle = NodeHandle::new(
+            consensus,
+            sm,
+            channels.clone(),
+            config.limits.clone(),
+            me.clone(),
+        );
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(serve_peer(listeners.peer, raft.clone(), handle.clone(), stop_rx.clone())),
+            tokio::spawn(serve_peer(
+                listeners.peer,
+                raft.clone(),
+                handle.clone(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(serve_grpc(listeners.grpc, handle.clone(), stop_rx.clone())),
             tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())),
         ];
         tracing::info!(id, %me, memory = config.memory, "node started");
         if pristine {
-            tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx)));
+            tasks.push(tokio::spawn(membership::form(
+                plan,
+                raft.clone(),
+                channels,
+                me,
+                stop_rx,
+            )));
         }
-        Ok(Node { handle, raft, stop, tasks })
+        Ok(Node {
+            handle,
+            raft,
+            stop,
+            tasks,
+        })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -112,18 +149,27 @@ fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
 }
 
 /// Opens (or creates) storage; returns whether it is pristine (never part of a cluster).
-fn open_storage(config: &Config, id: NodeId, hub: Arc<EventHub>) -> anyhow::Result<(LogStore, SmStore, bool)> {
+fn open_storage(
+    config: &Config,
+    id: NodeId,
+    hub: Arc<EventHub>,
+) -> anyhow::Result<(LogStore, SmStore, bool)> {
     if config.memory {
         let log: Arc<dyn LogBackend> = Arc::new(MemLog::default());
         return Ok((LogStore::new(log), SmStore::memory(hub), true));
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create {}", config.data_dir.display()))?;
     let log = RedbLog::open(&config.data_dir.join("raft.redb")).context("open raft.redb")?;
     let pristine = match log.raw_meta(NODE_ID_KEY)? {
         Some(stored) => {
-            let stored = u64::from_le_bytes(stored.as_slice().try_into().context("corrupt node id")?);
+            let stored =
+                u64::from_le_bytes(stored.as_slice().try_into().context("corrupt node id")?);
             if stored != id {
-                bail!("data dir {} belongs to node {stored}, not {id}", config.data_dir.display());
+                bail!(
+                    "data dir {} belongs to node {stored}, not {id}",
+                    config.data_dir.display()
+                );
             }
             log.meta(crate::store::backend::LogMeta::Vote)?.is_none() && log.last()?.is_none()
         }
@@ -132,7 +178,10 @@ fn open_storage(config: &Config, id: NodeId, hub: Arc<EventHub>) -> anyhow::Resu
             true
         }
     };
-    let sm = SmStore::redb(RedbSm::open(&config.data_dir.join("sm.redb")).context("open sm.redb")?, hub)?;
+    let sm = SmStore::redb(
+        RedbSm::open(&config.data_dir.join("sm.redb")).context("open sm.redb")?,
+        hub,
+    )?;
     Ok((LogStore::new(Arc::new(log)), sm, pristine))
 }
 
@@ -143,11 +192,16 @@ pub fn stored_id(config: &Config) -> anyhow::Result<Option<NodeId>> {
         return Ok(None);
     }
     let log = RedbLog::open(&path).context("open raft.redb")?;
-    Ok(log.raw_meta(NODE_ID_KEY)?.and_then(|b| b.as_slice().try_into().ok()).map(u64::from_le_bytes))
+    Ok(log
+        .raw_meta(NODE_ID_KEY)?
+        .and_then(|b| b.as_slice().try_into().ok())
+        .map(u64::from_le_bytes))
 }
 
 /// Accepted connections with Nagle off: Raft and client RPCs are small and latency-bound.
-fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn incoming(
+    l: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
     TcpListenerStream::new(l).map(|s| {
         let s = s?;
@@ -175,7 +229,10 @@ async fn serve_peer(l: TcpListener, raft: Raft, handle: NodeHandle, stop: watch:
 
 async fn serve_grpc(l: TcpListener, handle: NodeHandle, stop: watch::Receiver<bool>) {
     let max = handle.limits().max_request_bytes + 64 * 1024;
-    let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
+    let kv = KvServer::new(KvService {
+        handle: handle.clone(),
+    })
+    .max_decoding_message_size(max);
     let cluster = ClusterServer::new(ClusterService { handle });
     let r = tonic::transport::Server::builder()
         .add_service(kv)
@@ -195,9 +252,21 @@ async fn reap_expired(handle: NodeHandle, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let due = handle.sm().read().kv.next_expiry().is_some_and(|t| t <= now_ms());
+        let due = handle
+            .sm()
+            .read()
+            .kv
+            .next_expiry()
+            .is_some_and(|t| t <= now_ms());
         if due && handle.consensus().raft.current_leader().await == Some(handle.id()) {
-            if let Err(e) = handle.write(Command { client: None, now_ms: 0, op: Op::Expire }).await {
+            if let Err(e) = handle
+                .write(Command {
+                    client: None,
+                    now_ms: 0,
+                    op: Op::Expire,
+                })
+                .await
+            {
                 tracing::debug!(error = %e, "expire proposal failed");
             }
         }

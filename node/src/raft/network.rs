@@ -2,11 +2,13 @@
 //! payloads bincode-encoded inside `bytes` fields.
 
 use super::types::{NodeId, NodeInfo, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,7 +53,11 @@ impl PeerChannels {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Blob {
-    Blob { data: bincode::serialize(v).expect("in-memory serialization cannot fail").into() }
+    Blob {
+        data: bincode::serialize(v)
+            .expect("in-memory serialization cannot fail")
+            .into(),
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, bincode::Error> {
@@ -67,7 +73,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConn {
-        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
+        PeerConn {
+            target,
+            addr: node.peer_addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
@@ -93,7 +103,10 @@ impl PeerConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client = self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let blob = encode(req);
         let fut = async {
             match rpc {

@@ -4,7 +4,7 @@ use super::network::{decode, encode};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::Fail;
 use crate::error::Error;
-use crate::handle::{NodeHandle, PeerRequest, PeerReply};
+use crate::handle::{NodeHandle, PeerReply, PeerRequest};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use statenode_proto::v1::peer_server::Peer;
 use statenode_proto::v1::Blob;
@@ -33,7 +33,9 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.raft.install_snapshot(rpc).await)))
+        Ok(Response::new(encode(
+            &self.raft.install_snapshot(rpc).await,
+        )))
     }
 
     /// Serves a request another node forwarded; never forwards it again.
