@@ -245,7 +245,7 @@ impl NodeHandle {
         match self.serve_local(req).await {
             Ok(reply) => Ok(reply),
             Err(Fail::Forward(Some((id, node)))) if id != self.id() => {
-                self.forward(&node, forward_copy).await
+                self.forward(id, &node, forward_copy).await
             }
             Err(Fail::Forward(_)) => Err(Error::unavailable("no leader elected")),
             Err(Fail::Err(e)) => Err(e),
@@ -277,7 +277,12 @@ impl NodeHandle {
         }
     }
 
-    async fn forward(&self, leader: &NodeInfo, req: PeerRequest) -> Result<PeerReply> {
+    async fn forward(
+        &self,
+        leader_id: NodeId,
+        leader: &NodeInfo,
+        req: PeerRequest,
+    ) -> Result<PeerReply> {
         let unavailable = |reason: String| Error::Unavailable {
             reason,
             leader_hint: self.leader_hint(),
@@ -289,7 +294,17 @@ impl NodeHandle {
             .map_err(|e| unavailable(e.to_string()))?;
         let is_write = matches!(req, PeerRequest::Write(_));
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
-        let reply = match tokio::time::timeout(deadline, client.forward(encode(&req))).await {
+        let call = tokio::time::timeout(deadline, client.forward(encode(&req)));
+        // A leader that stops answering (paused, partitioned) is replaced by an election;
+        // stop waiting for it then, and let the caller retry against the new one.
+        let reply = tokio::select! {
+            r = call => r,
+            _ = self.inner.consensus.leader_moved_from(leader_id) => {
+                let reason = "leader changed while the request was forwarded; outcome unknown";
+                return Err(if is_write { Error::Timeout(reason.into()) } else { unavailable(reason.into()) });
+            }
+        };
+        let reply = match reply {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(unavailable(format!(

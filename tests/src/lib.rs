@@ -1,1 +1,290 @@
+//! Harness for end-to-end tests: real `statenode` processes on loopback, killed by PID.
 
+use statenode_client::{v1 as pb, Client, Options};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Cluster tests share two cores: run them one at a time so timing checks stay meaningful.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Path of a workspace binary, built once (a no-op when cargo already built it).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "statenode",
+                "-p",
+                "statenode-client",
+                "--bins",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<test-binary> → target/<profile>
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
+    });
+    dir.join(name)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends a signal to a process by PID.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .map(|s| s.success());
+    assert!(matches!(ok, Ok(true)), "kill -{sig} {pid} failed");
+}
+
+/// One `statenode` process; killed when dropped.
+pub struct Proc {
+    pub id: u64,
+    pub peer: String,
+    pub grpc: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(id: u64, args: Vec<String>, log: PathBuf, peer: String, grpc: String) -> Proc {
+        let mut p = Proc {
+            id,
+            peer,
+            grpc,
+            args,
+            log,
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin("statenode"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn,statenode=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn statenode");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "KILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts with the same arguments (same data dir in disk mode).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn client(&self) -> Client {
+        single_client(&self.grpc)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client bound to one node only, with a short deadline (for probing that node).
+pub fn single_client(addr: &str) -> Client {
+    let opts = Options {
+        deadline: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(1),
+        ..Options::default()
+    };
+    Client::new(&[addr], opts).expect("client")
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<Proc>,
+    pub dir: tempfile::TempDir,
+    pub memory: bool,
+}
+
+impl TestCluster {
+    pub fn node_args(id: u64, peer: &str, grpc: &str, data: &Path, memory: bool) -> Vec<String> {
+        let mut a = vec![
+            "--id".into(),
+            id.to_string(),
+            "--peer-listen".into(),
+            peer.into(),
+            "--grpc".into(),
+            grpc.into(),
+            "--data-dir".into(),
+            data.to_string_lossy().into_owned(),
+        ];
+        if memory {
+            a.push("--memory".into());
+        }
+        a
+    }
+
+    pub async fn start(n: u64, memory: bool) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<(String, String)> = (0..n)
+            .map(|_| {
+                (
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        let peers: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| format!("{}={p}", i + 1))
+            .collect();
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, g))| {
+                let id = i as u64 + 1;
+                let mut args = vec!["serve".to_string()];
+                args.extend(Self::node_args(
+                    id,
+                    p,
+                    g,
+                    &dir.path().join(format!("n{id}")),
+                    memory,
+                ));
+                args.extend([
+                    "--bootstrap-expect".into(),
+                    n.to_string(),
+                    "--peers".into(),
+                    peers.join(","),
+                ]);
+                Proc::spawn(
+                    id,
+                    args,
+                    dir.path().join(format!("n{id}.log")),
+                    p.clone(),
+                    g.clone(),
+                )
+            })
+            .collect();
+        let c = TestCluster { nodes, dir, memory };
+        c.wait_leader(None, Duration::from_secs(20)).await;
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc.clone()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.endpoints(), Options::default()).expect("client")
+    }
+
+    /// Waits until a running node reports a leader other than `not`; returns its id.
+    pub async fn wait_leader(&self, not: Option<u64>, within: Duration) -> u64 {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Ok(s) = n.client().status().await {
+                    let ok = s.leader_id != 0 && Some(s.leader_id) != not;
+                    if ok && s.members.iter().any(|m| m.id == s.leader_id) {
+                        return s.leader_id;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("--- node {}\n{}", n.id, n.log_tail()))
+            .collect();
+        panic!("no leader within {within:?}\n{}", logs.join("\n"));
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Proc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node")
+    }
+
+    /// Every key/value under `prefix` as one node serves it.
+    pub async fn list_all(
+        client: &Client,
+        prefix: &str,
+        consistency: pb::Consistency,
+    ) -> statenode_client::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut cursor = Default::default();
+        loop {
+            let req = pb::ListRequest {
+                prefix: prefix.to_string().into(),
+                cursor,
+                limit: 1000,
+                consistency: consistency as i32,
+                keys_only: false,
+            };
+            let page = client.list(req).await?;
+            out.extend(page.kvs.iter().map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            }));
+            if page.next_cursor.is_empty() {
+                return Ok(out);
+            }
+            cursor = page.next_cursor;
+        }
+    }
+}

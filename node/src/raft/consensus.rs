@@ -167,6 +167,12 @@ impl Consensus {
         }
     }
 
+    /// Resolves once this node sees a leader other than `leader` (or none).
+    pub async fn leader_moved_from(&self, leader: NodeId) {
+        let mut rx = self.raft.metrics();
+        let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
+    }
+
     /// The leader's client address, for hints.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let m = self.raft.metrics().borrow().clone();
