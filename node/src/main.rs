@@ -205,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    config.validate()?;
     init_logging(config.log_format);
     let listeners = Listeners::bind(&config).await?;
     let node = Node::start(config, listeners, role).await?;
