@@ -280,7 +280,6 @@ impl Client {
             async move { KvClient::new(ch).watch(r).await }
         })
         .await
-        .map_err(Error::from)
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse> {

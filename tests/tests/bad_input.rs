@@ -74,7 +74,7 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rpcs_get_clear_errors_and_change_nothing() {
-    let _g = serial();
+    let _g = serial().await;
     let c = TestCluster::start(3, true).await;
     let client = c.client();
     client.put_simple("keep", "me").await.unwrap();

@@ -129,7 +129,7 @@ async fn sigstop_leader(memory: bool) {
         .map(|_| {
             let (acked, stop, served) = (acked.clone(), stop.clone(), served.clone());
             let reader =
-                statenode_client::Client::new(&[stopped_grpc.clone()], Default::default()).unwrap();
+                statenode_client::Client::new(std::slice::from_ref(&stopped_grpc), Default::default()).unwrap();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let before = acked.load(Ordering::SeqCst);
@@ -170,24 +170,24 @@ async fn sigstop_leader(memory: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_leader_disk() {
-    let _g = serial();
+    let _g = serial().await;
     kill_leader(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_leader_memory() {
-    let _g = serial();
+    let _g = serial().await;
     kill_leader(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_leader_disk() {
-    let _g = serial();
+    let _g = serial().await;
     sigstop_leader(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_leader_memory() {
-    let _g = serial();
+    let _g = serial().await;
     sigstop_leader(true).await;
 }

@@ -24,7 +24,7 @@ async fn wait_members(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_fourth_node_then_leave() {
-    let _g = serial();
+    let _g = serial().await;
     let c = TestCluster::start(3, false).await;
     let client = c.client();
     for i in 0..50 {
@@ -81,7 +81,7 @@ async fn join_fourth_node_then_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_cluster_has_three_voters_and_one_leader() {
-    let _g = serial();
+    let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let (pb, gb) = (free_port_block(), free_port_block());
     let mut dev = std::process::Command::new(bin("statenode"))
