@@ -128,8 +128,11 @@ async fn sigstop_leader(memory: bool) {
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let (acked, stop, served) = (acked.clone(), stop.clone(), served.clone());
-            let reader =
-                statenode_client::Client::new(std::slice::from_ref(&stopped_grpc), Default::default()).unwrap();
+            let reader = statenode_client::Client::new(
+                std::slice::from_ref(&stopped_grpc),
+                Default::default(),
+            )
+            .unwrap();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let before = acked.load(Ordering::SeqCst);
