@@ -57,6 +57,8 @@ pub struct ClusterStatus {
     pub term: u64,
     pub last_log_index: u64,
     pub applied_index: u64,
+    /// Log entries up to here were purged after a snapshot: a new node needs the snapshot.
+    pub purged_index: u64,
     pub members: Vec<Member>,
 }
 

@@ -183,11 +183,15 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
 async fn late_joiner_catches_up_through_snapshot() {
     let c = Cluster::start(3, 20).await;
     let h = c.handle(0);
+    let mut last = 0;
     for i in 0..120 {
-        h.write(put(&format!("k{i}"), &i.to_string()))
+        last = h
+            .write(put(&format!("k{i}"), &i.to_string()))
             .await
-            .unwrap();
+            .unwrap()
+            .revision;
     }
+    assert!(h.status().await.purged_index > 0, "the leader's log should be purged after snapshots");
     let (l, p, g) = bind().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(4, &dir, &p, &g, 20);
@@ -204,6 +208,13 @@ async fn late_joiner_catches_up_through_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(voter, "node 4 never became a voter");
+    // A voter may still be applying the last entries: wait for them, then read locally.
+    for _ in 0..200 {
+        if h4.status().await.applied_index >= last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for i in [0, 57, 119] {
         let e = h4
             .read(format!("k{i}").as_bytes(), Consistency::Stale)

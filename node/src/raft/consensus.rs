@@ -163,6 +163,7 @@ impl Consensus {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             members,
         }
     }
