@@ -191,7 +191,10 @@ async fn late_joiner_catches_up_through_snapshot() {
             .unwrap()
             .revision;
     }
-    assert!(h.status().await.purged_index > 0, "the leader's log should be purged after snapshots");
+    assert!(
+        h.status().await.purged_index > 0,
+        "the leader's log should be purged after snapshots"
+    );
     let (l, p, g) = bind().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(4, &dir, &p, &g, 20);
