@@ -234,3 +234,20 @@ async fn late_joiner_catches_up_through_snapshot() {
     n4.shutdown().await;
     c.stop().await;
 }
+
+/// A data dir created by one node id is never served under another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_refuses_another_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, p, g) = bind().await;
+    let n = Node::start(config(1, &dir, &p, &g, 100), l, Role::Serve)
+        .await
+        .unwrap();
+    n.shutdown().await;
+    let (l, p, g) = bind().await;
+    let err = Node::start(config(2, &dir, &p, &g, 100), l, Role::Serve)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("belongs to node 1"), "{err:#}");
+}

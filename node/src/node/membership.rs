@@ -46,6 +46,13 @@ pub async fn plan(
 ) -> anyhow::Result<Plan> {
     let stored = stored_id(config)?;
     let given = (config.id != 0).then_some(config.id);
+    if let (Some(s), Some(g)) = (stored, given) {
+        anyhow::ensure!(
+            s == g,
+            "data dir {} belongs to node {s}, not {g}",
+            config.data_dir.display()
+        );
+    }
     let me = config.peer_advertise();
     match role {
         Role::Join { seed } => {
@@ -135,7 +142,7 @@ pub async fn form(
 ) {
     let result = match plan.action {
         Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
-        Action::Join(via) => join_cluster(&channels, &via, plan.id, &me, stop).await,
+        Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await,
         Action::Wait => {
             tracing::info!(
                 "empty storage in an existing cluster: waiting for the leader to replicate"
@@ -189,9 +196,28 @@ async fn initialize(
     }
 }
 
+/// Awaits `fut`, printing how far this node has caught up every two seconds.
+async fn with_progress<T>(raft: &Raft, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => {
+                let m = raft.metrics().borrow().clone();
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                let snapshot = m.snapshot.map_or(0, |l| l.index);
+                tracing::info!(applied, snapshot, "catching up as a learner");
+            }
+        }
+    }
+}
+
 /// Asks the leader, found through `via`, to add this node; retries until it is a voter.
 pub async fn join_cluster(
     channels: &PeerChannels,
+    raft: &Raft,
     via: &str,
     id: NodeId,
     me: &NodeInfo,
