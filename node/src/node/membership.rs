@@ -249,7 +249,8 @@ pub async fn join_cluster(
             id,
             node: me.clone(),
         };
-        match ask(channels, &leader, &req, deadline).await {
+        let reply = with_progress(raft, ask(channels, &leader, &req, deadline)).await;
+        match reply {
             Ok(PeerReply::Members(m)) => {
                 tracing::info!(id, members = m.len(), "joined: this node is now a voter");
                 return Ok(());
