@@ -3,10 +3,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["statenode/v1/statenode.proto"], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .bytes(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).bytes(".").compile_fds(fds)?;
     Ok(())
 }

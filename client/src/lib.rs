@@ -73,11 +73,7 @@ pub struct Client {
 }
 
 fn channel(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)
         .map_err(|_| Error::Endpoint(addr.to_string()))?
         .connect_timeout(Duration::from_secs(1))
@@ -88,10 +84,7 @@ fn channel(addr: &str) -> Result<Channel> {
 /// Whether a failed attempt may be retried: the cluster was unavailable, or the outcome
 /// is unknown but the write is deduplicated by `(client_id, seq)`.
 fn retryable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-    )
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
 }
 
 impl Client {
@@ -99,18 +92,10 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
-        let eps = endpoints
-            .iter()
-            .map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?)))
-            .collect::<Result<_>>()?;
+        let eps =
+            endpoints.iter().map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?))).collect::<Result<_>>()?;
         let client_id = rand::thread_rng().gen_range(1..u64::MAX);
-        Ok(Self {
-            endpoints: Mutex::new(eps),
-            preferred: AtomicUsize::new(0),
-            client_id,
-            seq: AtomicU64::new(0),
-            opts,
-        })
+        Ok(Self { endpoints: Mutex::new(eps), preferred: AtomicUsize::new(0), client_id, seq: AtomicU64::new(0), opts })
     }
 
     pub fn client_id(&self) -> u64 {
@@ -118,10 +103,7 @@ impl Client {
     }
 
     fn next_ref(&self) -> pb::ClientRef {
-        pb::ClientRef {
-            client_id: self.client_id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-        }
+        pb::ClientRef { client_id: self.client_id, seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1 }
     }
 
     fn pick(&self, attempt: u32) -> (usize, Channel) {
@@ -132,11 +114,7 @@ impl Client {
 
     /// Points the next attempt at the leader the server named, adding it if unknown.
     fn follow_hint(&self, s: &Status) -> bool {
-        let Some(addr) = s
-            .metadata()
-            .get(LEADER_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(addr) = s.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
             return false;
         };
         let mut eps = self.endpoints.lock().expect("poisoned");
@@ -166,44 +144,28 @@ impl Client {
         loop {
             let (i, ch) = self.pick(rotate);
             let left = deadline.saturating_duration_since(Instant::now());
-            let status =
-                match tokio::time::timeout(self.opts.attempt_timeout.min(left), f(ch)).await {
-                    Ok(Ok(r)) => {
-                        self.preferred.store(i, Ordering::Relaxed);
-                        return Ok(r.into_inner());
-                    }
-                    Ok(Err(s)) if !retryable(&s) => return Err(Error::Status(s)),
-                    Ok(Err(s)) => s,
-                    Err(_) => Status::deadline_exceeded("attempt timed out"),
-                };
+            let status = match tokio::time::timeout(self.opts.attempt_timeout.min(left), f(ch)).await {
+                Ok(Ok(r)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) if !retryable(&s) => return Err(Error::Status(s)),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded("attempt timed out"),
+            };
             if Instant::now() >= deadline {
                 return Err(Error::Deadline(self.opts.deadline, status));
             }
-            rotate = if self.follow_hint(&status) {
-                0
-            } else {
-                rotate + 1
-            };
+            rotate = if self.follow_hint(&status) { 0 } else { rotate + 1 };
             attempt += 1;
-            let cap = self
-                .opts
-                .backoff_base
-                .saturating_mul(1 << attempt.min(10))
-                .min(self.opts.backoff_max);
+            let cap = self.opts.backoff_base.saturating_mul(1 << attempt.min(10)).min(self.opts.backoff_max);
             let sleep = rand::thread_rng().gen_range(Duration::ZERO..=cap);
             tokio::time::sleep(sleep.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
 
-    pub async fn get(
-        &self,
-        key: impl Into<Bytes>,
-        consistency: pb::Consistency,
-    ) -> Result<Option<pb::KeyValue>> {
-        let req = pb::GetRequest {
-            key: key.into(),
-            consistency: consistency as i32,
-        };
+    pub async fn get(&self, key: impl Into<Bytes>, consistency: pb::Consistency) -> Result<Option<pb::KeyValue>> {
+        let req = pb::GetRequest { key: key.into(), consistency: consistency as i32 };
         let r = self
             .call(|ch| {
                 let r = req.clone();
@@ -223,17 +185,8 @@ impl Client {
         .await
     }
 
-    pub async fn put_simple(
-        &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<pb::PutResponse> {
-        self.put(pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-        .await
+    pub async fn put_simple(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<pb::PutResponse> {
+        self.put(pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await
     }
 
     pub async fn delete(&self, mut req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
@@ -246,10 +199,7 @@ impl Client {
     }
 
     pub async fn txn(&self, ops: Vec<pb::TxnOp>) -> Result<pb::TxnResponse> {
-        let req = pb::TxnRequest {
-            ops,
-            client: Some(self.next_ref()),
-        };
+        let req = pb::TxnRequest { ops, client: Some(self.next_ref()) };
         self.call(|ch| {
             let r = req.clone();
             async move { KvClient::new(ch).txn(r).await }
@@ -271,10 +221,7 @@ impl Client {
         prefix: impl Into<Bytes>,
         from_revision: u64,
     ) -> Result<tonic::Streaming<pb::WatchEvent>> {
-        let req = pb::WatchRequest {
-            prefix: prefix.into(),
-            from_revision,
-        };
+        let req = pb::WatchRequest { prefix: prefix.into(), from_revision };
         self.call(|ch| {
             let r = req.clone();
             async move { KvClient::new(ch).watch(r).await }

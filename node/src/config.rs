@@ -142,13 +142,9 @@ pub fn check_addr(addr: &str) -> Result<()> {
 
 /// Parses one `id=host:port` peer.
 pub fn parse_peer(s: &str) -> Result<(u64, String)> {
-    let (id, addr) = s
-        .split_once('=')
-        .ok_or_else(|| Error::invalid(format!("bad peer {s:?}: expected id=host:port")))?;
-    let id: u64 = id
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid(format!("bad peer id in {s:?}")))?;
+    let (id, addr) =
+        s.split_once('=').ok_or_else(|| Error::invalid(format!("bad peer {s:?}: expected id=host:port")))?;
+    let id: u64 = id.trim().parse().map_err(|_| Error::invalid(format!("bad peer id in {s:?}")))?;
     if id == 0 {
         return Err(Error::invalid(format!("bad peer {s:?}: ids start at 1")));
     }
@@ -182,16 +178,8 @@ impl Config {
 
     pub fn grpc_advertise(&self) -> String {
         self.grpc_advertise.clone().unwrap_or_else(|| {
-            let host = self
-                .peer_advertise()
-                .rsplit_once(':')
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default();
-            let port = self
-                .grpc
-                .rsplit_once(':')
-                .map(|(_, p)| p.to_string())
-                .unwrap_or_default();
+            let host = self.peer_advertise().rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+            let port = self.grpc.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
             format!("{host}:{port}")
         })
     }
@@ -204,10 +192,7 @@ impl Config {
         for a in [&self.peer_listen, &self.grpc, &self.http, &self.mqtt] {
             check_addr(a)?;
         }
-        for a in [&self.peer_advertise, &self.grpc_advertise]
-            .into_iter()
-            .flatten()
-        {
+        for a in [&self.peer_advertise, &self.grpc_advertise].into_iter().flatten() {
             check_addr(a)?;
         }
         let peers = self.parsed_peers()?;
@@ -222,10 +207,7 @@ impl Config {
             )));
         }
         if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
-            return Err(Error::invalid(format!(
-                "--peers must include this node's id {}",
-                self.id
-            )));
+            return Err(Error::invalid(format!("--peers must include this node's id {}", self.id)));
         }
         let mut ids: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
@@ -244,9 +226,7 @@ impl RaftTuning {
             || self.election_min_ms < 2 * self.heartbeat_ms
             || self.election_max_ms <= self.election_min_ms
         {
-            return Err(Error::invalid(
-                "raft timing: need 0 < 2*heartbeat <= election_min < election_max",
-            ));
+            return Err(Error::invalid("raft timing: need 0 < 2*heartbeat <= election_min < election_max"));
         }
         if self.snapshot_threshold == 0 {
             return Err(Error::invalid("raft.snapshot_threshold must be at least 1"));
@@ -265,13 +245,8 @@ impl Limits {
             self.list_default_limit,
             self.list_max_limit,
         ];
-        if positive.contains(&0)
-            || self.list_default_limit > self.list_max_limit
-            || self.request_timeout.is_zero()
-        {
-            return Err(Error::invalid(
-                "limits must be positive and list_default_limit <= list_max_limit",
-            ));
+        if positive.contains(&0) || self.list_default_limit > self.list_max_limit || self.request_timeout.is_zero() {
+            return Err(Error::invalid("limits must be positive and list_default_limit <= list_max_limit"));
         }
         Ok(())
     }
@@ -281,11 +256,7 @@ impl Limits {
             return Err(Error::invalid("key must not be empty"));
         }
         if key.len() > self.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "key is {} bytes; the limit is {}",
-                key.len(),
-                self.max_key_bytes
-            )));
+            return Err(Error::TooLarge(format!("key is {} bytes; the limit is {}", key.len(), self.max_key_bytes)));
         }
         Ok(())
     }
@@ -300,10 +271,7 @@ impl Limits {
             )));
         }
         if p.ttl_ms.is_some_and(|t| t == 0 || t > self.max_ttl_ms) {
-            return Err(Error::invalid(format!(
-                "ttl must be between 1 ms and {} ms",
-                self.max_ttl_ms
-            )));
+            return Err(Error::invalid(format!("ttl must be between 1 ms and {} ms", self.max_ttl_ms)));
         }
         Ok(())
     }
@@ -313,29 +281,21 @@ impl Limits {
             return Err(Error::invalid("a transaction needs at least one operation"));
         }
         if n > self.max_batch_ops {
-            return Err(Error::TooLarge(format!(
-                "{n} operations; the limit is {}",
-                self.max_batch_ops
-            )));
+            return Err(Error::TooLarge(format!("{n} operations; the limit is {}", self.max_batch_ops)));
         }
         Ok(())
     }
 
     pub fn check_request(&self, bytes: usize) -> Result<()> {
         if bytes > self.max_request_bytes {
-            return Err(Error::TooLarge(format!(
-                "request is {bytes} bytes; the limit is {}",
-                self.max_request_bytes
-            )));
+            return Err(Error::TooLarge(format!("request is {bytes} bytes; the limit is {}", self.max_request_bytes)));
         }
         Ok(())
     }
 
     pub fn check_list(&self, q: &mut ListQuery) -> Result<()> {
         if q.prefix.len() > self.max_key_bytes || q.after.len() > self.max_key_bytes {
-            return Err(Error::TooLarge(
-                "prefix or cursor longer than the key limit".into(),
-            ));
+            return Err(Error::TooLarge("prefix or cursor longer than the key limit".into()));
         }
         if q.limit == 0 {
             q.limit = self.list_default_limit;
@@ -356,8 +316,7 @@ mod tests {
 
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
-        let c =
-            Config::from_toml("id = 3\nmemory = true\n[limits]\nmax_value_bytes = 10\n").unwrap();
+        let c = Config::from_toml("id = 3\nmemory = true\n[limits]\nmax_value_bytes = 10\n").unwrap();
         assert_eq!((c.id, c.memory, c.limits.max_value_bytes), (3, true, 10));
         assert_eq!(c.limits.max_key_bytes, 4096);
         assert!(Config::from_toml("idd = 3").is_err());
@@ -370,16 +329,7 @@ mod tests {
         for good in ["127.0.0.1:7000", "node-1.statenode:7000", "[::1]:7000"] {
             check_addr(good).unwrap();
         }
-        for bad in [
-            "",
-            "7000",
-            "host:",
-            "host:0",
-            "host:70000",
-            ":7000",
-            "a b:1",
-            "http://x:1",
-        ] {
+        for bad in ["", "7000", "host:", "host:0", "host:70000", ":7000", "a b:1", "http://x:1"] {
             assert!(check_addr(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_peer("2=h:7000").unwrap(), (2, "h:7000".into()));
@@ -390,11 +340,7 @@ mod tests {
 
     #[test]
     fn bootstrap_needs_matching_peers() {
-        let mut c = Config {
-            bootstrap_expect: 3,
-            peers: vec!["1=a:1".into(), "2=b:1".into()],
-            ..Config::default()
-        };
+        let mut c = Config { bootstrap_expect: 3, peers: vec!["1=a:1".into(), "2=b:1".into()], ..Config::default() };
         assert!(c.validate().is_err());
         c.peers.push("3=c:1".into());
         c.validate().unwrap();
@@ -411,10 +357,7 @@ mod tests {
     fn limits_reject_bad_input() {
         let l = Limits::default();
         assert!(matches!(l.check_key(b""), Err(Error::InvalidArgument(_))));
-        assert!(matches!(
-            l.check_key(&[b'k'; 4097]),
-            Err(Error::TooLarge(_))
-        ));
+        assert!(matches!(l.check_key(&[b'k'; 4097]), Err(Error::TooLarge(_))));
         assert!(matches!(l.check_batch(0), Err(Error::InvalidArgument(_))));
         assert!(matches!(l.check_batch(129), Err(Error::TooLarge(_))));
     }

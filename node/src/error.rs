@@ -13,10 +13,7 @@ pub struct LeaderHint {
 pub enum Error {
     /// No leader reachable right now (election, partition, shutdown): retryable.
     #[error("unavailable: {reason}")]
-    Unavailable {
-        reason: String,
-        leader_hint: Option<LeaderHint>,
-    },
+    Unavailable { reason: String, leader_hint: Option<LeaderHint> },
     #[error("condition failed: {0}")]
     ConditionFailed(String),
     #[error("{0}")]
@@ -40,10 +37,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        Error::Unavailable {
-            reason: reason.into(),
-            leader_hint: None,
-        }
+        Error::Unavailable { reason: reason.into(), leader_hint: None }
     }
 
     pub fn invalid(msg: impl Into<String>) -> Self {

@@ -2,6 +2,7 @@
 
 use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
+use crate::io::Clock;
 use crate::kv::{Command, CommandResult, Entry, Event, Op, TxnOp};
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{decode, encode, PeerChannels};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,12 +114,7 @@ struct Inner {
     limits: Limits,
     /// This node's own addresses, as it advertises them.
     me: NodeInfo,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    clock: Clock,
 }
 
 impl NodeHandle {
@@ -128,16 +124,14 @@ impl NodeHandle {
         peers: Arc<PeerChannels>,
         limits: Limits,
         me: NodeInfo,
+        clock: Clock,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                consensus,
-                sm,
-                peers,
-                limits,
-                me,
-            }),
-        }
+        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock }) }
+    }
+
+    /// This node's wall clock, in Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        (self.inner.clock)()
     }
 
     pub fn id(&self) -> NodeId {
@@ -196,13 +190,7 @@ impl NodeHandle {
     /// Every applied change under `prefix` on this node, from `from_revision` if given.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> EventStream {
         let (start, rx) = self.inner.sm.hub().subscribe(from_revision);
-        let mut s = EventStream {
-            prefix,
-            backlog: VecDeque::new(),
-            rx,
-            handle: self.clone(),
-            last: 0,
-        };
+        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0 };
         match start {
             Start::From(events) => s.backlog.extend(events.into_iter().map(WatchItem::Event)),
             Start::Resync { next } => s.backlog.push_back(WatchItem::Resync { next }),
@@ -235,10 +223,7 @@ impl NodeHandle {
 
     /// A hint to the current leader's client address, for `Unavailable` errors.
     pub fn leader_hint(&self) -> Option<LeaderHint> {
-        self.inner.consensus.leader().map(|(id, n)| LeaderHint {
-            id,
-            grpc_addr: n.grpc_addr,
-        })
+        self.inner.consensus.leader().map(|(id, n)| LeaderHint { id, grpc_addr: n.grpc_addr })
     }
 
     /// Serves locally; forwards once to the leader when this node is not it.
@@ -246,9 +231,7 @@ impl NodeHandle {
         let forward_copy = req.clone();
         match self.serve_local(req).await {
             Ok(reply) => Ok(reply),
-            Err(Fail::Forward(Some((id, node)))) if id != self.id() => {
-                self.forward(id, &node, forward_copy).await
-            }
+            Err(Fail::Forward(Some((id, node)))) if id != self.id() => self.forward(id, &node, forward_copy).await,
             Err(Fail::Forward(_)) => Err(Error::unavailable("no leader elected")),
             Err(Fail::Err(e)) => Err(e),
         }
@@ -261,7 +244,7 @@ impl NodeHandle {
         match req {
             PeerRequest::Write(mut cmd) => {
                 // The leader stamps its clock: apply derives versions and TTLs from it.
-                cmd.now_ms = now_ms();
+                cmd.now_ms = self.now_ms();
                 Ok(PeerReply::Write(c.write(cmd).await?))
             }
             PeerRequest::Read(keys) => {
@@ -279,21 +262,9 @@ impl NodeHandle {
         }
     }
 
-    async fn forward(
-        &self,
-        leader_id: NodeId,
-        leader: &NodeInfo,
-        req: PeerRequest,
-    ) -> Result<PeerReply> {
-        let unavailable = |reason: String| Error::Unavailable {
-            reason,
-            leader_hint: self.leader_hint(),
-        };
-        let mut client = self
-            .inner
-            .peers
-            .client(&leader.peer_addr)
-            .map_err(|e| unavailable(e.to_string()))?;
+    async fn forward(&self, leader_id: NodeId, leader: &NodeInfo, req: PeerRequest) -> Result<PeerReply> {
+        let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
+        let mut client = self.inner.peers.client(&leader.peer_addr).map_err(|e| unavailable(e.to_string()))?;
         let is_write = matches!(req, PeerRequest::Write(_));
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
         let call = tokio::time::timeout(deadline, client.forward(encode(&req)));
@@ -309,15 +280,10 @@ impl NodeHandle {
         let reply = match reply {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(unavailable(format!(
-                    "leader unreachable: {}",
-                    status.message()
-                )))
+                return Err(unavailable(format!("leader unreachable: {}", status.message())))
             }
             // The write may have reached the leader: its outcome is unknown.
-            Ok(Err(status)) if is_write => {
-                return Err(Error::Timeout(status.message().to_string()))
-            }
+            Ok(Err(status)) if is_write => return Err(Error::Timeout(status.message().to_string())),
             Ok(Err(status)) => return Err(unavailable(status.message().to_string())),
             Err(_) if is_write => return Err(Error::Timeout("forwarded write timed out".into())),
             Err(_) => return Err(unavailable("forwarded request timed out".into())),
@@ -326,23 +292,17 @@ impl NodeHandle {
     }
 
     fn local_read(&self, keys: &[Bytes]) -> Vec<Option<Entry>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let st = self.inner.sm.read();
         keys.iter().map(|k| st.kv.get(k, now).cloned()).collect()
     }
 
     fn local_list(&self, q: &ListQuery) -> ListPage {
-        let now = now_ms();
+        let now = self.now_ms();
         let st = self.inner.sm.read();
         let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
-        let next_cursor = (entries.len() == q.limit)
-            .then(|| entries.last().map(|(k, _)| k.clone()))
-            .flatten();
-        ListPage {
-            entries,
-            next_cursor,
-            revision: st.last_applied.map_or(0, |l| l.index),
-        }
+        let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
+        ListPage { entries, next_cursor, revision: st.last_applied.map_or(0, |l| l.index) }
     }
 
     fn validate(&self, cmd: &Command) -> Result<()> {
@@ -358,12 +318,7 @@ impl NodeHandle {
                         TxnOp::Put(p) => limits.check_put(p)?,
                         TxnOp::Delete(d) => limits.check_key(&d.key)?,
                     }
-                    total += op.key().len()
-                        + if let TxnOp::Put(p) = op {
-                            p.value.len()
-                        } else {
-                            0
-                        };
+                    total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
                 }
                 limits.check_request(total)
             }

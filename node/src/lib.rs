@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod handle;
+pub mod io;
 pub mod kv;
 pub mod node;
 pub mod raft;

@@ -10,11 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "statenode",
-    version,
-    about = "A Raft-replicated key/value state cluster"
-)]
+#[command(name = "statenode", version, about = "A Raft-replicated key/value state cluster")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,12 +60,7 @@ enum Command {
 #[derive(Args)]
 struct Endpoints {
     /// Comma-separated client gRPC addresses (host:port).
-    #[arg(
-        long,
-        env = "STATENODE_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:50001"
-    )]
+    #[arg(long, env = "STATENODE_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:50001")]
     endpoints: Vec<String>,
 }
 
@@ -114,29 +105,15 @@ impl NodeArgs {
     fn config(self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("read {}", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
                 Config::from_toml(&text)?
             }
-            None => Config {
-                id: 0,
-                ..Config::default()
-            },
+            None => Config { id: 0, ..Config::default() },
         };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
         }
-        set!(
-            id,
-            data_dir,
-            peer_listen,
-            grpc,
-            http,
-            mqtt,
-            bootstrap_expect,
-            peers,
-            log_format
-        );
+        set!(id, data_dir, peer_listen, grpc, http, mqtt, bootstrap_expect, peers, log_format);
         if let Some(m) = self.memory {
             c.memory = m;
         }
@@ -176,31 +153,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.config()?, Role::Serve).await,
         Command::Join { seed, node } => serve(node.config()?, Role::Join { seed }).await,
         Command::Leave { id, endpoints } => {
-            let r = with_leader(&endpoints.endpoints, |mut c| async move {
-                c.leave(pb::LeaveRequest { id }).await
-            })
-            .await?;
-            println!(
-                "node {id} removed; stop it now and wipe its data before reusing the directory"
-            );
+            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.leave(pb::LeaveRequest { id }).await })
+                .await?;
+            println!("node {id} removed; stop it now and wipe its data before reusing the directory");
             print_members(&r.members);
             Ok(())
         }
         Command::Members { endpoints } => {
-            let r = with_leader(&endpoints.endpoints, |mut c| async move {
-                c.members(pb::MembersRequest {}).await
-            })
-            .await?;
+            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.members(pb::MembersRequest {}).await })
+                .await?;
             print_members(&r.members);
             Ok(())
         }
-        Command::Dev {
-            nodes,
-            memory,
-            peer_base,
-            grpc_base,
-            data_dir,
-        } => statenode::node::dev::run(nodes, memory, peer_base, grpc_base, data_dir).await,
+        Command::Dev { nodes, memory, peer_base, grpc_base, data_dir } => {
+            statenode::node::dev::run(nodes, memory, peer_base, grpc_base, data_dir).await
+        }
     }
 }
 
@@ -208,7 +175,7 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     config.validate()?;
     init_logging(config.log_format);
     let listeners = Listeners::bind(&config).await?;
-    let node = Node::start(config, listeners, role).await?;
+    let node = Node::start(config, listeners, role, statenode::io::Io::real()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;
@@ -216,8 +183,7 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -239,9 +205,7 @@ where
         match channel.connect().await {
             Ok(ch) => match call(ClusterClient::new(ch)).await {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    last = anyhow::anyhow!("{ep}: {}", s.message())
-                }
+                Err(s) if s.code() == tonic::Code::Unavailable => last = anyhow::anyhow!("{ep}: {}", s.message()),
                 Err(s) => anyhow::bail!("{ep}: {:?}: {}", s.code(), s.message()),
             },
             Err(e) => last = anyhow::anyhow!("{ep}: {e}"),
@@ -251,16 +215,10 @@ where
 }
 
 fn print_members(members: &[pb::Member]) {
-    println!(
-        "{:<20} {:<8} {:<8} {:<24} {:<24}",
-        "ID", "ROLE", "LEADER", "PEER", "GRPC"
-    );
+    println!("{:<20} {:<8} {:<8} {:<24} {:<24}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
     for m in members {
         let role = if m.voter { "voter" } else { "learner" };
         let leader = if m.leader { "*" } else { "" };
-        println!(
-            "{:<20} {:<8} {:<8} {:<24} {:<24}",
-            m.id, role, leader, m.peer_addr, m.grpc_addr
-        );
+        println!("{:<20} {:<8} {:<8} {:<24} {:<24}", m.id, role, leader, m.peer_addr, m.grpc_addr);
     }
 }

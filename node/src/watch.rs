@@ -31,15 +31,8 @@ pub enum Start {
 impl EventHub {
     pub fn new(capacity: usize, next_revision: u64) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        let inner = Mutex::new(History {
-            events: VecDeque::new(),
-            complete_from: next_revision,
-        });
-        Self {
-            inner,
-            tx,
-            capacity,
-        }
+        let inner = Mutex::new(History { events: VecDeque::new(), complete_from: next_revision });
+        Self { inner, tx, capacity }
     }
 
     pub fn publish(&self, events: Vec<Event>) {
@@ -73,16 +66,8 @@ impl EventHub {
         let rx = self.tx.subscribe();
         let start = match from {
             None => Start::From(Vec::new()),
-            Some(r) if r < h.complete_from => Start::Resync {
-                next: h.complete_from,
-            },
-            Some(r) => Start::From(
-                h.events
-                    .iter()
-                    .filter(|e| e.revision >= r)
-                    .cloned()
-                    .collect(),
-            ),
+            Some(r) if r < h.complete_from => Start::Resync { next: h.complete_from },
+            Some(r) => Start::From(h.events.iter().filter(|e| e.revision >= r).cloned().collect()),
         };
         (start, rx)
     }

@@ -2,6 +2,7 @@
 
 use statenode::config::Config;
 use statenode::handle::Consistency;
+use statenode::io::Io;
 use statenode::kv::{Command, Op, Put, PutCondition};
 use statenode::{Listeners, Node, NodeHandle, Role};
 use std::time::Duration;
@@ -15,26 +16,12 @@ struct Cluster {
 async fn bind() -> (Listeners, String, String) {
     let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (p, g) = (
-        peer.local_addr().unwrap().to_string(),
-        grpc.local_addr().unwrap().to_string(),
-    );
-    (Listeners { peer, grpc }, p, g)
+    let (p, g) = (peer.local_addr().unwrap().to_string(), grpc.local_addr().unwrap().to_string());
+    (Listeners::from_tcp(peer, grpc), p, g)
 }
 
-fn config(
-    id: u64,
-    dir: &tempfile::TempDir,
-    peer: &str,
-    grpc: &str,
-    snapshot_threshold: u64,
-) -> Config {
-    let mut c = Config {
-        id,
-        memory: false,
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
+fn config(id: u64, dir: &tempfile::TempDir, peer: &str, grpc: &str, snapshot_threshold: u64) -> Config {
+    let mut c = Config { id, memory: false, data_dir: dir.path().to_path_buf(), ..Config::default() };
     c.peer_advertise = Some(peer.into());
     c.grpc_advertise = Some(grpc.into());
     c.raft.snapshot_threshold = snapshot_threshold;
@@ -48,18 +35,14 @@ impl Cluster {
         for _ in 0..n {
             bound.push(bind().await);
         }
-        let peers: Vec<String> = bound
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p, _))| format!("{}={p}", i + 1))
-            .collect();
+        let peers: Vec<String> = bound.iter().enumerate().map(|(i, (_, p, _))| format!("{}={p}", i + 1)).collect();
         let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
         for (i, (l, p, g)) in bound.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let mut c = config(i as u64 + 1, &dir, &p, &g, snapshot_threshold);
             c.bootstrap_expect = n as usize;
             c.peers = peers.clone();
-            nodes.push(Node::start(c, l, Role::Serve).await.unwrap());
+            nodes.push(Node::start(c, l, Role::Serve, Io::real()).await.unwrap());
             dirs.push(dir);
         }
         let cluster = Cluster { nodes, _dirs: dirs };
@@ -83,9 +66,7 @@ impl Cluster {
 
     async fn follower(&self) -> usize {
         let leader = self.wait_leader().await;
-        (0..self.nodes.len())
-            .find(|i| self.handle(*i).id() != leader)
-            .unwrap()
+        (0..self.nodes.len()).find(|i| self.handle(*i).id() != leader).unwrap()
     }
 
     async fn stop(self) {
@@ -104,11 +85,7 @@ fn put(key: &str, value: &str) -> Command {
         fencing: None,
         client_ts: None,
     });
-    Command {
-        client: None,
-        now_ms: 0,
-        op,
-    }
+    Command { client: None, now_ms: 0, op }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +94,7 @@ async fn follower_forwards_writes_and_reads_once() {
     let f = c.handle(c.follower().await);
     let r = f.write(put("k", "v")).await.unwrap();
     assert!(r.revision > 0);
-    let e = f
-        .read(b"k", Consistency::Linearizable)
-        .await
-        .unwrap()
-        .unwrap();
+    let e = f.read(b"k", Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(&e.value[..], b"v");
     assert_eq!(e.revision, r.revision);
     c.stop().await;
@@ -150,13 +123,8 @@ async fn concurrent_reads_never_miss_an_acknowledged_write() {
             loop {
                 let acked = *rx.borrow();
                 let got = h.read(b"reg", Consistency::Linearizable).await.unwrap();
-                let got: u64 = got.map_or(0, |e| {
-                    std::str::from_utf8(&e.value).unwrap().parse().unwrap()
-                });
-                assert!(
-                    got >= acked,
-                    "read returned {got} after {acked} was acknowledged"
-                );
+                let got: u64 = got.map_or(0, |e| std::str::from_utf8(&e.value).unwrap().parse().unwrap());
+                assert!(got >= acked, "read returned {got} after {acked} was acknowledged");
                 reads += 1;
                 if acked == 150 {
                     return reads;
@@ -185,21 +153,14 @@ async fn late_joiner_catches_up_through_snapshot() {
     let h = c.handle(0);
     let mut last = 0;
     for i in 0..120 {
-        last = h
-            .write(put(&format!("k{i}"), &i.to_string()))
-            .await
-            .unwrap()
-            .revision;
+        last = h.write(put(&format!("k{i}"), &i.to_string())).await.unwrap().revision;
     }
-    assert!(
-        h.status().await.purged_index > 0,
-        "the leader's log should be purged after snapshots"
-    );
+    assert!(h.status().await.purged_index > 0, "the leader's log should be purged after snapshots");
     let (l, p, g) = bind().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(4, &dir, &p, &g, 20);
     let seed = c.handle(1).status().await.members[0].peer_addr.clone();
-    let n4 = Node::start(cfg, l, Role::Join { seed }).await.unwrap();
+    let n4 = Node::start(cfg, l, Role::Join { seed }, Io::real()).await.unwrap();
     let h4 = n4.handle();
     let mut voter = false;
     for _ in 0..300 {
@@ -219,15 +180,8 @@ async fn late_joiner_catches_up_through_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for i in [0, 57, 119] {
-        let e = h4
-            .read(format!("k{i}").as_bytes(), Consistency::Stale)
-            .await
-            .unwrap();
-        assert_eq!(
-            e.map(|e| e.value),
-            Some(i.to_string().into()),
-            "k{i} on the late joiner"
-        );
+        let e = h4.read(format!("k{i}").as_bytes(), Consistency::Stale).await.unwrap();
+        assert_eq!(e.map(|e| e.value), Some(i.to_string().into()), "k{i} on the late joiner");
     }
     let members = h.leave(4).await.unwrap();
     assert!(members.iter().all(|m| m.id != 4));
@@ -240,14 +194,9 @@ async fn late_joiner_catches_up_through_snapshot() {
 async fn data_dir_refuses_another_node_id() {
     let dir = tempfile::tempdir().unwrap();
     let (l, p, g) = bind().await;
-    let n = Node::start(config(1, &dir, &p, &g, 100), l, Role::Serve)
-        .await
-        .unwrap();
+    let n = Node::start(config(1, &dir, &p, &g, 100), l, Role::Serve, Io::real()).await.unwrap();
     n.shutdown().await;
     let (l, p, g) = bind().await;
-    let err = Node::start(config(2, &dir, &p, &g, 100), l, Role::Serve)
-        .await
-        .err()
-        .expect("must refuse");
+    let err = Node::start(config(2, &dir, &p, &g, 100), l, Role::Serve, Io::real()).await.err().expect("must refuse");
     assert!(err.to_string().contains("belongs to node 1"), "{err:#}");
 }

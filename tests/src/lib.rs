@@ -18,42 +18,24 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "statenode",
-                "-p",
-                "statenode-client",
-                "--bins",
-            ])
+            .args(["build", "-q", "-p", "statenode", "-p", "statenode-client", "--bins"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
         // target/<profile>/deps/<test-binary> → target/<profile>
         let exe = std::env::current_exe().expect("current exe");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf()
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
     });
     dir.join(name)
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Sends a signal to a process by PID.
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()
-        .map(|s| s.success());
+    let ok = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().map(|s| s.success());
     assert!(matches!(ok, Ok(true)), "kill -{sig} {pid} failed");
 }
 
@@ -69,24 +51,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(id: u64, args: Vec<String>, log: PathBuf, peer: String, grpc: String) -> Proc {
-        let mut p = Proc {
-            id,
-            peer,
-            grpc,
-            args,
-            log,
-            child: None,
-        };
+        let mut p = Proc { id, peer, grpc, args, log, child: None };
         p.start();
         p
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin("statenode"))
             .args(&self.args)
             .env("RUST_LOG", "warn,statenode=info")
@@ -133,9 +104,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -144,11 +113,8 @@ impl Drop for Proc {
 
 /// A client bound to one node only, with a short deadline (for probing that node).
 pub fn single_client(addr: &str) -> Client {
-    let opts = Options {
-        deadline: Duration::from_secs(2),
-        attempt_timeout: Duration::from_secs(1),
-        ..Options::default()
-    };
+    let opts =
+        Options { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1), ..Options::default() };
     Client::new(&[addr], opts).expect("client")
 }
 
@@ -178,45 +144,18 @@ impl TestCluster {
 
     pub async fn start(n: u64, memory: bool) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addrs: Vec<(String, String)> = (0..n)
-            .map(|_| {
-                (
-                    format!("127.0.0.1:{}", free_port()),
-                    format!("127.0.0.1:{}", free_port()),
-                )
-            })
-            .collect();
-        let peers: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (p, _))| format!("{}={p}", i + 1))
-            .collect();
+        let addrs: Vec<(String, String)> =
+            (0..n).map(|_| (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
+        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, (p, _))| format!("{}={p}", i + 1)).collect();
         let nodes = addrs
             .iter()
             .enumerate()
             .map(|(i, (p, g))| {
                 let id = i as u64 + 1;
                 let mut args = vec!["serve".to_string()];
-                args.extend(Self::node_args(
-                    id,
-                    p,
-                    g,
-                    &dir.path().join(format!("n{id}")),
-                    memory,
-                ));
-                args.extend([
-                    "--bootstrap-expect".into(),
-                    n.to_string(),
-                    "--peers".into(),
-                    peers.join(","),
-                ]);
-                Proc::spawn(
-                    id,
-                    args,
-                    dir.path().join(format!("n{id}.log")),
-                    p.clone(),
-                    g.clone(),
-                )
+                args.extend(Self::node_args(id, p, g, &dir.path().join(format!("n{id}")), memory));
+                args.extend(["--bootstrap-expect".into(), n.to_string(), "--peers".into(), peers.join(",")]);
+                Proc::spawn(id, args, dir.path().join(format!("n{id}.log")), p.clone(), g.clone())
             })
             .collect();
         let c = TestCluster { nodes, dir, memory };
@@ -246,11 +185,7 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let logs: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("--- node {}\n{}", n.id, n.log_tail()))
-            .collect();
+        let logs: Vec<String> = self.nodes.iter().map(|n| format!("--- node {}\n{}", n.id, n.log_tail())).collect();
         panic!("no leader within {within:?}\n{}", logs.join("\n"));
     }
 
@@ -276,10 +211,7 @@ impl TestCluster {
             };
             let page = client.list(req).await?;
             out.extend(page.kvs.iter().map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key).into_owned(),
-                    String::from_utf8_lossy(&kv.value).into_owned(),
-                )
+                (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())
             }));
             if page.next_cursor.is_empty() {
                 return Ok(out);

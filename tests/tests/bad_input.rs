@@ -5,14 +5,8 @@ use statenode_e2e::{bin, serial, TestCluster};
 use tonic::Code;
 
 fn statenode(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin("statenode"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = std::process::Command::new(bin("statenode")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -25,32 +19,12 @@ fn bad_cli_flags_fail_fast_with_a_message() {
         (&["serve", "--grpc", "nonsense"], "bad address"),
         (&["serve", "--peer-listen", "127.0.0.1:0"], "bad address"),
         (&["serve", "--id", "1", "--peers", "garbage"], "bad peer"),
-        (
-            &[
-                "serve",
-                "--id",
-                "1",
-                "--bootstrap-expect",
-                "3",
-                "--peers",
-                "1=127.0.0.1:1",
-            ],
-            "bootstrap-expect 3",
-        ),
-        (
-            &["serve", "--id", "9", "--peers", "1=127.0.0.1:1"],
-            "must include this node",
-        ),
+        (&["serve", "--id", "1", "--bootstrap-expect", "3", "--peers", "1=127.0.0.1:1"], "bootstrap-expect 3"),
+        (&["serve", "--id", "9", "--peers", "1=127.0.0.1:1"], "must include this node"),
         (&["serve", "--peers", "1=127.0.0.1:1"], "needs --id"),
         (&["serve", "--log-format", "xml"], "invalid value"),
-        (
-            &["serve", "--config", "/nonexistent/statenode.toml"],
-            "read /nonexistent",
-        ),
-        (
-            &["serve", "--config", cfg.to_str().unwrap()],
-            "unknown field",
-        ),
+        (&["serve", "--config", "/nonexistent/statenode.toml"], "read /nonexistent"),
+        (&["serve", "--config", cfg.to_str().unwrap()], "unknown field"),
         (&["join", "--seed", "not-an-address"], "bad address"),
         (&["leave", "--id", "1", "--endpoints", "bad"], "bad address"),
         (&["dev", "--nodes", "0"], "between 1 and 9"),
@@ -58,10 +32,7 @@ fn bad_cli_flags_fail_fast_with_a_message() {
     for (args, want) in cases {
         let (ok, stderr) = statenode(args);
         assert!(!ok, "{args:?} should fail");
-        assert!(
-            stderr.contains(want),
-            "{args:?}: expected {want:?} in {stderr:?}"
-        );
+        assert!(stderr.contains(want), "{args:?}: expected {want:?} in {stderr:?}");
     }
 }
 
@@ -86,102 +57,48 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         .unwrap();
     let mut kv = KvClient::new(ch.clone());
     let mut cluster = ClusterClient::new(ch);
-    let put = |key: Vec<u8>, value: Vec<u8>| pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    };
+    let put =
+        |key: Vec<u8>, value: Vec<u8>| pb::PutRequest { key: key.into(), value: value.into(), ..Default::default() };
 
     let cases = vec![
-        (
-            code(kv.put(put(vec![], b"v".to_vec())).await),
-            Code::InvalidArgument,
-            "key must not be empty",
-        ),
-        (
-            code(kv.put(put(vec![b'k'; 4097], b"v".to_vec())).await),
-            Code::ResourceExhausted,
-            "key is 4097 bytes",
-        ),
+        (code(kv.put(put(vec![], b"v".to_vec())).await), Code::InvalidArgument, "key must not be empty"),
+        (code(kv.put(put(vec![b'k'; 4097], b"v".to_vec())).await), Code::ResourceExhausted, "key is 4097 bytes"),
         (
             code(kv.put(put(b"k".to_vec(), vec![0; 1024 * 1024 + 1])).await),
             Code::ResourceExhausted,
             "value is 1048577 bytes",
         ),
         (
-            code(
-                kv.put(pb::PutRequest {
-                    condition: 99,
-                    ..put(b"k".to_vec(), b"v".to_vec())
-                })
-                .await,
-            ),
+            code(kv.put(pb::PutRequest { condition: 99, ..put(b"k".to_vec(), b"v".to_vec()) }).await),
             Code::InvalidArgument,
             "unknown put condition",
         ),
         (
-            code(
-                kv.put(pb::PutRequest {
-                    fencing_token: "garbage".into(),
-                    ..put(b"k".to_vec(), b"v".to_vec())
-                })
-                .await,
-            ),
+            code(kv.put(pb::PutRequest { fencing_token: "garbage".into(), ..put(b"k".to_vec(), b"v".to_vec()) }).await),
             Code::InvalidArgument,
             "malformed timestamp",
         ),
         (
-            code(
-                kv.put(pb::PutRequest {
-                    ttl_ms: u64::MAX,
-                    ..put(b"k".to_vec(), b"v".to_vec())
-                })
-                .await,
-            ),
+            code(kv.put(pb::PutRequest { ttl_ms: u64::MAX, ..put(b"k".to_vec(), b"v".to_vec()) }).await),
             Code::InvalidArgument,
             "ttl",
         ),
+        (code(kv.delete(pb::DeleteRequest::default()).await), Code::InvalidArgument, "key must not be empty"),
         (
-            code(kv.delete(pb::DeleteRequest::default()).await),
-            Code::InvalidArgument,
-            "key must not be empty",
-        ),
-        (
-            code(
-                kv.get(pb::GetRequest {
-                    key: "k".into(),
-                    consistency: 7,
-                })
-                .await,
-            ),
+            code(kv.get(pb::GetRequest { key: "k".into(), consistency: 7 }).await),
             Code::InvalidArgument,
             "unknown consistency",
         ),
+        (code(kv.txn(pb::TxnRequest::default()).await), Code::InvalidArgument, "at least one operation"),
         (
-            code(kv.txn(pb::TxnRequest::default()).await),
-            Code::InvalidArgument,
-            "at least one operation",
-        ),
-        (
-            code(
-                kv.txn(pb::TxnRequest {
-                    ops: vec![pb::TxnOp { op: None }],
-                    client: None,
-                })
-                .await,
-            ),
+            code(kv.txn(pb::TxnRequest { ops: vec![pb::TxnOp { op: None }], client: None }).await),
             Code::InvalidArgument,
             "without put or delete",
         ),
         (
             code(
                 kv.txn(pb::TxnRequest {
-                    ops: vec![
-                        pb::TxnOp {
-                            op: Some(pb::txn_op::Op::Put(put(b"k".to_vec(), b"v".to_vec())))
-                        };
-                        129
-                    ],
+                    ops: vec![pb::TxnOp { op: Some(pb::txn_op::Op::Put(put(b"k".to_vec(), b"v".to_vec()))) }; 129],
                     client: None,
                 })
                 .await,
@@ -190,30 +107,14 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
             "129 operations",
         ),
         (
-            code(
-                kv.list(pb::ListRequest {
-                    prefix: vec![b'p'; 5000].into(),
-                    ..Default::default()
-                })
-                .await,
-            ),
+            code(kv.list(pb::ListRequest { prefix: vec![b'p'; 5000].into(), ..Default::default() }).await),
             Code::ResourceExhausted,
             "prefix",
         ),
-        (
-            code(cluster.leave(pb::LeaveRequest { id: 999 }).await),
-            Code::NotFound,
-            "node 999 is not a member",
-        ),
+        (code(cluster.leave(pb::LeaveRequest { id: 999 }).await), Code::NotFound, "node 999 is not a member"),
         (
             code(
-                cluster
-                    .join(pb::JoinRequest {
-                        id: 7,
-                        peer_addr: "bad".into(),
-                        grpc_addr: "127.0.0.1:1".into(),
-                    })
-                    .await,
+                cluster.join(pb::JoinRequest { id: 7, peer_addr: "bad".into(), grpc_addr: "127.0.0.1:1".into() }).await,
             ),
             Code::InvalidArgument,
             "bad address",
@@ -221,11 +122,7 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         (
             code(
                 cluster
-                    .join(pb::JoinRequest {
-                        id: 0,
-                        peer_addr: "127.0.0.1:1".into(),
-                        grpc_addr: "127.0.0.1:1".into(),
-                    })
+                    .join(pb::JoinRequest { id: 0, peer_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:1".into() })
                     .await,
             ),
             Code::InvalidArgument,
@@ -234,11 +131,7 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         (
             code(
                 cluster
-                    .join(pb::JoinRequest {
-                        id: 1,
-                        peer_addr: "127.0.0.1:1".into(),
-                        grpc_addr: "127.0.0.1:1".into(),
-                    })
+                    .join(pb::JoinRequest { id: 1, peer_addr: "127.0.0.1:1".into(), grpc_addr: "127.0.0.1:1".into() })
                     .await,
             ),
             Code::InvalidArgument,
@@ -250,18 +143,10 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         assert!(msg.contains(text), "expected {text:?} in {msg:?}");
     }
     // A message over the gRPC size limit is refused by the transport.
-    let huge = kv
-        .put(put(b"k".to_vec(), vec![0; 6 * 1024 * 1024]))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(huge.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{huge:?}"
-    );
+    let huge = kv.put(put(b"k".to_vec(), vec![0; 6 * 1024 * 1024])).await.unwrap_err();
+    assert!(matches!(huge.code(), Code::ResourceExhausted | Code::OutOfRange), "{huge:?}");
 
-    let all = TestCluster::list_all(&client, "", pb::Consistency::Linearizable)
-        .await
-        .unwrap();
+    let all = TestCluster::list_all(&client, "", pb::Consistency::Linearizable).await.unwrap();
     assert_eq!(all, vec![("keep".to_string(), "me".to_string())]);
     assert_eq!(client.members().await.unwrap().members.len(), 3);
     let after = client.status().await.unwrap().applied_index;

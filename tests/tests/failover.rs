@@ -39,35 +39,19 @@ async fn kill_leader(memory: bool) {
     let killed_at = Instant::now();
     let new = c.wait_leader(Some(old), Duration::from_secs(10)).await;
     let election = killed_at.elapsed();
-    assert!(
-        election < Duration::from_secs(3),
-        "new leader {new} took {election:?}"
-    );
+    assert!(election < Duration::from_secs(3), "new leader {new} took {election:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > before_kill,
-        "writes continued after the kill ({before_kill} → {})",
-        acked.len()
-    );
+    assert!(acked.len() > before_kill, "writes continued after the kill ({before_kill} → {})", acked.len());
     for n in c.nodes.iter().filter(|n| n.is_running()) {
         let got: BTreeMap<_, _> =
-            TestCluster::list_all(&n.client(), "w", pb::Consistency::Linearizable)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
+            TestCluster::list_all(&n.client(), "w", pb::Consistency::Linearizable).await.unwrap().into_iter().collect();
         for (k, v) in &acked {
-            assert_eq!(
-                got.get(k),
-                Some(v),
-                "node {} lost acknowledged write {k}",
-                n.id
-            );
+            assert_eq!(got.get(k), Some(v), "node {} lost acknowledged write {k}", n.id);
         }
     }
     // The killed node comes back (disk: same id and data; memory: a new member) and catches up.
@@ -82,19 +66,12 @@ async fn kill_leader(memory: bool) {
                 break;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "restarted node never caught up\n{}",
-            c.node(old).log_tail()
-        );
+        assert!(Instant::now() < deadline, "restarted node never caught up\n{}", c.node(old).log_tail());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let members = client.members().await.unwrap().members;
     assert_eq!(members.iter().filter(|m| m.voter).count(), 3, "{members:?}");
-    println!(
-        "memory={memory}: {} acknowledged writes, new leader after {election:?}",
-        acked.len()
-    );
+    println!("memory={memory}: {} acknowledged writes, new leader after {election:?}", acked.len());
 }
 
 /// SIGSTOP the leader for 3 s: no read served through it returns a value older than a
@@ -102,12 +79,7 @@ async fn kill_leader(memory: bool) {
 async fn sigstop_leader(memory: bool) {
     let mut c = TestCluster::start(3, memory).await;
     let leader = c.wait_leader(None, Duration::from_secs(5)).await;
-    let others: Vec<String> = c
-        .nodes
-        .iter()
-        .filter(|n| n.id != leader)
-        .map(|n| n.grpc.clone())
-        .collect();
+    let others: Vec<String> = c.nodes.iter().filter(|n| n.id != leader).map(|n| n.grpc.clone()).collect();
     let writer = statenode_client::Client::new(&others, Default::default()).unwrap();
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,21 +100,14 @@ async fn sigstop_leader(memory: bool) {
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let (acked, stop, served) = (acked.clone(), stop.clone(), served.clone());
-            let reader = statenode_client::Client::new(
-                std::slice::from_ref(&stopped_grpc),
-                Default::default(),
-            )
-            .unwrap();
+            let reader =
+                statenode_client::Client::new(std::slice::from_ref(&stopped_grpc), Default::default()).unwrap();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let before = acked.load(Ordering::SeqCst);
                     if let Ok(kv) = reader.get("reg", pb::Consistency::Linearizable).await {
-                        let got: u64 =
-                            kv.map_or(0, |kv| String::from_utf8_lossy(&kv.value).parse().unwrap());
-                        assert!(
-                            got >= before,
-                            "stale read through the paused leader: {got} < {before}"
-                        );
+                        let got: u64 = kv.map_or(0, |kv| String::from_utf8_lossy(&kv.value).parse().unwrap());
+                        assert!(got >= before, "stale read through the paused leader: {got} < {before}");
                         served.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -166,9 +131,7 @@ async fn sigstop_leader(memory: bool) {
     assert!(during > 0, "writes stalled while the old leader was paused");
     let after = served.load(Ordering::Relaxed) - served_at_resume;
     assert!(after > 0, "no read was served through the resumed node");
-    println!(
-        "memory={memory}: {during} writes during the pause, {after} reads through the resumed node"
-    );
+    println!("memory={memory}: {during} writes during the pause, {after} reads through the resumed node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,10 +14,7 @@ async fn wait_members(
                 return r.members;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "membership never reached the expected state"
-        );
+        assert!(Instant::now() < deadline, "membership never reached the expected state");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -30,48 +27,21 @@ async fn join_fourth_node_then_leave() {
     for i in 0..50 {
         client.put_simple(format!("pre-{i}"), "v").await.unwrap();
     }
-    let (peer, grpc) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let (peer, grpc) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let mut args = vec!["join".to_string(), "--seed".into(), c.nodes[1].peer.clone()];
-    args.extend(TestCluster::node_args(
-        4,
-        &peer,
-        &grpc,
-        &c.dir.path().join("n4"),
-        false,
-    ));
+    args.extend(TestCluster::node_args(4, &peer, &grpc, &c.dir.path().join("n4"), false));
     let n4 = Proc::spawn(4, args, c.dir.path().join("n4.log"), peer, grpc.clone());
     let members = wait_members(&client, |m| m.len() == 4 && m.iter().all(|m| m.voter)).await;
-    assert!(
-        members.iter().any(|m| m.id == 4 && m.grpc_addr == grpc),
-        "{members:?}\n{}",
-        n4.log_tail()
-    );
+    assert!(members.iter().any(|m| m.id == 4 && m.grpc_addr == grpc), "{members:?}\n{}", n4.log_tail());
     // The new voter serves the data written before it joined.
-    let got = n4
-        .client()
-        .get("pre-49", statenode_client::v1::Consistency::Stale)
-        .await
-        .unwrap();
+    let got = n4.client().get("pre-49", statenode_client::v1::Consistency::Stale).await.unwrap();
     assert_eq!(got.map(|kv| kv.value.to_vec()), Some(b"v".to_vec()));
 
     let out = std::process::Command::new(bin("statenode"))
-        .args([
-            "leave",
-            "--id",
-            "4",
-            "--endpoints",
-            &c.endpoints().join(","),
-        ])
+        .args(["leave", "--id", "4", "--endpoints", &c.endpoints().join(",")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("node 4 removed"));
     let members = wait_members(&client, |m| m.len() == 3).await;
     assert!(members.iter().all(|m| m.id != 4));
@@ -85,16 +55,7 @@ async fn dev_cluster_has_three_voters_and_one_leader() {
     let dir = tempfile::tempdir().unwrap();
     let (pb, gb) = (free_port_block(), free_port_block());
     let mut dev = std::process::Command::new(bin("statenode"))
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--memory",
-            "--peer-base",
-            &pb.to_string(),
-            "--grpc-base",
-            &gb.to_string(),
-        ])
+        .args(["dev", "--nodes", "3", "--memory", "--peer-base", &pb.to_string(), "--grpc-base", &gb.to_string()])
         .args(["--data-dir", &dir.path().to_string_lossy()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -103,25 +64,16 @@ async fn dev_cluster_has_three_voters_and_one_leader() {
     let endpoints = format!("127.0.0.1:{gb},127.0.0.1:{}", gb + 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let out = std::process::Command::new(bin("statectl"))
-            .args(["--endpoints", &endpoints, "members"])
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new(bin("statectl")).args(["--endpoints", &endpoints, "members"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && text.matches("voter").count() == 3 && text.contains('*') {
             break text;
         }
-        assert!(
-            Instant::now() < deadline,
-            "dev cluster never formed: {text}"
-        );
+        assert!(Instant::now() < deadline, "dev cluster never formed: {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(
-        text.lines().filter(|l| l.contains('*')).count(),
-        1,
-        "{text}"
-    );
+    assert_eq!(text.lines().filter(|l| l.contains('*')).count(), 1, "{text}");
     statenode_e2e::signal(dev.id(), "INT");
     let _ = dev.wait();
 }

@@ -8,20 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(
-    name = "statectl",
-    version,
-    about = "Command-line client for statenode"
-)]
+#[command(name = "statectl", version, about = "Command-line client for statenode")]
 struct Cli {
     /// Comma-separated client gRPC addresses.
-    #[arg(
-        long,
-        global = true,
-        env = "STATENODE_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:50001"
-    )]
+    #[arg(long, global = true, env = "STATENODE_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:50001")]
     endpoints: Vec<String>,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -112,9 +102,7 @@ enum BenchOp {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("bad duration {s:?}: use e.g. 30s, 500ms, 2m, 1h");
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
@@ -161,41 +149,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Get { key, consistency } => match client.get(key.clone(), consistency.into()).await? {
-            Some(kv) => print(
-                kv_json(&kv),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            ),
+            Some(kv) => print(kv_json(&kv), String::from_utf8_lossy(&kv.value).into_owned()),
             None => {
                 print(json!(null), format!("{key}: not found"));
                 std::process::exit(2);
             }
         },
-        Cmd::Put {
-            key,
-            value,
-            ttl,
-            if_revision,
-        } => {
+        Cmd::Put { key, value, ttl, if_revision } => {
             let req = pb::PutRequest {
                 key: key.into(),
                 value: value.into(),
                 ttl_ms: ttl.map_or(0, |d| d.as_millis() as u64),
-                condition: if if_revision.is_some() {
-                    pb::PutCondition::PutIfRevision as i32
-                } else {
-                    0
-                },
+                condition: if if_revision.is_some() { pb::PutCondition::PutIfRevision as i32 } else { 0 },
                 if_revision: if_revision.unwrap_or(0),
                 ..Default::default()
             };
             let r = client.put(req).await?;
             print(
                 json!({"applied": r.applied, "revision": r.revision}),
-                if r.applied {
-                    format!("OK revision {}", r.revision)
-                } else {
-                    "condition failed".into()
-                },
+                if r.applied { format!("OK revision {}", r.revision) } else { "condition failed".into() },
             );
             if !r.applied {
                 std::process::exit(3);
@@ -204,28 +176,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Del { key, if_revision } => {
             let req = pb::DeleteRequest {
                 key: key.into(),
-                condition: if if_revision.is_some() {
-                    pb::DeleteCondition::DeleteIfRevision as i32
-                } else {
-                    0
-                },
+                condition: if if_revision.is_some() { pb::DeleteCondition::DeleteIfRevision as i32 } else { 0 },
                 if_revision: if_revision.unwrap_or(0),
                 ..Default::default()
             };
             let r = client.delete(req).await?;
-            let outcome = pb::DeleteOutcome::try_from(r.outcome)
-                .map(|o| o.as_str_name())
-                .unwrap_or("UNKNOWN");
-            print(
-                json!({"outcome": outcome, "revision": r.revision}),
-                outcome.to_string(),
-            );
+            let outcome = pb::DeleteOutcome::try_from(r.outcome).map(|o| o.as_str_name()).unwrap_or("UNKNOWN");
+            print(json!({"outcome": outcome, "revision": r.revision}), outcome.to_string());
         }
-        Cmd::List {
-            prefix,
-            limit,
-            consistency,
-        } => {
+        Cmd::List { prefix, limit, consistency } => {
             let mut cursor = bytes::Bytes::new();
             let mut all = Vec::new();
             loop {
@@ -245,26 +204,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let text = all
                 .iter()
-                .map(|kv| {
-                    format!(
-                        "{} = {}",
-                        String::from_utf8_lossy(&kv.key),
-                        String::from_utf8_lossy(&kv.value)
-                    )
-                })
+                .map(|kv| format!("{} = {}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value)))
                 .collect::<Vec<_>>()
                 .join("\n");
             print(json!(all.iter().map(kv_json).collect::<Vec<_>>()), text);
         }
-        Cmd::Watch {
-            prefix,
-            from_revision,
-        } => {
+        Cmd::Watch { prefix, from_revision } => {
             let mut stream = client.watch(prefix, from_revision).await?;
             while let Some(ev) = stream.message().await? {
-                let kind = pb::EventType::try_from(ev.r#type)
-                    .map(|t| t.as_str_name())
-                    .unwrap_or("?");
+                let kind = pb::EventType::try_from(ev.r#type).map(|t| t.as_str_name()).unwrap_or("?");
                 print(
                     json!({"type": kind, "revision": ev.revision, "key": String::from_utf8_lossy(&ev.key), "value": String::from_utf8_lossy(&ev.value), "version": ev.version, "expired": ev.expired}),
                     format!(
@@ -280,10 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Members => {
             let r = client.members().await?;
             let rows: Vec<_> = r.members.iter().map(|m| json!({"id": m.id, "voter": m.voter, "leader": m.leader, "peer_addr": m.peer_addr, "grpc_addr": m.grpc_addr})).collect();
-            let mut text = format!(
-                "{:<20} {:<8} {:<7} {:<22} {:<22}",
-                "ID", "ROLE", "LEADER", "PEER", "GRPC"
-            );
+            let mut text = format!("{:<20} {:<8} {:<7} {:<22} {:<22}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
             for m in &r.members {
                 let role = if m.voter { "voter" } else { "learner" };
                 text += &format!(
@@ -313,20 +258,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             );
         }
-        Cmd::Bench {
-            op,
-            concurrency,
-            value_size,
-            duration,
-            keys,
-        } => {
-            anyhow::ensure!(
-                concurrency > 0 && keys > 0,
-                "--concurrency and --keys must be positive"
-            );
-            let r = bench::run(client, op, concurrency, value_size, duration, keys)
-                .await
-                .context("bench")?;
+        Cmd::Bench { op, concurrency, value_size, duration, keys } => {
+            anyhow::ensure!(concurrency > 0 && keys > 0, "--concurrency and --keys must be positive");
+            let r = bench::run(client, op, concurrency, value_size, duration, keys).await.context("bench")?;
             print(r.json(), r.text());
         }
     }
@@ -366,7 +300,15 @@ mod bench {
         pub fn text(&self) -> String {
             format!(
                 "op={:?} concurrency={} ops={} errors={} ops/s={:.0} p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
-                self.op, self.concurrency, self.ops, self.errors, self.ops_per_sec(), self.pct(0.5), self.pct(0.9), self.pct(0.99), self.pct(1.0)
+                self.op,
+                self.concurrency,
+                self.ops,
+                self.errors,
+                self.ops_per_sec(),
+                self.pct(0.5),
+                self.pct(0.9),
+                self.pct(0.99),
+                self.pct(1.0)
             )
         }
     }
@@ -382,9 +324,7 @@ mod bench {
         let value = bytes::Bytes::from(vec![b'x'; value_size]);
         if !matches!(op, BenchOp::Write) {
             for k in 0..keys {
-                client
-                    .put_simple(format!("bench/{k}"), value.clone())
-                    .await?;
+                client.put_simple(format!("bench/{k}"), value.clone()).await?;
             }
         }
         let start = Instant::now();
@@ -395,17 +335,12 @@ mod bench {
                 let (mut lat, mut errors) = (Vec::new(), 0usize);
                 let mut k = w as u64;
                 while Instant::now() < end {
-                    k = (k
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407))
-                        % keys;
+                    k = (k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407)) % keys;
                     let key = format!("bench/{k}");
                     let t = Instant::now();
                     let ok = match op {
                         BenchOp::Write => client.put_simple(key, value.clone()).await.is_ok(),
-                        BenchOp::Read => {
-                            client.get(key, pb::Consistency::Linearizable).await.is_ok()
-                        }
+                        BenchOp::Read => client.get(key, pb::Consistency::Linearizable).await.is_ok(),
                         BenchOp::Stale => client.get(key, pb::Consistency::Stale).await.is_ok(),
                     };
                     if ok {
@@ -426,13 +361,6 @@ mod bench {
         }
         let elapsed = start.elapsed();
         lat_us.sort_unstable();
-        Ok(Report {
-            op,
-            concurrency,
-            ops: lat_us.len(),
-            errors,
-            elapsed,
-            lat_us,
-        })
+        Ok(Report { op, concurrency, ops: lat_us.len(), errors, elapsed, lat_us })
     }
 }

@@ -8,11 +8,7 @@ use statenode_proto::v1 as pb;
 pub fn key_value(key: Bytes, e: &Entry, with_value: bool) -> pb::KeyValue {
     pb::KeyValue {
         key,
-        value: if with_value {
-            e.value.clone()
-        } else {
-            Bytes::new()
-        },
+        value: if with_value { e.value.clone() } else { Bytes::new() },
         revision: e.revision,
         create_revision: e.create_revision,
         version: e.version.to_string(),
@@ -32,20 +28,14 @@ pub fn meta_kv(key: Bytes, m: &kv::Meta) -> pb::KeyValue {
 }
 
 pub fn client(c: Option<pb::ClientRef>) -> Option<ClientRef> {
-    c.filter(|c| c.client_id != 0).map(|c| ClientRef {
-        client_id: c.client_id,
-        seq: c.seq,
-    })
+    c.filter(|c| c.client_id != 0).map(|c| ClientRef { client_id: c.client_id, seq: c.seq })
 }
 
 fn fencing(token: &str) -> Result<Option<Hlc>> {
     if token.is_empty() {
         return Ok(None);
     }
-    token
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::invalid("malformed timestamp"))
+    token.parse().map(Some).map_err(|_| Error::invalid("malformed timestamp"))
 }
 
 pub fn put(p: pb::PutRequest) -> Result<kv::Put> {
@@ -54,12 +44,7 @@ pub fn put(p: pb::PutRequest) -> Result<kv::Put> {
         Ok(pb::PutCondition::PutIfRevision) => PutCondition::IfRevision(p.if_revision),
         Ok(pb::PutCondition::PutIfAbsent) => PutCondition::IfAbsent,
         Ok(pb::PutCondition::PutIfAbsentOrEqual) => PutCondition::IfAbsentOrEqual,
-        Err(_) => {
-            return Err(Error::invalid(format!(
-                "unknown put condition {}",
-                p.condition
-            )))
-        }
+        Err(_) => return Err(Error::invalid(format!("unknown put condition {}", p.condition))),
     };
     Ok(kv::Put {
         key: p.key,
@@ -76,27 +61,16 @@ pub fn delete(d: pb::DeleteRequest) -> Result<kv::Delete> {
         Ok(pb::DeleteCondition::DeleteAlways) => DeleteCondition::Always,
         Ok(pb::DeleteCondition::DeleteIfRevision) => DeleteCondition::IfRevision(d.if_revision),
         Ok(pb::DeleteCondition::DeleteIfValue) => DeleteCondition::IfValue(d.if_value),
-        Err(_) => {
-            return Err(Error::invalid(format!(
-                "unknown delete condition {}",
-                d.condition
-            )))
-        }
+        Err(_) => return Err(Error::invalid(format!("unknown delete condition {}", d.condition))),
     };
-    Ok(kv::Delete {
-        key: d.key,
-        condition,
-        fencing: fencing(&d.fencing_token)?,
-    })
+    Ok(kv::Delete { key: d.key, condition, fencing: fencing(&d.fencing_token)? })
 }
 
 pub fn txn_op(op: pb::TxnOp) -> Result<kv::TxnOp> {
     match op.op {
         Some(pb::txn_op::Op::Put(p)) => Ok(kv::TxnOp::Put(put(p)?)),
         Some(pb::txn_op::Op::Delete(d)) => Ok(kv::TxnOp::Delete(delete(d)?)),
-        None => Err(Error::invalid(
-            "transaction operation without put or delete",
-        )),
+        None => Err(Error::invalid("transaction operation without put or delete")),
     }
 }
 
@@ -125,11 +99,5 @@ pub fn consistency(c: i32) -> Result<crate::handle::Consistency> {
 }
 
 pub fn member(m: crate::handle::Member) -> pb::Member {
-    pb::Member {
-        id: m.id,
-        peer_addr: m.peer_addr,
-        grpc_addr: m.grpc_addr,
-        voter: m.voter,
-        leader: m.leader,
-    }
+    pb::Member { id: m.id, peer_addr: m.peer_addr, grpc_addr: m.grpc_addr, voter: m.voter, leader: m.leader }
 }

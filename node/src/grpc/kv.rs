@@ -32,36 +32,18 @@ impl KvService {
         let client = convert::client(req.client);
         let key = req.key.clone();
         let op = Op::Put(convert::put(req)?);
-        let r = self
-            .handle
-            .write(Command {
-                client,
-                now_ms: 0,
-                op,
-            })
-            .await?;
+        let r = self.handle.write(Command { client, now_ms: 0, op }).await?;
         let OpResult::Put { applied, meta } = single(r.outcome)? else {
             return Err(Error::internal("put answered with another op"));
         };
         let kv = meta.map(|m| convert::meta_kv(key, &m));
-        Ok(pb::PutResponse {
-            applied,
-            kv,
-            revision: r.revision,
-        })
+        Ok(pb::PutResponse { applied, kv, revision: r.revision })
     }
 
     async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, Error> {
         let client = convert::client(req.client);
         let op = Op::Delete(convert::delete(req)?);
-        let r = self
-            .handle
-            .write(Command {
-                client,
-                now_ms: 0,
-                op,
-            })
-            .await?;
+        let r = self.handle.write(Command { client, now_ms: 0, op }).await?;
         let OpResult::Delete(outcome) = single(r.outcome)? else {
             return Err(Error::internal("delete answered with another op"));
         };
@@ -70,63 +52,28 @@ impl KvService {
             DeleteOutcome::NotFound => pb::DeleteOutcome::NotFound,
             DeleteOutcome::ConditionFailed => pb::DeleteOutcome::ConditionFailed,
         };
-        Ok(pb::DeleteResponse {
-            outcome: outcome as i32,
-            revision: r.revision,
-        })
+        Ok(pb::DeleteResponse { outcome: outcome as i32, revision: r.revision })
     }
 
     async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Error> {
         let client = convert::client(req.client);
-        let ops = req
-            .ops
-            .into_iter()
-            .map(convert::txn_op)
-            .collect::<Result<Vec<_>, _>>()?;
-        let r = self
-            .handle
-            .write(Command {
-                client,
-                now_ms: 0,
-                op: Op::Txn(ops),
-            })
-            .await?;
-        let Outcome::Txn {
-            succeeded,
-            failed,
-            results,
-        } = r.outcome
-        else {
+        let ops = req.ops.into_iter().map(convert::txn_op).collect::<Result<Vec<_>, _>>()?;
+        let r = self.handle.write(Command { client, now_ms: 0, op: Op::Txn(ops) }).await?;
+        let Outcome::Txn { succeeded, failed, results } = r.outcome else {
             return Err(Error::internal("txn answered with another outcome"));
         };
         for res in &results {
             convert::rejection(res)?;
         }
-        Ok(pb::TxnResponse {
-            succeeded,
-            failed_index: failed.unwrap_or(0),
-            revision: r.revision,
-        })
+        Ok(pb::TxnResponse { succeeded, failed_index: failed.unwrap_or(0), revision: r.revision })
     }
 
     async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Error> {
         let c = convert::consistency(req.consistency)?;
-        let q = ListQuery {
-            prefix: req.prefix,
-            after: req.cursor,
-            limit: req.limit as usize,
-        };
+        let q = ListQuery { prefix: req.prefix, after: req.cursor, limit: req.limit as usize };
         let page = self.handle.list(q, c).await?;
-        let kvs = page
-            .entries
-            .into_iter()
-            .map(|(k, e)| convert::key_value(k, &e, !req.keys_only))
-            .collect();
-        Ok(pb::ListResponse {
-            kvs,
-            next_cursor: page.next_cursor.unwrap_or_default(),
-            revision: page.revision,
-        })
+        let kvs = page.entries.into_iter().map(|(k, e)| convert::key_value(k, &e, !req.keys_only)).collect();
+        Ok(pb::ListResponse { kvs, next_cursor: page.next_cursor.unwrap_or_default(), revision: page.revision })
     }
 }
 
@@ -141,42 +88,26 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Reply<pb::PutResponse> {
-        self.put(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.put(req.into_inner()).await.map(Response::new).map_err(status)
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
-        self.delete(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.delete(req.into_inner()).await.map(Response::new).map_err(status)
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
-        self.txn(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.txn(req.into_inner()).await.map(Response::new).map_err(status)
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Reply<pb::ListResponse> {
-        self.list(req.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.list(req.into_inner()).await.map(Response::new).map_err(status)
     }
 
-    type WatchStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
         let req = req.into_inner();
-        self.handle
-            .limits()
-            .check_request(req.prefix.len())
-            .map_err(status)?;
+        self.handle.limits().check_request(req.prefix.len()).map_err(status)?;
         let from = (req.from_revision > 0).then_some(req.from_revision);
         let mut events = self.handle.watch(req.prefix, from);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -193,11 +124,9 @@ impl Kv for KvService {
 
 fn watch_event(item: WatchItem) -> pb::WatchEvent {
     match item {
-        WatchItem::Resync { next } => pb::WatchEvent {
-            r#type: pb::EventType::Resync as i32,
-            revision: next,
-            ..Default::default()
-        },
+        WatchItem::Resync { next } => {
+            pb::WatchEvent { r#type: pb::EventType::Resync as i32, revision: next, ..Default::default() }
+        }
         WatchItem::Event(e) => pb::WatchEvent {
             r#type: match e.kind {
                 crate::kv::EventKind::Put => pb::EventType::Put as i32,

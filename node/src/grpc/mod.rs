@@ -26,11 +26,7 @@ pub fn status(e: Error) -> Status {
         }
     };
     let mut s = Status::new(code, e.to_string());
-    if let Error::Unavailable {
-        leader_hint: Some(h),
-        ..
-    } = &e
-    {
+    if let Error::Unavailable { leader_hint: Some(h), .. } = &e {
         if let Ok(v) = h.grpc_addr.parse() {
             s.metadata_mut().insert(LEADER_HEADER, v);
         }
@@ -45,20 +41,11 @@ mod tests {
 
     #[test]
     fn every_error_has_one_code() {
-        let hint = Some(LeaderHint {
-            id: 2,
-            grpc_addr: "10.0.0.2:50001".into(),
-        });
-        let s = status(Error::Unavailable {
-            reason: "x".into(),
-            leader_hint: hint,
-        });
+        let hint = Some(LeaderHint { id: 2, grpc_addr: "10.0.0.2:50001".into() });
+        let s = status(Error::Unavailable { reason: "x".into(), leader_hint: hint });
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.metadata().get(LEADER_HEADER).unwrap(), "10.0.0.2:50001");
-        assert_eq!(
-            status(Error::TooLarge("k".into())).code(),
-            Code::ResourceExhausted
-        );
+        assert_eq!(status(Error::TooLarge("k".into())).code(), Code::ResourceExhausted);
         assert_eq!(status(Error::invalid("k")).code(), Code::InvalidArgument);
         let internal = status(Error::Internal("secret detail".into()));
         assert_eq!(internal.message(), "internal error");

@@ -49,12 +49,7 @@ pub const DEFAULT_WINDOW: usize = 256;
 
 impl DedupTable {
     pub fn new(max_clients: usize, window: usize) -> Self {
-        Self {
-            clients: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            max_clients,
-            window,
-        }
+        Self { clients: BTreeMap::new(), lru: BTreeMap::new(), max_clients, window }
     }
 
     pub fn check(&self, client: ClientRef) -> Seen<'_> {
@@ -120,10 +115,7 @@ mod tests {
     use crate::kv::command::Outcome;
 
     fn res(revision: u64) -> CommandResult {
-        CommandResult {
-            revision,
-            outcome: Outcome::None,
-        }
+        CommandResult { revision, outcome: Outcome::None }
     }
 
     fn c(client_id: u64, seq: u64) -> ClientRef {

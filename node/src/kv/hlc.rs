@@ -9,9 +9,7 @@ use std::str::FromStr;
 pub const HLC_NODE: &str = "statenode";
 
 /// A version: wall-clock milliseconds plus a counter. Ordered by `(ms, counter)`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hlc {
     pub ms: u64,
     pub counter: u32,
@@ -64,8 +62,7 @@ impl FromStr for Hlc {
     /// Accepts `ms:counter:node` with or without padding; the node id is not kept.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
-        let (Some(ms), Some(counter), Some(node), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(ms), Some(counter), Some(node), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(MalformedHlc);
         };
@@ -88,34 +85,20 @@ mod tests {
 
     #[test]
     fn formats_like_the_aio_sdk() {
-        assert_eq!(
-            Hlc::new(1_696_374_425_000, 1).to_string(),
-            "001696374425000:00001:statenode"
-        );
+        assert_eq!(Hlc::new(1_696_374_425_000, 1).to_string(), "001696374425000:00001:statenode");
     }
 
     #[test]
     fn parses_padded_and_unpadded() {
-        assert_eq!(
-            "1696374425000:0:Client1".parse(),
-            Ok(Hlc::new(1_696_374_425_000, 0))
-        );
+        assert_eq!("1696374425000:0:Client1".parse(), Ok(Hlc::new(1_696_374_425_000, 0)));
         assert_eq!("001:00002:x".parse(), Ok(Hlc::new(1, 2)));
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in [
-            "",
-            "1:2",
-            "1:2:3:4",
-            "a:1:n",
-            "1:b:n",
-            "1:1:",
-            "-1:0:n",
-            "1:99999999999:n",
-            "99999999999999999999999:0:n",
-        ] {
+        for bad in
+            ["", "1:2", "1:2:3:4", "a:1:n", "1:b:n", "1:1:", "-1:0:n", "1:99999999999:n", "99999999999999999999999:0:n"]
+        {
             assert_eq!(bad.parse::<Hlc>(), Err(MalformedHlc), "{bad}");
         }
     }
@@ -135,13 +118,7 @@ mod tests {
     #[test]
     fn always_grows() {
         let mut s = Hlc::default();
-        for (now, r) in [
-            (5, None),
-            (5, None),
-            (3, Some(Hlc::new(9, 1))),
-            (1, None),
-            (10, None),
-        ] {
+        for (now, r) in [(5, None), (5, None), (3, Some(Hlc::new(9, 1))), (1, None), (10, None)] {
             let n = s.next(now, r);
             assert!(n > s);
             s = n;

@@ -70,12 +70,7 @@ impl StateMachine {
                 Seen::New => {}
             }
         }
-        let mut cx = Apply {
-            sm: self,
-            revision,
-            now_ms: cmd.now_ms,
-            events: &mut events,
-        };
+        let mut cx = Apply { sm: self, revision, now_ms: cmd.now_ms, events: &mut events };
         let outcome = cx.op(&cmd.op);
         let result = CommandResult { revision, outcome };
         if let Some(client) = cmd.client {
@@ -93,13 +88,7 @@ impl StateMachine {
     }
 
     /// Up to `limit` live entries under `prefix`, strictly after `after`.
-    pub fn list(
-        &self,
-        prefix: &[u8],
-        after: &[u8],
-        limit: usize,
-        now_ms: u64,
-    ) -> Vec<(Bytes, Entry)> {
+    pub fn list(&self, prefix: &[u8], after: &[u8], limit: usize, now_ms: u64) -> Vec<(Bytes, Entry)> {
         let start = if after.is_empty() || after < prefix {
             Bound::Included(Bytes::copy_from_slice(prefix))
         } else {
@@ -149,23 +138,10 @@ impl StateMachine {
     }
 
     /// Rebuilds a state machine from stored parts (disk or snapshot).
-    pub fn from_parts(
-        keys: impl IntoIterator<Item = (Bytes, Entry)>,
-        last_version: Hlc,
-        dedup: DedupTable,
-    ) -> Self {
+    pub fn from_parts(keys: impl IntoIterator<Item = (Bytes, Entry)>, last_version: Hlc, dedup: DedupTable) -> Self {
         let keys: BTreeMap<Bytes, Entry> = keys.into_iter().collect();
-        let expiry = keys
-            .iter()
-            .filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone())))
-            .collect();
-        Self {
-            keys,
-            expiry,
-            last_version,
-            dedup,
-            dirty: Dirty::default(),
-        }
+        let expiry = keys.iter().filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone()))).collect();
+        Self { keys, expiry, last_version, dedup, dirty: Dirty::default() }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
@@ -210,9 +186,7 @@ impl Apply<'_> {
             Op::Delete(d) => Outcome::Op(self.delete(d)),
             Op::Batch(ops) => Outcome::Batch(ops.iter().map(|o| self.item(o)).collect()),
             Op::Txn(ops) => self.txn(ops),
-            Op::Expire => Outcome::Expired {
-                count: self.expire_due(),
-            },
+            Op::Expire => Outcome::Expired { count: self.expire_due() },
         }
     }
 
@@ -236,18 +210,10 @@ impl Apply<'_> {
                     | OpResult::Delete(DeleteOutcome::Deleted | DeleteOutcome::NotFound)
             )
         }) {
-            return Outcome::Txn {
-                succeeded: false,
-                failed: Some(failed as u32),
-                results: checks,
-            };
+            return Outcome::Txn { succeeded: false, failed: Some(failed as u32), results: checks };
         }
         let results = ops.iter().map(|o| self.item(o)).collect();
-        Outcome::Txn {
-            succeeded: true,
-            failed: None,
-            results,
-        }
+        Outcome::Txn { succeeded: true, failed: None, results }
     }
 
     /// What `item` would answer, without changing anything.
@@ -261,10 +227,7 @@ impl Apply<'_> {
             return OpResult::Rejected(r);
         }
         match op {
-            TxnOp::Put(p) => OpResult::Put {
-                applied: put_allowed(current, p),
-                meta: None,
-            },
+            TxnOp::Put(p) => OpResult::Put { applied: put_allowed(current, p), meta: None },
             TxnOp::Delete(d) => OpResult::Delete(delete_outcome(current, &d.condition)),
         }
     }
@@ -277,10 +240,7 @@ impl Apply<'_> {
             Err(r) => return OpResult::Rejected(r),
         };
         if !put_allowed(current, p) {
-            return OpResult::Put {
-                applied: false,
-                meta: current.map(Entry::meta),
-            };
+            return OpResult::Put { applied: false, meta: current.map(Entry::meta) };
         }
         let create_revision = current.map_or(self.revision, |e| e.create_revision);
         let version = self.next_version(p.client_ts);
@@ -295,10 +255,7 @@ impl Apply<'_> {
         let meta = entry.meta();
         self.event(&p.key, EventKind::Put, p.value.clone(), version, false);
         self.sm.insert(p.key.clone(), entry);
-        OpResult::Put {
-            applied: true,
-            meta: Some(meta),
-        }
+        OpResult::Put { applied: true, meta: Some(meta) }
     }
 
     fn delete(&mut self, d: &Delete) -> OpResult {
@@ -318,12 +275,7 @@ impl Apply<'_> {
 
     /// Removes `key` first if it expired by this command's time, with its DELETE event.
     fn expire_key(&mut self, key: &Bytes) {
-        if self
-            .sm
-            .keys
-            .get(key)
-            .is_some_and(|e| !e.is_live(self.now_ms))
-        {
+        if self.sm.keys.get(key).is_some_and(|e| !e.is_live(self.now_ms)) {
             self.sm.remove(key);
             let version = self.next_version(None);
             self.event(key, EventKind::Delete, Bytes::new(), version, true);
@@ -331,13 +283,8 @@ impl Apply<'_> {
     }
 
     fn expire_due(&mut self) -> u32 {
-        let due: Vec<Bytes> = self
-            .sm
-            .expiry
-            .iter()
-            .take_while(|(t, _)| *t <= self.now_ms)
-            .map(|(_, k)| k.clone())
-            .collect();
+        let due: Vec<Bytes> =
+            self.sm.expiry.iter().take_while(|(t, _)| *t <= self.now_ms).map(|(_, k)| k.clone()).collect();
         for key in &due {
             self.expire_key(key);
         }
@@ -352,14 +299,7 @@ impl Apply<'_> {
 
     fn event(&mut self, key: &Bytes, kind: EventKind, value: Bytes, version: Hlc, expired: bool) {
         let revision = self.revision;
-        self.events.push(Event {
-            revision,
-            key: key.clone(),
-            kind,
-            value,
-            version,
-            expired,
-        });
+        self.events.push(Event { revision, key: key.clone(), kind, value, version, expired });
     }
 }
 

@@ -50,9 +50,5 @@ pub fn decode(data: &[u8]) -> Result<StateMachine, SnapshotError> {
         return Err(SnapshotError::UnknownFormat(format));
     }
     let body: Body = bincode::deserialize(&data[6..])?;
-    Ok(StateMachine::from_parts(
-        body.keys,
-        body.last_version,
-        body.dedup,
-    ))
+    Ok(StateMachine::from_parts(body.keys, body.last_version, body.dedup))
 }

@@ -8,30 +8,15 @@ fn b(s: &str) -> Bytes {
 }
 
 fn put(key: &str, value: &str) -> Put {
-    Put {
-        key: b(key),
-        value: b(value),
-        ttl_ms: None,
-        condition: PutCondition::Always,
-        fencing: None,
-        client_ts: None,
-    }
+    Put { key: b(key), value: b(value), ttl_ms: None, condition: PutCondition::Always, fencing: None, client_ts: None }
 }
 
 fn del(key: &str) -> Delete {
-    Delete {
-        key: b(key),
-        condition: DeleteCondition::Always,
-        fencing: None,
-    }
+    Delete { key: b(key), condition: DeleteCondition::Always, fencing: None }
 }
 
 fn cmd(now_ms: u64, op: Op) -> Command {
-    Command {
-        client: None,
-        now_ms,
-        op,
-    }
+    Command { client: None, now_ms, op }
 }
 
 fn op_result(r: &CommandResult) -> &OpResult {
@@ -47,10 +32,7 @@ fn put_assigns_revision_and_growing_versions() {
     let (r1, ev1) = sm.apply(5, &cmd(1000, Op::Put(put("k", "a"))));
     let (_, _) = sm.apply(6, &cmd(1000, Op::Put(put("k", "b"))));
     let e = sm.get(b"k", 1000).unwrap();
-    assert_eq!(
-        (e.revision, e.create_revision, &e.value[..]),
-        (6, 5, &b"b"[..])
-    );
+    assert_eq!((e.revision, e.create_revision, &e.value[..]), (6, 5, &b"b"[..]));
     assert_eq!(r1.revision, 5);
     assert_eq!(ev1[0].kind, EventKind::Put);
     assert!(e.version > ev1[0].version);
@@ -61,20 +43,11 @@ fn if_revision_compares_and_sets() {
     let mut sm = StateMachine::default();
     let mut p = put("k", "a");
     p.condition = PutCondition::IfRevision(0);
-    assert!(matches!(
-        op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0),
-        OpResult::Put { applied: true, .. }
-    ));
-    assert!(matches!(
-        op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0),
-        OpResult::Put { applied: false, .. }
-    ));
+    assert!(matches!(op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0), OpResult::Put { applied: true, .. }));
+    assert!(matches!(op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0), OpResult::Put { applied: false, .. }));
     p.condition = PutCondition::IfRevision(1);
     p.value = b("b");
-    assert!(matches!(
-        op_result(&sm.apply(3, &cmd(0, Op::Put(p))).0),
-        OpResult::Put { applied: true, .. }
-    ));
+    assert!(matches!(op_result(&sm.apply(3, &cmd(0, Op::Put(p))).0), OpResult::Put { applied: true, .. }));
     assert_eq!(sm.get(b"k", 0).unwrap().value, b("b"));
 }
 
@@ -84,10 +57,7 @@ fn nx_and_nex() {
     let mut p = put("lock", "A");
     p.condition = PutCondition::IfAbsentOrEqual;
     let applied = |sm: &mut StateMachine, rev, p: &Put| {
-        matches!(
-            op_result(&sm.apply(rev, &cmd(0, Op::Put(p.clone()))).0),
-            OpResult::Put { applied: true, .. }
-        )
+        matches!(op_result(&sm.apply(rev, &cmd(0, Op::Put(p.clone()))).0), OpResult::Put { applied: true, .. })
     };
     assert!(applied(&mut sm, 1, &p));
     assert!(applied(&mut sm, 2, &p), "NEX renews the holder's own value");
@@ -108,14 +78,8 @@ fn vdel_checks_value() {
         &OpResult::Delete(DeleteOutcome::ConditionFailed)
     );
     d.condition = DeleteCondition::IfValue(b("v"));
-    assert_eq!(
-        op_result(&sm.apply(3, &cmd(0, Op::Delete(d.clone()))).0),
-        &OpResult::Delete(DeleteOutcome::Deleted)
-    );
-    assert_eq!(
-        op_result(&sm.apply(4, &cmd(0, Op::Delete(d))).0),
-        &OpResult::Delete(DeleteOutcome::NotFound)
-    );
+    assert_eq!(op_result(&sm.apply(3, &cmd(0, Op::Delete(d.clone()))).0), &OpResult::Delete(DeleteOutcome::Deleted));
+    assert_eq!(op_result(&sm.apply(4, &cmd(0, Op::Delete(d))).0), &OpResult::Delete(DeleteOutcome::NotFound));
 }
 
 #[test]
@@ -125,10 +89,7 @@ fn ttl_hides_then_expire_deletes_with_event() {
     p.ttl_ms = Some(100);
     sm.apply(1, &cmd(1000, Op::Put(p)));
     assert!(sm.get(b"k", 1099).is_some());
-    assert!(
-        sm.get(b"k", 1100).is_none(),
-        "expired keys are never returned"
-    );
+    assert!(sm.get(b"k", 1100).is_none(), "expired keys are never returned");
     assert_eq!(sm.next_expiry(), Some(1100));
     let (r, ev) = sm.apply(2, &cmd(1100, Op::Expire));
     assert_eq!(r.outcome, Outcome::Expired { count: 1 });
@@ -156,30 +117,18 @@ fn fencing_tokens() {
     let mut sm = StateMachine::default();
     let mut p = put("k", "v");
     p.fencing = Some(Hlc::new(10, 0));
-    assert!(matches!(
-        op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0),
-        OpResult::Put { applied: true, .. }
-    ));
+    assert!(matches!(op_result(&sm.apply(1, &cmd(0, Op::Put(p.clone()))).0), OpResult::Put { applied: true, .. }));
     p.fencing = None;
-    assert_eq!(
-        op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0),
-        &OpResult::Rejected(Rejection::FencingRequired)
-    );
+    assert_eq!(op_result(&sm.apply(2, &cmd(0, Op::Put(p.clone()))).0), &OpResult::Rejected(Rejection::FencingRequired));
     p.fencing = Some(Hlc::new(9, 9));
-    assert_eq!(
-        op_result(&sm.apply(3, &cmd(0, Op::Put(p.clone()))).0),
-        &OpResult::Rejected(Rejection::FencingStale)
-    );
+    assert_eq!(op_result(&sm.apply(3, &cmd(0, Op::Put(p.clone()))).0), &OpResult::Rejected(Rejection::FencingStale));
     let mut d = del("k");
     assert_eq!(
         op_result(&sm.apply(4, &cmd(0, Op::Delete(d.clone()))).0),
         &OpResult::Rejected(Rejection::FencingRequired)
     );
     d.fencing = Some(Hlc::new(10, 0));
-    assert_eq!(
-        op_result(&sm.apply(5, &cmd(0, Op::Delete(d))).0),
-        &OpResult::Delete(DeleteOutcome::Deleted)
-    );
+    assert_eq!(op_result(&sm.apply(5, &cmd(0, Op::Delete(d))).0), &OpResult::Delete(DeleteOutcome::Deleted));
 }
 
 #[test]
@@ -188,37 +137,12 @@ fn txn_is_all_or_nothing() {
     sm.apply(1, &cmd(0, Op::Put(put("a", "1"))));
     let mut guarded = put("b", "2");
     guarded.condition = PutCondition::IfRevision(99);
-    let (r, ev) = sm.apply(
-        2,
-        &cmd(
-            0,
-            Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(guarded)]),
-        ),
-    );
-    assert!(matches!(
-        r.outcome,
-        Outcome::Txn {
-            succeeded: false,
-            failed: Some(1),
-            ..
-        }
-    ));
+    let (r, ev) = sm.apply(2, &cmd(0, Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(guarded)])));
+    assert!(matches!(r.outcome, Outcome::Txn { succeeded: false, failed: Some(1), .. }));
     assert!(ev.is_empty());
     assert!(sm.get(b"a", 0).is_some());
-    let (r, ev) = sm.apply(
-        3,
-        &cmd(
-            0,
-            Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(put("b", "2"))]),
-        ),
-    );
-    assert!(matches!(
-        r.outcome,
-        Outcome::Txn {
-            succeeded: true,
-            ..
-        }
-    ));
+    let (r, ev) = sm.apply(3, &cmd(0, Op::Txn(vec![TxnOp::Delete(del("a")), TxnOp::Put(put("b", "2"))])));
+    assert!(matches!(r.outcome, Outcome::Txn { succeeded: true, .. }));
     assert_eq!(ev.len(), 2);
     assert!(ev.iter().all(|e| e.revision == 3));
 }
@@ -226,15 +150,8 @@ fn txn_is_all_or_nothing() {
 #[test]
 fn retried_write_is_answered_not_reapplied() {
     let mut sm = StateMachine::default();
-    let client = Some(ClientRef {
-        client_id: 7,
-        seq: 1,
-    });
-    let c = Command {
-        client,
-        now_ms: 0,
-        op: Op::Put(put("k", "v")),
-    };
+    let client = Some(ClientRef { client_id: 7, seq: 1 });
+    let c = Command { client, now_ms: 0, op: Op::Put(put("k", "v")) };
     let (first, ev) = sm.apply(1, &c);
     let (again, ev2) = sm.apply(2, &c);
     assert_eq!(first, again);
@@ -249,10 +166,7 @@ fn list_pages_by_prefix() {
         sm.apply(i as u64 + 1, &cmd(0, Op::Put(put(k, "v"))));
     }
     let page = sm.list(b"a/", b"", 2, 0);
-    assert_eq!(
-        page.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
-        vec![b("a/1"), b("a/2")]
-    );
+    assert_eq!(page.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b("a/1"), b("a/2")]);
     let page = sm.list(b"a/", b"a/2", 2, 0);
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].0, b("a/3"));
@@ -263,35 +177,16 @@ fn snapshot_round_trips_and_rejects_garbage() {
     let mut sm = StateMachine::default();
     let mut p = put("k", "v");
     p.ttl_ms = Some(5);
-    sm.apply(
-        1,
-        &Command {
-            client: Some(ClientRef {
-                client_id: 1,
-                seq: 1,
-            }),
-            now_ms: 3,
-            op: Op::Put(p),
-        },
-    );
+    sm.apply(1, &Command { client: Some(ClientRef { client_id: 1, seq: 1 }), now_ms: 3, op: Op::Put(p) });
     let bytes = snapshot::encode(&sm);
     let back = snapshot::decode(&bytes).unwrap();
     assert_eq!(back.get(b"k", 0), sm.get(b"k", 0));
     assert_eq!(back.next_expiry(), Some(8));
     assert_eq!(back.last_version(), sm.last_version());
     assert_eq!(back.dedup(), sm.dedup());
-    assert!(matches!(
-        snapshot::decode(b"nope"),
-        Err(snapshot::SnapshotError::BadMagic)
-    ));
-    assert!(matches!(
-        snapshot::decode(b"SNKV\x09\x00"),
-        Err(snapshot::SnapshotError::UnknownFormat(9))
-    ));
-    assert!(matches!(
-        snapshot::decode(&bytes[..bytes.len() - 3]),
-        Err(snapshot::SnapshotError::Corrupt(_))
-    ));
+    assert!(matches!(snapshot::decode(b"nope"), Err(snapshot::SnapshotError::BadMagic)));
+    assert!(matches!(snapshot::decode(b"SNKV\x09\x00"), Err(snapshot::SnapshotError::UnknownFormat(9))));
+    assert!(matches!(snapshot::decode(&bytes[..bytes.len() - 3]), Err(snapshot::SnapshotError::Corrupt(_))));
 }
 
 /// The reference model: a plain map with revisions, no TTL.
@@ -356,22 +251,9 @@ fn to_command(op: &ModelOp) -> Op {
     let key = |k: &u8| Bytes::from(vec![b'k', *k]);
     let val = |v: &u8| Bytes::from(vec![*v]);
     let p = |k, v, condition| {
-        Op::Put(Put {
-            key: key(k),
-            value: val(v),
-            ttl_ms: None,
-            condition,
-            fencing: None,
-            client_ts: None,
-        })
+        Op::Put(Put { key: key(k), value: val(v), ttl_ms: None, condition, fencing: None, client_ts: None })
     };
-    let d = |k, condition| {
-        Op::Delete(Delete {
-            key: key(k),
-            condition,
-            fencing: None,
-        })
-    };
+    let d = |k, condition| Op::Delete(Delete { key: key(k), condition, fencing: None });
     match op {
         ModelOp::Put(k, v, None) => p(k, v, PutCondition::Always),
         ModelOp::Put(k, v, Some(r)) => p(k, v, PutCondition::IfRevision(*r)),
@@ -384,10 +266,7 @@ fn to_command(op: &ModelOp) -> Op {
 }
 
 fn applied(r: &CommandResult) -> bool {
-    matches!(
-        op_result(r),
-        OpResult::Put { applied: true, .. } | OpResult::Delete(DeleteOutcome::Deleted)
-    )
+    matches!(op_result(r), OpResult::Put { applied: true, .. } | OpResult::Delete(DeleteOutcome::Deleted))
 }
 
 proptest! {

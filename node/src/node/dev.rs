@@ -4,18 +4,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::process::{Child, Command};
 
-pub async fn run(
-    nodes: u16,
-    memory: bool,
-    peer_base: u16,
-    grpc_base: u16,
-    data_dir: PathBuf,
-) -> anyhow::Result<()> {
+pub async fn run(nodes: u16, memory: bool, peer_base: u16, grpc_base: u16, data_dir: PathBuf) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     let exe = std::env::current_exe()?;
-    let peers: Vec<String> = (1..=nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", peer_base + i - 1))
-        .collect();
+    let peers: Vec<String> = (1..=nodes).map(|i| format!("{i}=127.0.0.1:{}", peer_base + i - 1)).collect();
     let mut children: Vec<Child> = Vec::new();
     for i in 1..=nodes {
         let (peer, grpc) = (peer_base + i - 1, grpc_base + i - 1);
@@ -26,10 +18,7 @@ pub async fn run(
             .args(["--grpc", &format!("127.0.0.1:{grpc}")])
             .args(["--bootstrap-expect", &nodes.to_string()])
             .args(["--peers", &peers.join(",")])
-            .args([
-                "--data-dir",
-                &data_dir.join(format!("node-{i}")).to_string_lossy(),
-            ])
+            .args(["--data-dir", &data_dir.join(format!("node-{i}")).to_string_lossy()])
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if memory {
@@ -38,9 +27,7 @@ pub async fn run(
         children.push(cmd.spawn()?);
         println!("node {i}: peer 127.0.0.1:{peer}  grpc 127.0.0.1:{grpc}");
     }
-    let endpoints: Vec<String> = (0..nodes)
-        .map(|i| format!("127.0.0.1:{}", grpc_base + i))
-        .collect();
+    let endpoints: Vec<String> = (0..nodes).map(|i| format!("127.0.0.1:{}", grpc_base + i)).collect();
     println!("try: statectl --endpoints {} members", endpoints.join(","));
     println!("Ctrl-C stops all nodes");
     tokio::select! {
@@ -50,9 +37,7 @@ pub async fn run(
     for c in &mut children {
         if let Some(pid) = c.id() {
             // SIGTERM first, for a graceful shutdown.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
     }
     for mut c in children {

@@ -1,7 +1,6 @@
 //! Cluster formation: bootstrap with `--bootstrap-expect`, join through a seed, and the
 //! memory-mode rule that a restarted node comes back under a new id.
 
-use super::stored_id;
 use crate::config::Config;
 use crate::handle::{ClusterStatus, PeerReply, PeerRequest};
 use crate::raft::network::{decode, encode, PeerChannels};
@@ -39,91 +38,54 @@ fn fresh_id() -> NodeId {
     rand::random::<u64>() % (1 << 53) + 1000
 }
 
+/// Decides this node's id and how it enters the cluster; `stored` is the id its disk holds.
 pub async fn plan(
     config: &Config,
     role: &Role,
     channels: &Arc<PeerChannels>,
+    stored: Option<NodeId>,
 ) -> anyhow::Result<Plan> {
-    let stored = stored_id(config)?;
     let given = (config.id != 0).then_some(config.id);
     if let (Some(s), Some(g)) = (stored, given) {
-        anyhow::ensure!(
-            s == g,
-            "data dir {} belongs to node {s}, not {g}",
-            config.data_dir.display()
-        );
+        anyhow::ensure!(s == g, "data dir {} belongs to node {s}, not {g}", config.data_dir.display());
     }
     let me = config.peer_advertise();
     match role {
         Role::Join { seed } => {
             crate::config::check_addr(seed)?;
             let id = stored.or(given).unwrap_or_else(fresh_id);
-            Ok(Plan {
-                id,
-                action: Action::Join(seed.clone()),
-            })
+            Ok(Plan { id, action: Action::Join(seed.clone()) })
         }
         Role::Serve => {
             let peers = config.parsed_peers()?;
             let id = stored.or(given).unwrap_or(1);
             if peers.len() <= 1 {
-                return Ok(Plan {
-                    id,
-                    action: Action::Initialize(vec![(id, me)]),
-                });
+                return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]) });
             }
-            let others: Vec<String> = peers
-                .iter()
-                .filter(|(p, _)| *p != id)
-                .map(|(_, a)| a.clone())
-                .collect();
+            let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
             match find_cluster(channels, &others).await {
                 Some((addr, _)) if config.memory => {
                     let id = fresh_id();
-                    tracing::info!(
-                        id,
-                        "memory mode: a cluster already runs; joining it as a new member"
-                    );
-                    Ok(Plan {
-                        id,
-                        action: Action::Join(addr),
-                    })
+                    tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");
+                    Ok(Plan { id, action: Action::Join(addr) })
                 }
-                Some(_) => Ok(Plan {
-                    id,
-                    action: Action::Wait,
-                }),
-                None => Ok(Plan {
-                    id,
-                    action: Action::Initialize(peers),
-                }),
+                Some(_) => Ok(Plan { id, action: Action::Wait }),
+                None => Ok(Plan { id, action: Action::Initialize(peers) }),
             }
         }
     }
 }
 
-async fn ask(
-    channels: &PeerChannels,
-    addr: &str,
-    req: &PeerRequest,
-    timeout: Duration,
-) -> anyhow::Result<PeerReply> {
-    let mut client = channels.client(addr)?;
-    let reply = tokio::time::timeout(timeout, client.forward(encode(req)))
-        .await??
-        .into_inner();
+async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Duration) -> anyhow::Result<PeerReply> {
+    let mut client = channels.client(addr).map_err(anyhow::Error::msg)?;
+    let reply = tokio::time::timeout(timeout, client.forward(encode(req))).await??.into_inner();
     Ok(decode::<crate::error::Result<PeerReply>>(&reply)??)
 }
 
 /// The first peer that reports a cluster with a leader, with its status.
-pub async fn find_cluster(
-    channels: &PeerChannels,
-    addrs: &[String],
-) -> Option<(String, ClusterStatus)> {
+pub async fn find_cluster(channels: &PeerChannels, addrs: &[String]) -> Option<(String, ClusterStatus)> {
     for addr in addrs {
-        if let Ok(PeerReply::Status(s)) =
-            ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await
-        {
+        if let Ok(PeerReply::Status(s)) = ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await {
             if s.leader_id.is_some() && !s.members.is_empty() {
                 return Some((addr.clone(), s));
             }
@@ -133,20 +95,12 @@ pub async fn find_cluster(
 }
 
 /// Runs the plan's action in the background of a pristine node.
-pub async fn form(
-    plan: Plan,
-    raft: Raft,
-    channels: Arc<PeerChannels>,
-    me: NodeInfo,
-    stop: watch::Receiver<bool>,
-) {
+pub async fn form(plan: Plan, raft: Raft, channels: Arc<PeerChannels>, me: NodeInfo, stop: watch::Receiver<bool>) {
     let result = match plan.action {
         Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
         Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await,
         Action::Wait => {
-            tracing::info!(
-                "empty storage in an existing cluster: waiting for the leader to replicate"
-            );
+            tracing::info!("empty storage in an existing cluster: waiting for the leader to replicate");
             Ok(())
         }
     };
@@ -189,9 +143,7 @@ async fn initialize(
     tracing::info!(?members, "all expected peers answered; initializing");
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
-        Err(openraft::error::RaftError::APIError(
-            openraft::error::InitializeError::NotAllowed(_),
-        )) => Ok(()),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -228,11 +180,9 @@ pub async fn join_cluster(
     while !*stop.borrow() {
         attempt += 1;
         let leader = match ask(channels, via, &PeerRequest::Status, Duration::from_secs(2)).await {
-            Ok(PeerReply::Status(s)) => s
-                .members
-                .iter()
-                .find(|m| Some(m.id) == s.leader_id)
-                .map(|m| m.peer_addr.clone()),
+            Ok(PeerReply::Status(s)) => {
+                s.members.iter().find(|m| Some(m.id) == s.leader_id).map(|m| m.peer_addr.clone())
+            }
             _ => None,
         };
         let Some(leader) = leader else {
@@ -240,15 +190,8 @@ pub async fn join_cluster(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        tracing::info!(
-            id,
-            leader,
-            "asking the leader to add this node (learner, then voter once caught up)"
-        );
-        let req = PeerRequest::Join {
-            id,
-            node: me.clone(),
-        };
+        tracing::info!(id, leader, "asking the leader to add this node (learner, then voter once caught up)");
+        let req = PeerRequest::Join { id, node: me.clone() };
         let reply = with_progress(raft, ask(channels, &leader, &req, deadline)).await;
         match reply {
             Ok(PeerReply::Members(m)) => {

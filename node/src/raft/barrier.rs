@@ -28,11 +28,7 @@ struct State {
 
 impl ReadBarrier {
     pub fn new(raft: Raft, timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            raft,
-            timeout,
-            state: Mutex::default(),
-        })
+        Arc::new(Self { raft, timeout, state: Mutex::default() })
     }
 
     /// Returns once this node has applied everything committed before the call began,
@@ -76,14 +72,11 @@ impl ReadBarrier {
                     }
                 }
             };
-            let result =
-                match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(Fail::from_read(e)),
-                    Err(_) => Err(Fail::unavailable(
-                        "read barrier timed out waiting for a quorum",
-                    )),
-                };
+            let result = match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(Fail::from_read(e)),
+                Err(_) => Err(Fail::unavailable("read barrier timed out waiting for a quorum")),
+            };
             tx.send_replace(Some(result));
         }
     }

@@ -23,22 +23,14 @@ pub struct Consensus {
 impl Consensus {
     pub fn new(raft: Raft, id: NodeId, timeout: Duration) -> Self {
         let barrier = ReadBarrier::new(raft.clone(), timeout);
-        Self {
-            raft,
-            id,
-            barrier,
-            membership: Default::default(),
-            write_timeout: timeout,
-        }
+        Self { raft, id, barrier, membership: Default::default(), write_timeout: timeout }
     }
 
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Fail> {
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(e)) => Err(Fail::from_write(e)),
-            Err(_) => {
-                Err(Error::Timeout("write not committed in time; it may still apply".into()).into())
-            }
+            Err(_) => Err(Error::Timeout("write not committed in time; it may still apply".into()).into()),
         }
     }
 
@@ -51,29 +43,19 @@ impl Consensus {
     /// restarted) is removed afterwards.
     pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<Vec<Member>, Fail> {
         let _serial = self.membership.lock().await;
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map_err(Fail::from_read)?;
+        self.raft.ensure_linearizable().await.map_err(Fail::from_read)?;
         let status = self.status();
         if let Some(m) = status.members.iter().find(|m| m.id == id) {
             if m.peer_addr != node.peer_addr {
-                let msg = format!(
-                    "node {id} is already a member at {}; remove it first",
-                    m.peer_addr
-                );
+                let msg = format!("node {id} is already a member at {}; remove it first", m.peer_addr);
                 return Err(Error::invalid(msg).into());
             }
             if m.voter {
                 return Ok(status.members);
             }
         }
-        let stale: BTreeSet<NodeId> = status
-            .members
-            .iter()
-            .filter(|m| m.id != id && m.peer_addr == node.peer_addr)
-            .map(|m| m.id)
-            .collect();
+        let stale: BTreeSet<NodeId> =
+            status.members.iter().filter(|m| m.id != id && m.peer_addr == node.peer_addr).map(|m| m.id).collect();
         let deadline = Duration::from_secs(120);
         let add = self.raft.add_learner(id, node, true);
         tokio::time::timeout(deadline, add)
@@ -81,10 +63,7 @@ impl Consensus {
             .map_err(|_| Error::Timeout("learner did not catch up in time".into()))?
             .map_err(Fail::from_write)?;
         let ids: BTreeSet<NodeId> = [id].into();
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(ids), false)
-            .await
-            .map_err(Fail::from_write)?;
+        self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(Fail::from_write)?;
         if !stale.is_empty() {
             tracing::info!(?stale, new = id, "replacing members at the same address");
             self.remove(stale).await?;
@@ -94,10 +73,7 @@ impl Consensus {
 
     pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>, Fail> {
         let _serial = self.membership.lock().await;
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map_err(Fail::from_read)?;
+        self.raft.ensure_linearizable().await.map_err(Fail::from_read)?;
         let status = self.status();
         let Some(member) = status.members.iter().find(|m| m.id == id) else {
             return Err(Error::NotFound(format!("node {id} is not a member")).into());
@@ -110,26 +86,13 @@ impl Consensus {
     }
 
     async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), Fail> {
-        let voters: BTreeSet<NodeId> = self
-            .status()
-            .members
-            .iter()
-            .filter(|m| m.voter)
-            .map(|m| m.id)
-            .collect();
-        let (v, l): (BTreeSet<NodeId>, BTreeSet<NodeId>) =
-            ids.into_iter().partition(|i| voters.contains(i));
+        let voters: BTreeSet<NodeId> = self.status().members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let (v, l): (BTreeSet<NodeId>, BTreeSet<NodeId>) = ids.into_iter().partition(|i| voters.contains(i));
         if !v.is_empty() {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(v), false)
-                .await
-                .map_err(Fail::from_write)?;
+            self.raft.change_membership(ChangeMembers::RemoveVoters(v), false).await.map_err(Fail::from_write)?;
         }
         if !l.is_empty() {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(l), false)
-                .await
-                .map_err(Fail::from_write)?;
+            self.raft.change_membership(ChangeMembers::RemoveNodes(l), false).await.map_err(Fail::from_write)?;
         }
         Ok(())
     }

@@ -42,9 +42,9 @@ impl Fail {
     pub fn from_write(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Fail::forward(f),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Fail::Err(
-                Error::ConditionFailed(format!("membership change refused: {c}")),
-            ),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                Fail::Err(Error::ConditionFailed(format!("membership change refused: {c}")))
+            }
             RaftError::Fatal(f) => Fail::Err(Error::unavailable(format!("raft stopped: {f}"))),
         }
     }

@@ -2,13 +2,12 @@
 //! payloads bincode-encoded inside `bytes` fields.
 
 use super::types::{NodeId, NodeInfo, TypeConfig};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use crate::io::Dialer;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,35 +16,34 @@ use statenode_proto::v1::Blob;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Raft messages (snapshot chunks) may be large; client and server agree on this bound.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// One lazily-connected channel per peer address, shared by Raft and forwarding.
 /// openraft 0.9 asks for a new client on every read round, so reuse matters.
-#[derive(Default)]
 pub struct PeerChannels {
     cache: Mutex<HashMap<String, Channel>>,
+    dialer: Arc<dyn Dialer>,
 }
 
 impl PeerChannels {
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn new(dialer: Arc<dyn Dialer>) -> Self {
+        Self { cache: Mutex::default(), dialer }
+    }
+
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut cache = self.cache.lock().expect("poisoned");
         if let Some(ch) = cache.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let ch = self.dialer.channel(addr)?;
         cache.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 
-    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
         Ok(PeerClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE))
@@ -53,11 +51,7 @@ impl PeerChannels {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Blob {
-    Blob {
-        data: bincode::serialize(v)
-            .expect("in-memory serialization cannot fail")
-            .into(),
-    }
+    Blob { data: bincode::serialize(v).expect("in-memory serialization cannot fail").into() }
 }
 
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, bincode::Error> {
@@ -73,11 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConn {
-        PeerConn {
-            target,
-            addr: node.peer_addr.clone(),
-            channels: self.channels.clone(),
-        }
+        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
     }
 }
 
@@ -106,7 +96,7 @@ impl PeerConn {
         let mut client = self
             .channels
             .client(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let blob = encode(req);
         let fut = async {
             match rpc {

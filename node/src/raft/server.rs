@@ -33,9 +33,7 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(
-            &self.raft.install_snapshot(rpc).await,
-        )))
+        Ok(Response::new(encode(&self.raft.install_snapshot(rpc).await)))
     }
 
     /// Serves a request another node forwarded; never forwards it again.

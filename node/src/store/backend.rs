@@ -33,8 +33,19 @@ pub trait LogBackend: Send + Sync + 'static {
     fn truncate_from(&self, index: u64) -> io::Result<()>;
     /// Deletes `[0, upto.index]` and records `upto` as last purged, atomically.
     fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()>;
-    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>>;
-    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()>;
+    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>> {
+        self.raw_meta(key.name())
+    }
+    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
+        self.set_raw_meta(key.name(), &value)
+    }
+    /// Records next to the log that are not openraft's (the node id).
+    fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()>;
+    /// Whether calls block on real I/O (and so belong on the blocking pool).
+    fn blocking(&self) -> bool {
+        false
+    }
 }
 
 /// The in-memory log: same behaviour, nothing on disk.
@@ -46,7 +57,7 @@ pub struct MemLog {
 #[derive(Default)]
 struct MemLogInner {
     log: BTreeMap<u64, Entry>,
-    meta: BTreeMap<LogMeta, Vec<u8>>,
+    meta: BTreeMap<String, Vec<u8>>,
 }
 
 impl LogBackend for MemLog {
@@ -80,16 +91,16 @@ impl LogBackend for MemLog {
     fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()> {
         let mut g = self.inner.lock().expect("poisoned");
         g.log = g.log.split_off(&(upto.index + 1));
-        g.meta.insert(LogMeta::LastPurged, encoded);
+        g.meta.insert(LogMeta::LastPurged.name().to_string(), encoded);
         Ok(())
     }
 
-    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.inner.lock().expect("poisoned").meta.get(&key).cloned())
+    fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.inner.lock().expect("poisoned").meta.get(name).cloned())
     }
 
-    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
-        self.inner.lock().expect("poisoned").meta.insert(key, value);
+    fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()> {
+        self.inner.lock().expect("poisoned").meta.insert(name.to_string(), value.to_vec());
         Ok(())
     }
 }

@@ -34,20 +34,18 @@ impl LogStore {
         f: impl FnOnce(&dyn LogBackend) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || f(backend.as_ref()))
-            .await
-            .map_err(io::Error::other)?
+        if !backend.blocking() {
+            return f(backend.as_ref());
+        }
+        tokio::task::spawn_blocking(move || f(backend.as_ref())).await.map_err(io::Error::other)?
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: LogMeta,
-    ) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: LogMeta) -> Result<Option<T>, StorageError> {
         let Some(bytes) = self.backend.meta(key).map_err(log_err(ErrorVerb::Read))? else {
             return Ok(None);
         };
-        let v = bincode::deserialize(&bytes)
-            .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, io::Error::other(e)))?;
+        let v =
+            bincode::deserialize(&bytes).map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, io::Error::other(e)))?;
         Ok(Some(v))
     }
 
@@ -77,9 +75,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(range);
-        self.backend
-            .range(start, end)
-            .map_err(log_err(ErrorVerb::Read))
+        self.backend.range(start, end).map_err(log_err(ErrorVerb::Read))
     }
 }
 
@@ -89,10 +85,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(LogMeta::LastPurged)?;
         let last = self.backend.last().map_err(log_err(ErrorVerb::Read))?;
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
-        })
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -100,9 +93,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_meta(LogMeta::Vote, vote)
-            .await
-            .map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        self.write_meta(LogMeta::Vote, vote).await.map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -110,22 +101,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(LogMeta::Committed, &committed)
-            .await
-            .map_err(log_err(ErrorVerb::Write))
+        self.write_meta(LogMeta::Committed, &committed).await.map_err(log_err(ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .read_meta::<Option<LogId>>(LogMeta::Committed)?
-            .flatten())
+        Ok(self.read_meta::<Option<LogId>>(LogMeta::Committed)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -133,25 +116,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let result = self.blocking(move |b| b.append(entries)).await;
         // Durable (committed) before openraft hears about it.
-        let report = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        let report = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(report);
         result.map_err(log_err(ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |b| b.truncate_from(log_id.index))
-            .await
-            .map_err(log_err(ErrorVerb::Delete))
+        self.blocking(move |b| b.truncate_from(log_id.index)).await.map_err(log_err(ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let encoded = bincode::serialize(&log_id)
-            .map_err(|e| log_err(ErrorVerb::Delete)(io::Error::other(e)))?;
-        self.blocking(move |b| b.purge(log_id, encoded))
-            .await
-            .map_err(log_err(ErrorVerb::Delete))
+        let encoded = bincode::serialize(&log_id).map_err(|e| log_err(ErrorVerb::Delete)(io::Error::other(e)))?;
+        self.blocking(move |b| b.purge(log_id, encoded)).await.map_err(log_err(ErrorVerb::Delete))
     }
 }

@@ -6,6 +6,7 @@ pub mod log;
 pub mod redb_log;
 pub mod redb_sm;
 pub mod sm;
+pub mod sm_disk;
 
 #[cfg(test)]
 mod tests;
@@ -15,3 +16,4 @@ pub use log::LogStore;
 pub use redb_log::RedbLog;
 pub use redb_sm::RedbSm;
 pub use sm::SmStore;
+pub use sm_disk::{MemSmDisk, SmDisk};

@@ -30,27 +30,10 @@ impl RedbLog {
     }
 
     /// Runs `f` in one write transaction and commits it durably.
-    fn write(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-    ) -> io::Result<()> {
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>) -> io::Result<()> {
         let txn = self.db.begin_write().map_err(io_err)?;
         f(&txn).map_err(io_err)?;
         txn.commit().map_err(io_err)
-    }
-
-    /// Reads a raw metadata record that is not part of openraft's state (the node id).
-    pub fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let t = txn.open_table(META).map_err(io_err)?;
-        Ok(t.get(name).map_err(io_err)?.map(|v| v.value().to_vec()))
-    }
-
-    pub fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()> {
-        self.write(|txn| {
-            txn.open_table(META)?.insert(name, value)?;
-            Ok(())
-        })
     }
 }
 
@@ -106,19 +89,26 @@ impl LogBackend for RedbLog {
 
     fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()> {
         self.write(|txn| {
-            txn.open_table(LOG)?
-                .retain_in(..=upto.index, |_, _| false)?;
-            txn.open_table(META)?
-                .insert(LogMeta::LastPurged.name(), encoded.as_slice())?;
+            txn.open_table(LOG)?.retain_in(..=upto.index, |_, _| false)?;
+            txn.open_table(META)?.insert(LogMeta::LastPurged.name(), encoded.as_slice())?;
             Ok(())
         })
     }
 
-    fn meta(&self, key: LogMeta) -> io::Result<Option<Vec<u8>>> {
-        self.raw_meta(key.name())
+    fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let t = txn.open_table(META).map_err(io_err)?;
+        Ok(t.get(name).map_err(io_err)?.map(|v| v.value().to_vec()))
     }
 
-    fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
-        self.set_raw_meta(key.name(), &value)
+    fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()> {
+        self.write(|txn| {
+            txn.open_table(META)?.insert(name, value)?;
+            Ok(())
+        })
+    }
+
+    fn blocking(&self) -> bool {
+        true
     }
 }

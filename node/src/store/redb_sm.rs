@@ -1,8 +1,9 @@
 //! The state machine in `sm.redb`: keys, dedup windows and metadata, written per apply batch.
 
 use super::redb_log::io_err;
-use crate::kv::dedup::{ClientWindow, DedupTable};
-use crate::kv::{Entry, Hlc, StateMachine};
+use super::sm_disk::{Changes, Loaded, SmDisk};
+use crate::kv::dedup::DedupTable;
+use crate::kv::StateMachine;
 use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -13,23 +14,6 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DEDUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup");
 /// last_applied, membership, last_version, snapshot_meta, snapshot_data.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-
-/// Everything one apply batch changed.
-pub struct Changes {
-    pub keys: Vec<(Bytes, Option<Entry>)>,
-    pub clients: Vec<(u64, Option<ClientWindow>)>,
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership,
-    pub last_version: Hlc,
-}
-
-/// What a restart reads back.
-pub struct Loaded {
-    pub kv: StateMachine,
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership,
-    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
-}
 
 pub struct RedbSm {
     db: Database,
@@ -53,18 +37,21 @@ impl RedbSm {
         txn.commit().map_err(io_err)?;
         Ok(Self { db })
     }
+}
 
-    pub fn persist(&self, c: &Changes) -> io::Result<()> {
+impl SmDisk for RedbSm {
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn persist(&self, c: &Changes) -> io::Result<()> {
         let meta = [
             ("last_applied", enc(&c.last_applied)?),
             ("membership", enc(&c.membership)?),
             ("last_version", enc(&c.last_version)?),
         ];
-        let keys = c
-            .keys
-            .iter()
-            .map(|(k, e)| Ok((k, e.as_ref().map(enc).transpose()?)))
-            .collect::<io::Result<Vec<_>>>()?;
+        let keys =
+            c.keys.iter().map(|(k, e)| Ok((k, e.as_ref().map(enc).transpose()?))).collect::<io::Result<Vec<_>>>()?;
         let clients = c
             .clients
             .iter()
@@ -97,12 +84,7 @@ impl RedbSm {
     }
 
     /// Replaces the whole state (snapshot install).
-    pub fn replace(
-        &self,
-        sm: &StateMachine,
-        last_applied: Option<LogId>,
-        membership: &StoredMembership,
-    ) -> io::Result<()> {
+    fn replace(&self, sm: &StateMachine, last_applied: Option<LogId>, membership: &StoredMembership) -> io::Result<()> {
         let txn = self.db.begin_write().map_err(io_err)?;
         txn.delete_table(KV).map_err(io_err)?;
         txn.delete_table(DEDUP).map_err(io_err)?;
@@ -116,42 +98,32 @@ impl RedbSm {
                 dd.insert(*id, enc(w)?.as_slice()).map_err(io_err)?;
             }
             let mut m = txn.open_table(META).map_err(io_err)?;
-            m.insert("last_applied", enc(&last_applied)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("membership", enc(membership)?.as_slice())
-                .map_err(io_err)?;
-            m.insert("last_version", enc(&sm.last_version())?.as_slice())
-                .map_err(io_err)?;
+            m.insert("last_applied", enc(&last_applied)?.as_slice()).map_err(io_err)?;
+            m.insert("membership", enc(membership)?.as_slice()).map_err(io_err)?;
+            m.insert("last_version", enc(&sm.last_version())?.as_slice()).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }
 
-    pub fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let txn = self.db.begin_write().map_err(io_err)?;
         {
             let mut m = txn.open_table(META).map_err(io_err)?;
-            m.insert("snapshot_meta", enc(meta)?.as_slice())
-                .map_err(io_err)?;
+            m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
             m.insert("snapshot_data", data).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }
 
-    pub fn load(&self) -> io::Result<Loaded> {
+    fn load(&self) -> io::Result<Loaded> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let m = txn.open_table(META).map_err(io_err)?;
         let get = |name: &str| -> io::Result<Option<Vec<u8>>> {
             Ok(m.get(name).map_err(io_err)?.map(|v| v.value().to_vec()))
         };
         let last_applied = get("last_applied")?.map(|b| dec(&b)).transpose()?.flatten();
-        let membership = get("membership")?
-            .map(|b| dec(&b))
-            .transpose()?
-            .unwrap_or_default();
-        let last_version = get("last_version")?
-            .map(|b| dec(&b))
-            .transpose()?
-            .unwrap_or_default();
+        let membership = get("membership")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+        let last_version = get("last_version")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
         let snapshot = match (get("snapshot_meta")?, get("snapshot_data")?) {
             (Some(meta), Some(data)) => Some((dec(&meta)?, data)),
             _ => None,
@@ -162,21 +134,11 @@ impl RedbSm {
             keys.push((Bytes::copy_from_slice(k.value()), dec(v.value())?));
         }
         let mut dedup = DedupTable::default();
-        for row in txn
-            .open_table(DEDUP)
-            .map_err(io_err)?
-            .iter()
-            .map_err(io_err)?
-        {
+        for row in txn.open_table(DEDUP).map_err(io_err)?.iter().map_err(io_err)? {
             let (id, w) = row.map_err(io_err)?;
             dedup.insert_window(id.value(), dec(w.value())?);
         }
         let kv = StateMachine::from_parts(keys, last_version, dedup);
-        Ok(Loaded {
-            kv,
-            last_applied,
-            membership,
-            snapshot,
-        })
+        Ok(Loaded { kv, last_applied, membership, snapshot })
     }
 }

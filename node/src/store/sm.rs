@@ -1,14 +1,11 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
-use super::redb_sm::{Changes, Loaded, RedbSm};
+use super::sm_disk::{Changes, Loaded, SmDisk};
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::EventHub;
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
-    StorageIOError,
-};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -24,7 +21,7 @@ pub struct SmState {
 
 struct Shared {
     state: RwLock<SmState>,
-    disk: Option<RedbSm>,
+    disk: Option<Arc<dyn SmDisk>>,
     hub: Arc<EventHub>,
 }
 
@@ -50,13 +47,13 @@ impl SmStore {
         Self::from_loaded(loaded, None, hub)
     }
 
-    /// A store backed by `sm.redb`, loading what a previous run persisted.
-    pub fn redb(disk: RedbSm, hub: Arc<EventHub>) -> io::Result<Self> {
+    /// A store backed by a disk (`sm.redb`), loading what a previous run persisted.
+    pub fn disk(disk: Arc<dyn SmDisk>, hub: Arc<EventHub>) -> io::Result<Self> {
         let loaded = disk.load()?;
         Ok(Self::from_loaded(loaded, Some(disk), hub))
     }
 
-    fn from_loaded(l: Loaded, disk: Option<RedbSm>, hub: Arc<EventHub>) -> Self {
+    fn from_loaded(l: Loaded, disk: Option<Arc<dyn SmDisk>>, hub: Arc<EventHub>) -> Self {
         hub.reset(l.last_applied.map_or(0, |id| id.index) + 1);
         let state = SmState {
             kv: l.kv,
@@ -65,13 +62,7 @@ impl SmStore {
             snapshot: l.snapshot,
             snapshot_seq: 0,
         };
-        Self {
-            shared: Arc::new(Shared {
-                state: RwLock::new(state),
-                disk,
-                hub,
-            }),
-        }
+        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub }) }
     }
 
     /// Read access to the applied state.
@@ -84,10 +75,7 @@ impl SmStore {
     }
 
     /// Applies a batch in memory; returns results, events and what disk mode must write.
-    fn apply_batch(
-        &self,
-        entries: Vec<Entry>,
-    ) -> (Vec<CommandResult>, Vec<Event>, Option<Changes>) {
+    fn apply_batch(&self, entries: Vec<Entry>) -> (Vec<CommandResult>, Vec<Event>, Option<Changes>) {
         let mut st = self.shared.state.write().expect("poisoned");
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
@@ -102,15 +90,9 @@ impl SmStore {
                 }
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
-                    CommandResult {
-                        revision: index,
-                        outcome: Outcome::None,
-                    }
+                    CommandResult { revision: index, outcome: Outcome::None }
                 }
-                EntryPayload::Blank => CommandResult {
-                    revision: index,
-                    outcome: Outcome::None,
-                },
+                EntryPayload::Blank => CommandResult { revision: index, outcome: Outcome::None },
             };
             results.push(result);
         }
@@ -124,11 +106,7 @@ impl SmStore {
                     (k, e)
                 })
                 .collect(),
-            clients: dirty
-                .clients
-                .into_iter()
-                .map(|id| (id, st.kv.client_window(id).cloned()))
-                .collect(),
+            clients: dirty.clients.into_iter().map(|id| (id, st.kv.client_window(id).cloned())).collect(),
             last_applied: st.last_applied,
             membership: st.membership.clone(),
             last_version: st.kv.last_version(),
@@ -137,12 +115,16 @@ impl SmStore {
     }
 }
 
+/// Runs `f` on the blocking pool when the disk does real I/O, inline otherwise.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    disk: &Arc<dyn SmDisk>,
+    f: impl FnOnce(&dyn SmDisk) -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
+    if !disk.blocking() {
+        return f(disk.as_ref());
+    }
+    let disk = disk.clone();
+    tokio::task::spawn_blocking(move || f(disk.as_ref())).await.map_err(io::Error::other)?
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
@@ -155,25 +137,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
                 Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, st.snapshot_seq),
                 None => format!("0-0-{}", st.snapshot_seq),
             };
-            let meta = SnapshotMeta {
-                last_log_id: st.last_applied,
-                last_membership: st.membership.clone(),
-                snapshot_id,
-            };
+            let meta =
+                SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone(), snapshot_id };
             st.snapshot = Some((meta.clone(), data.clone()));
             (meta, data)
         };
-        if self.shared.disk.is_some() {
-            let me = self.clone();
+        if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
-            blocking(move || me.shared.disk.as_ref().expect("disk").save_snapshot(&m, &d))
-                .await
-                .map_err(sm_err(ErrorVerb::Write))?;
+            blocking(disk, move |disk| disk.save_snapshot(&m, &d)).await.map_err(sm_err(ErrorVerb::Write))?;
         }
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -191,11 +164,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I::IntoIter: OptionalSend,
     {
         let (results, events, changes) = self.apply_batch(entries.into_iter().collect());
-        if let Some(changes) = changes {
-            let me = self.clone();
-            blocking(move || me.shared.disk.as_ref().expect("disk").persist(&changes))
-                .await
-                .map_err(sm_err(ErrorVerb::Write))?;
+        if let (Some(changes), Some(disk)) = (changes, &self.shared.disk) {
+            blocking(disk, move |disk| disk.persist(&changes)).await.map_err(sm_err(ErrorVerb::Write))?;
         }
         self.shared.hub.publish(events);
         Ok(results)
@@ -209,19 +179,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        data: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = data.into_inner();
-        let kv =
-            snapshot::decode(&data).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
-        if self.shared.disk.is_some() {
-            let me = self.clone();
+        let kv = snapshot::decode(&data).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
+        if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
-            blocking(move || {
-                let disk = me.shared.disk.as_ref().expect("disk");
+            blocking(disk, move |disk| {
                 disk.replace(&kv, m.last_log_id, &m.last_membership)?;
                 disk.save_snapshot(&m, &d)?;
                 Ok(kv)
@@ -237,10 +200,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let st = self.read();
-        Ok(st.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(st
+            .snapshot
+            .as_ref()
+            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
     }
 }
 
@@ -251,8 +214,6 @@ impl SmStore {
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = Some((meta.clone(), data));
-        self.shared
-            .hub
-            .reset(meta.last_log_id.map_or(0, |id| id.index) + 1);
+        self.shared.hub.reset(meta.last_log_id.map_or(0, |id| id.index) + 1);
     }
 }

@@ -10,11 +10,7 @@ struct MemBuilder;
 impl StoreBuilder<TypeConfig, LogStore, SmStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, SmStore), StorageError<u64>> {
         let hub = Arc::new(EventHub::new(64, 1));
-        Ok((
-            (),
-            LogStore::new(Arc::new(MemLog::default())),
-            SmStore::memory(hub),
-        ))
+        Ok(((), LogStore::new(Arc::new(MemLog::default())), SmStore::memory(hub)))
     }
 }
 
@@ -26,11 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for RedbBuil
         let log = RedbLog::open(&dir.path().join("raft.redb")).expect("raft.redb");
         let sm = RedbSm::open(&dir.path().join("sm.redb")).expect("sm.redb");
         let hub = Arc::new(EventHub::new(64, 1));
-        Ok((
-            dir,
-            LogStore::new(Arc::new(log)),
-            SmStore::redb(sm, hub).expect("load"),
-        ))
+        Ok((dir, LogStore::new(Arc::new(log)), SmStore::disk(Arc::new(sm), hub).expect("load")))
     }
 }
 
@@ -62,11 +54,7 @@ mod restart {
         });
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command {
-                client: None,
-                now_ms: 1,
-                op,
-            }),
+            payload: EntryPayload::Normal(Command { client: None, now_ms: 1, op }),
         }
     }
 
@@ -74,10 +62,7 @@ mod restart {
         let log = RedbLog::open(&dir.join("raft.redb")).unwrap();
         let sm = RedbSm::open(&dir.join("sm.redb")).unwrap();
         let hub = Arc::new(EventHub::new(64, 1));
-        (
-            LogStore::new(Arc::new(log)),
-            SmStore::redb(sm, hub).unwrap(),
-        )
+        (LogStore::new(Arc::new(log)), SmStore::disk(Arc::new(sm), hub).unwrap())
     }
 
     /// Everything acknowledged as durable is there after the process goes away.
@@ -87,55 +72,30 @@ mod restart {
         {
             let (mut log, mut sm) = open(dir.path());
             log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-            log.blocking_append((1..=10).map(|i| entry(i, &format!("k{i}"))))
-                .await
-                .unwrap();
-            log.purge(LogId::new(CommittedLeaderId::new(1, 1), 3))
-                .await
-                .unwrap();
-            log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 9))
-                .await
-                .unwrap();
-            sm.apply((1..=8).map(|i| entry(i, &format!("k{i}"))))
-                .await
-                .unwrap();
-            sm.get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .unwrap();
+            log.blocking_append((1..=10).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
+            log.purge(LogId::new(CommittedLeaderId::new(1, 1), 3)).await.unwrap();
+            log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 9)).await.unwrap();
+            sm.apply((1..=8).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         }
         let (mut log, mut sm) = open(dir.path());
-        assert_eq!(
-            log.read_vote().await.unwrap(),
-            Some(Vote::new_committed(1, 1))
-        );
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(1, 1)));
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(8));
         let entries = log.try_get_log_entries(4..9).await.unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-            vec![4, 5, 6, 7, 8]
-        );
+        assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(8));
         assert!(sm.read().kv.get(b"k8", 0).is_some());
-        let snap = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .expect("snapshot kept");
+        let snap = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(8));
     }
 
     /// A snapshot that does not decode is refused and leaves the state as it was.
     #[test]
     fn corrupt_snapshot_is_rejected_not_installed() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let hub = Arc::new(EventHub::new(64, 1));
             let mut sm = SmStore::memory(hub);
@@ -147,10 +107,7 @@ mod restart {
             };
             let garbage = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
             assert!(sm.install_snapshot(&meta, garbage).await.is_err());
-            assert!(
-                sm.read().kv.get(b"keep", 0).is_some(),
-                "state untouched by a bad snapshot"
-            );
+            assert!(sm.read().kv.get(b"keep", 0).is_some(), "state untouched by a bad snapshot");
         });
     }
 }

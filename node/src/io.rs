@@ -1,0 +1,113 @@
+//! The `Io` seam: how a node dials and accepts connections, reads the clock, and finds its
+//! disk. `main.rs` passes real TCP, the system clock and redb; the chaos suite passes
+//! turmoil's network, a simulated (skewable) clock and in-memory disks that survive crashes.
+
+use crate::store::{LogBackend, SmDisk};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+/// Any byte stream a server can speak over.
+pub trait ConnIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ConnIo for T {}
+
+/// One accepted connection, whatever network it came from.
+pub struct Conn(Box<dyn ConnIo>);
+
+impl Conn {
+    pub fn new(io: impl ConnIo) -> Self {
+        Self(Box::new(io))
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+/// A stream of accepted connections.
+pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
+
+/// Accepted TCP connections with Nagle off: Raft and client RPCs are small and latency-bound.
+pub fn tcp_incoming(l: TcpListener) -> Incoming {
+    Box::pin(tokio_stream::wrappers::TcpListenerStream::new(l).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(Conn::new(s))
+    }))
+}
+
+/// Makes lazily-connecting gRPC channels to `host:port` addresses.
+pub trait Dialer: Send + Sync + 'static {
+    fn channel(&self, addr: &str) -> Result<Channel, String>;
+}
+
+/// Real TCP.
+pub struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        Ok(Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy())
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as this node sees them.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// Storage that outlives the node process (the simulation's stand-in for a disk).
+#[derive(Clone)]
+pub struct Disk {
+    pub log: Arc<dyn LogBackend>,
+    pub sm: Arc<dyn SmDisk>,
+}
+
+/// Everything a node takes from the world around it.
+#[derive(Clone)]
+pub struct Io {
+    pub dialer: Arc<dyn Dialer>,
+    pub clock: Clock,
+    /// `None`: redb files in `data_dir` (or nothing, in memory mode).
+    pub disk: Option<Disk>,
+}
+
+impl Io {
+    pub fn real() -> Self {
+        Self { dialer: Arc::new(TcpDialer), clock: system_clock(), disk: None }
+    }
+}
