@@ -3,13 +3,14 @@
 //! retried write is applied once.
 
 use bytes::Bytes;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use statenode_proto::v1 as pb;
 use statenode_proto::v1::cluster_client::ClusterClient;
 use statenode_proto::v1::kv_client::KvClient;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -49,6 +50,8 @@ pub struct Options {
     pub attempt_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Seeds the client's id and backoff jitter (deterministic simulation); entropy if unset.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             attempt_timeout: Duration::from_secs(6),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            rng_seed: None,
         }
     }
 }
@@ -70,9 +74,16 @@ pub struct Client {
     client_id: u64,
     seq: AtomicU64,
     opts: Options,
+    rng: Mutex<StdRng>,
+    dialer: Dialer,
 }
 
-fn channel(addr: &str) -> Result<Channel> {
+/// Makes a lazily-connecting channel to `host:port` (real TCP by default; a simulated
+/// network in the chaos suite).
+pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel> + Send + Sync>;
+
+/// The default dialer: real TCP.
+pub fn tcp_channel(addr: &str) -> Result<Channel> {
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)
         .map_err(|_| Error::Endpoint(addr.to_string()))?
@@ -89,13 +100,25 @@ fn retryable(s: &Status) -> bool {
 
 impl Client {
     pub fn new<S: AsRef<str>>(endpoints: &[S], opts: Options) -> Result<Self> {
+        Self::with_dialer(endpoints, opts, Arc::new(tcp_channel))
+    }
+
+    pub fn with_dialer<S: AsRef<str>>(endpoints: &[S], opts: Options, dialer: Dialer) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
-        let eps =
-            endpoints.iter().map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?))).collect::<Result<_>>()?;
-        let client_id = rand::thread_rng().gen_range(1..u64::MAX);
-        Ok(Self { endpoints: Mutex::new(eps), preferred: AtomicUsize::new(0), client_id, seq: AtomicU64::new(0), opts })
+        let eps = endpoints.iter().map(|e| Ok((e.as_ref().to_string(), dialer(e.as_ref())?))).collect::<Result<_>>()?;
+        let mut rng = opts.rng_seed.map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
+        let client_id = rng.gen_range(1..u64::MAX);
+        Ok(Self {
+            endpoints: Mutex::new(eps),
+            preferred: AtomicUsize::new(0),
+            client_id,
+            seq: AtomicU64::new(0),
+            opts,
+            rng: Mutex::new(rng),
+            dialer,
+        })
     }
 
     pub fn client_id(&self) -> u64 {
@@ -120,7 +143,7 @@ impl Client {
         let mut eps = self.endpoints.lock().expect("poisoned");
         let i = match eps.iter().position(|(a, _)| a == addr) {
             Some(i) => i,
-            None => match channel(addr) {
+            None => match (self.dialer)(addr) {
                 Ok(ch) => {
                     eps.push((addr.to_string(), ch));
                     eps.len() - 1
@@ -159,7 +182,7 @@ impl Client {
             rotate = if self.follow_hint(&status) { 0 } else { rotate + 1 };
             attempt += 1;
             let cap = self.opts.backoff_base.saturating_mul(1 << attempt.min(10)).min(self.opts.backoff_max);
-            let sleep = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+            let sleep = self.rng.lock().expect("poisoned").gen_range(Duration::ZERO..=cap);
             tokio::time::sleep(sleep.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }

@@ -4,6 +4,7 @@
 pub mod barrier;
 pub mod consensus;
 pub mod network;
+pub mod rt;
 pub mod server;
 pub mod types;
 

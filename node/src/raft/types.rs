@@ -29,6 +29,7 @@ openraft::declare_raft_types!(
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = super::rt::SeededRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
