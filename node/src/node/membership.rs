@@ -35,7 +35,8 @@ enum Action {
 
 /// A fresh id for a node that must not reuse an old one; below 2^53 so JSON keeps it exact.
 fn fresh_id() -> NodeId {
-    rand::random::<u64>() % (1 << 53) + 1000
+    use rand::Rng;
+    crate::raft::rt::rng().gen_range(1000..(1u64 << 53))
 }
 
 /// Decides this node's id and how it enters the cluster; `stored` is the id its disk holds.

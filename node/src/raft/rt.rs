@@ -19,6 +19,18 @@ pub fn seed_thread(seed: u64) {
     SEED.with(|s| s.set(Some(seed)));
 }
 
+/// A generator from the thread's seed (advancing it), or from entropy when unseeded.
+pub fn rng() -> StdRng {
+    match SEED.with(|s| s.get()) {
+        Some(seed) => {
+            let mut rng = StdRng::seed_from_u64(seed);
+            SEED.with(|s| s.set(Some(rng.next_u64())));
+            rng
+        }
+        None => StdRng::from_entropy(),
+    }
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SeededRuntime;
 
@@ -63,14 +75,7 @@ impl AsyncRuntime for SeededRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        match SEED.with(|s| s.get()) {
-            Some(seed) => {
-                let mut rng = StdRng::seed_from_u64(seed);
-                SEED.with(|s| s.set(Some(rng.next_u64())));
-                rng
-            }
-            None => StdRng::from_entropy(),
-        }
+        rng()
     }
 
     fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)

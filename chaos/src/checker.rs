@@ -1,0 +1,292 @@
+//! Checkers over a recorded history.
+//!
+//! `linearizable` is a Wing–Gong–Lowe search (with Lowe's memoization of
+//! `(linearized set, state)`), run per key — linearizability is compositional
+//! (Herlihy & Wing §3.3), so per-key histories can be checked independently.
+//! Every written value is unique, which keeps the search tractable.
+
+use crate::history::{History, Kind, Op, Outcome};
+use std::collections::{BTreeMap, HashSet};
+
+/// The register state of one key: its value, if present.
+type State = Option<String>;
+
+/// Applies `op` to `state` if the observed outcome is possible there.
+fn step(state: &State, op: &Op) -> Option<State> {
+    match (&op.kind, &op.outcome) {
+        (Kind::Put(v), Outcome::Put { applied: true, .. }) | (Kind::Put(v), Outcome::Unknown) => Some(Some(v.clone())),
+        (Kind::Put(_), _) => None,
+        (Kind::PutIfAbsent(v), Outcome::Put { applied: true, .. }) => state.is_none().then(|| Some(v.clone())),
+        (Kind::PutIfAbsent(_), Outcome::Put { applied: false, .. }) => state.is_some().then(|| state.clone()),
+        (Kind::PutIfAbsent(v), Outcome::Unknown) => Some(if state.is_none() { Some(v.clone()) } else { state.clone() }),
+        (Kind::Delete, Outcome::Delete { deleted: true }) => state.is_some().then_some(None),
+        (Kind::Delete, Outcome::Delete { deleted: false }) => state.is_none().then_some(None),
+        (Kind::Delete, Outcome::Unknown) => Some(None),
+        (Kind::Get, Outcome::Get(r)) => (state.as_ref() == r.as_ref().map(|r| &r.value)).then(|| state.clone()),
+        _ => None,
+    }
+}
+
+const NIL: usize = usize::MAX;
+
+/// A linearizability violation: the ops of the key, and where the search got stuck.
+#[derive(Debug)]
+pub struct Violation {
+    pub key: String,
+    pub message: String,
+    pub timeline: Vec<String>,
+}
+
+struct Events {
+    /// (op index, is_call) in time order, behind a sentinel at 0.
+    ev: Vec<(usize, bool)>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// Event index of each op's return.
+    ret_of: Vec<usize>,
+}
+
+impl Events {
+    fn new(ops: &[&Op]) -> Self {
+        let mut ev: Vec<(u64, u8, usize)> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            ev.push((op.invoke, 0, i));
+            ev.push((op.complete.unwrap_or(u64::MAX), 1, i));
+        }
+        // Calls before returns at the same instant: simultaneous ops count as concurrent.
+        ev.sort();
+        let mut out = vec![(NIL, false)];
+        out.extend(ev.iter().map(|&(_, r, i)| (i, r == 0)));
+        let n = out.len();
+        let next = (0..n).map(|i| if i + 1 < n { i + 1 } else { NIL }).collect();
+        let prev = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut ret_of = vec![0; ops.len()];
+        for (idx, &(op, call)) in out.iter().enumerate().skip(1) {
+            if !call {
+                ret_of[op] = idx;
+            }
+        }
+        Events { ev: out, next, prev, ret_of }
+    }
+
+    fn unlink(&mut self, e: usize) {
+        let (p, n) = (self.prev[e], self.next[e]);
+        self.next[p] = n;
+        if n != NIL {
+            self.prev[n] = p;
+        }
+    }
+
+    fn relink(&mut self, e: usize) {
+        let (p, n) = (self.prev[e], self.next[e]);
+        self.next[p] = e;
+        if n != NIL {
+            self.prev[n] = e;
+        }
+    }
+
+    fn lift(&mut self, call: usize) {
+        let ret = self.ret_of[self.ev[call].0];
+        self.unlink(call);
+        self.unlink(ret);
+    }
+
+    fn unlift(&mut self, call: usize) {
+        let ret = self.ret_of[self.ev[call].0];
+        self.relink(ret);
+        self.relink(call);
+    }
+}
+
+/// Checks one key's operations; failed reads are ignored (they had no effect).
+pub fn linearizable_key(key: &str, ops: &[&Op]) -> Result<(), Violation> {
+    let ops: Vec<&Op> = ops.iter().copied().filter(|o| o.outcome != Outcome::Failed).collect();
+    let mut events = Events::new(&ops);
+    let mut done = vec![0u64; ops.len().div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state: State = None;
+    let mut entry = events.next[0];
+    let mut deepest = 0;
+    while events.next[0] != NIL {
+        let (op, is_call) = events.ev[entry];
+        if is_call {
+            if let Some(new) = step(&state, ops[op]) {
+                done[op / 64] |= 1 << (op % 64);
+                if cache.insert((done.clone(), new.clone())) {
+                    stack.push((entry, std::mem::replace(&mut state, new)));
+                    deepest = deepest.max(stack.len());
+                    events.lift(entry);
+                    entry = events.next[0];
+                    continue;
+                }
+                done[op / 64] &= !(1 << (op % 64));
+            }
+            entry = events.next[entry];
+        } else {
+            let Some((call, old)) = stack.pop() else {
+                return Err(violation(key, &ops, op, deepest));
+            };
+            state = old;
+            let cop = events.ev[call].0;
+            done[cop / 64] &= !(1 << (cop % 64));
+            events.unlift(call);
+            entry = events.next[call];
+        }
+    }
+    Ok(())
+}
+
+fn violation(key: &str, ops: &[&Op], stuck: usize, deepest: usize) -> Violation {
+    let mut sorted: Vec<&Op> = ops.to_vec();
+    sorted.sort_by_key(|o| o.invoke);
+    let timeline = sorted.iter().map(|o| o.to_string()).collect();
+    Violation {
+        key: key.to_string(),
+        message: format!(
+            "key {key}: no linearization; {deepest} of {} ops linearized at best; cannot place: {}",
+            ops.len(),
+            ops[stuck]
+        ),
+        timeline,
+    }
+}
+
+/// Every key's history is linearizable.
+pub fn linearizable(h: &History) -> Result<(), Violation> {
+    for key in h.keys() {
+        let ops: Vec<&Op> = h.for_key(&key).collect();
+        linearizable_key(&key, &ops)?;
+    }
+    Ok(())
+}
+
+/// Per key, revisions and HLC versions grow together: a higher revision never carries a
+/// lower or equal version, and one revision always carries the same version and value.
+pub fn versions_monotonic(h: &History) -> Result<(), String> {
+    let mut seen: BTreeMap<(String, u64), (String, Option<String>)> = BTreeMap::new();
+    for op in &h.ops {
+        let (rev, version, value) = match (&op.kind, &op.outcome) {
+            (Kind::Put(v) | Kind::PutIfAbsent(v), Outcome::Put { applied: true, revision, version }) => {
+                (*revision, version.clone(), Some(v.clone()))
+            }
+            (_, Outcome::Get(Some(r))) => (r.revision, r.version.clone(), Some(r.value.clone())),
+            _ => continue,
+        };
+        let prev = seen.insert((op.key.clone(), rev), (version.clone(), value.clone()));
+        if let Some((pv, pval)) = prev {
+            if pv != version || pval != value {
+                return Err(format!("key {} revision {rev} seen as {pv}/{pval:?} and {version}/{value:?}", op.key));
+            }
+        }
+    }
+    let mut last: Option<(&String, u64, &String)> = None;
+    for ((key, rev), (version, _)) in &seen {
+        if let Some((lk, lr, lv)) = last {
+            if lk == key && version <= lv {
+                return Err(format!("key {key}: revision {rev} has version {version}, not above {lv} of revision {lr}"));
+            }
+        }
+        last = Some((key, *rev, version));
+    }
+    Ok(())
+}
+
+/// At most one leader per term, over every `(term, leader)` a node reported about itself.
+pub fn one_leader_per_term(claims: &[(u64, u64)]) -> Result<(), String> {
+    let mut by_term: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(term, leader) in claims {
+        if let Some(&other) = by_term.get(&term) {
+            if other != leader {
+                return Err(format!("term {term} had two leaders: {other} and {leader}"));
+            }
+        }
+        by_term.insert(term, leader);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Read;
+
+    fn op(client: usize, kind: Kind, invoke: u64, complete: Option<u64>, outcome: Outcome) -> Op {
+        Op { client, key: "k".into(), kind, invoke, complete, outcome }
+    }
+
+    fn put(v: &str, t0: u64, t1: u64) -> Op {
+        op(0, Kind::Put(v.into()), t0, Some(t1), Outcome::Put { applied: true, revision: t1, version: format!("{t1:05}") })
+    }
+
+    fn get(v: Option<&str>, t0: u64, t1: u64) -> Op {
+        let r = v.map(|v| Read { value: v.into(), revision: 0, version: String::new() });
+        op(1, Kind::Get, t0, Some(t1), Outcome::Get(r))
+    }
+
+    fn check(ops: &[Op]) -> Result<(), Violation> {
+        linearizable_key("k", &ops.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn accepts_sequential_and_concurrent_histories() {
+        check(&[put("a", 0, 10), get(Some("a"), 11, 20), put("b", 21, 30), get(Some("b"), 31, 40)]).unwrap();
+        // A read concurrent with a write may see either value.
+        check(&[put("a", 0, 10), put("b", 11, 30), get(Some("a"), 12, 20)]).unwrap();
+        check(&[put("a", 0, 10), put("b", 11, 30), get(Some("b"), 12, 20)]).unwrap();
+    }
+
+    #[test]
+    fn rejects_a_stale_read() {
+        let err = check(&[put("a", 0, 10), put("b", 11, 20), get(Some("a"), 21, 30)]).unwrap_err();
+        assert!(err.message.contains("no linearization"), "{}", err.message);
+    }
+
+    #[test]
+    fn rejects_a_lost_write() {
+        check(&[put("a", 0, 10), get(None, 11, 20)]).unwrap_err();
+    }
+
+    #[test]
+    fn rejects_a_write_that_appears_twice() {
+        // a, then b, then a again: `a` was applied twice.
+        check(&[put("a", 0, 10), put("b", 11, 20), get(Some("b"), 21, 25), get(Some("a"), 26, 30)]).unwrap_err();
+    }
+
+    #[test]
+    fn unknown_writes_may_or_may_not_happen() {
+        let unknown = op(0, Kind::Put("x".into()), 0, None, Outcome::Unknown);
+        check(&[unknown.clone(), get(None, 5, 6), get(Some("x"), 7, 8)]).unwrap();
+        check(&[unknown.clone(), get(None, 5, 6)]).unwrap();
+        // ...but once seen, it cannot be unseen without another write.
+        check(&[unknown, get(Some("x"), 5, 6), get(None, 7, 8)]).unwrap_err();
+    }
+
+    #[test]
+    fn conditional_ops_follow_the_model() {
+        let nx = |v: &str, applied, t0, t1| {
+            op(2, Kind::PutIfAbsent(v.into()), t0, Some(t1), Outcome::Put { applied, revision: 0, version: String::new() })
+        };
+        let del = |deleted, t0, t1| op(3, Kind::Delete, t0, Some(t1), Outcome::Delete { deleted });
+        check(&[nx("a", true, 0, 1), nx("b", false, 2, 3), del(true, 4, 5), del(false, 6, 7), nx("c", true, 8, 9)]).unwrap();
+        check(&[nx("a", true, 0, 1), nx("b", true, 2, 3)]).unwrap_err();
+        check(&[del(true, 0, 1)]).unwrap_err();
+    }
+
+    #[test]
+    fn failed_reads_are_ignored() {
+        check(&[put("a", 0, 10), op(1, Kind::Get, 11, Some(12), Outcome::Failed)]).unwrap();
+    }
+
+    #[test]
+    fn version_and_leader_checks() {
+        let mut h = History::default();
+        h.push(put("a", 0, 10));
+        h.push(put("b", 11, 20));
+        versions_monotonic(&h).unwrap();
+        h.push(op(0, Kind::Put("c".into()), 21, Some(30), Outcome::Put { applied: true, revision: 30, version: "00001".into() }));
+        assert!(versions_monotonic(&h).is_err());
+        one_leader_per_term(&[(1, 1), (1, 1), (2, 3)]).unwrap();
+        assert!(one_leader_per_term(&[(1, 1), (1, 2)]).is_err());
+    }
+}

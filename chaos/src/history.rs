@@ -1,0 +1,80 @@
+//! What clients saw: every operation's invocation, completion and outcome.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Put(String),
+    /// NX: put only if absent.
+    PutIfAbsent(String),
+    Delete,
+    Get,
+}
+
+/// What the client observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Put { applied: bool, revision: u64, version: String },
+    Delete { deleted: bool },
+    Get(Option<Read>),
+    /// The request certainly had no effect (a failed read).
+    Failed,
+    /// The request may or may not have taken effect (a timed-out write).
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    pub value: String,
+    pub revision: u64,
+    pub version: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Op {
+    pub client: usize,
+    pub key: String,
+    pub kind: Kind,
+    /// Simulated time of invocation and completion, in microseconds.
+    pub invoke: u64,
+    pub complete: Option<u64>,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = self.complete.map_or("∞".to_string(), |c| format!("{:.3}", c as f64 / 1e6));
+        write!(
+            f,
+            "[{:>8.3}s .. {:>8}s] client {} {} {:?} -> {:?}",
+            self.invoke as f64 / 1e6,
+            end,
+            self.client,
+            self.key,
+            self.kind,
+            self.outcome
+        )
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct History {
+    pub ops: Vec<Op>,
+}
+
+impl History {
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.ops.iter().map(|o| o.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    pub fn for_key<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Op> + 'a {
+        self.ops.iter().filter(move |o| o.key == key)
+    }
+}

@@ -1,0 +1,1 @@
+//! One seeded simulation run.
