@@ -184,7 +184,9 @@ pub fn versions_monotonic(h: &History) -> Result<(), String> {
     for ((key, rev), (version, _)) in &seen {
         if let Some((lk, lr, lv)) = last {
             if lk == key && version <= lv {
-                return Err(format!("key {key}: revision {rev} has version {version}, not above {lv} of revision {lr}"));
+                return Err(format!(
+                    "key {key}: revision {rev} has version {version}, not above {lv} of revision {lr}"
+                ));
             }
         }
         last = Some((key, *rev, version));
@@ -216,7 +218,13 @@ mod tests {
     }
 
     fn put(v: &str, t0: u64, t1: u64) -> Op {
-        op(0, Kind::Put(v.into()), t0, Some(t1), Outcome::Put { applied: true, revision: t1, version: format!("{t1:05}") })
+        op(
+            0,
+            Kind::Put(v.into()),
+            t0,
+            Some(t1),
+            Outcome::Put { applied: true, revision: t1, version: format!("{t1:05}") },
+        )
     }
 
     fn get(v: Option<&str>, t0: u64, t1: u64) -> Op {
@@ -265,10 +273,17 @@ mod tests {
     #[test]
     fn conditional_ops_follow_the_model() {
         let nx = |v: &str, applied, t0, t1| {
-            op(2, Kind::PutIfAbsent(v.into()), t0, Some(t1), Outcome::Put { applied, revision: 0, version: String::new() })
+            op(
+                2,
+                Kind::PutIfAbsent(v.into()),
+                t0,
+                Some(t1),
+                Outcome::Put { applied, revision: 0, version: String::new() },
+            )
         };
         let del = |deleted, t0, t1| op(3, Kind::Delete, t0, Some(t1), Outcome::Delete { deleted });
-        check(&[nx("a", true, 0, 1), nx("b", false, 2, 3), del(true, 4, 5), del(false, 6, 7), nx("c", true, 8, 9)]).unwrap();
+        check(&[nx("a", true, 0, 1), nx("b", false, 2, 3), del(true, 4, 5), del(false, 6, 7), nx("c", true, 8, 9)])
+            .unwrap();
         check(&[nx("a", true, 0, 1), nx("b", true, 2, 3)]).unwrap_err();
         check(&[del(true, 0, 1)]).unwrap_err();
     }
@@ -284,7 +299,13 @@ mod tests {
         h.push(put("a", 0, 10));
         h.push(put("b", 11, 20));
         versions_monotonic(&h).unwrap();
-        h.push(op(0, Kind::Put("c".into()), 21, Some(30), Outcome::Put { applied: true, revision: 30, version: "00001".into() }));
+        h.push(op(
+            0,
+            Kind::Put("c".into()),
+            21,
+            Some(30),
+            Outcome::Put { applied: true, revision: 30, version: "00001".into() },
+        ));
         assert!(versions_monotonic(&h).is_err());
         one_leader_per_term(&[(1, 1), (1, 1), (2, 3)]).unwrap();
         assert!(one_leader_per_term(&[(1, 1), (1, 2)]).is_err());

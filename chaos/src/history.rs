@@ -14,8 +14,14 @@ pub enum Kind {
 /// What the client observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Put { applied: bool, revision: u64, version: String },
-    Delete { deleted: bool },
+    Put {
+        applied: bool,
+        revision: u64,
+        version: String,
+    },
+    Delete {
+        deleted: bool,
+    },
     Get(Option<Read>),
     /// The request certainly had no effect (a failed read).
     Failed,

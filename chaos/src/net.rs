@@ -11,7 +11,13 @@ pub struct SimDialer;
 pub fn sim_channel(addr: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(500));
+        .connect_timeout(Duration::from_millis(500))
+        // Simulated TCP drops segments on a partition instead of retransmitting them, which
+        // leaves a connection silently broken: HTTP/2 pings find and replace it, as TCP
+        // timeouts would on a real network.
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_millis(1000))
+        .keep_alive_while_idle(true);
     let connector = tower::service_fn(|uri: Uri| async move {
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(80);

@@ -1,1 +1,464 @@
-//! One seeded simulation run.
+//! One seeded simulation run: a cluster of real nodes on turmoil, clients recording a
+//! history, a fault schedule drawn from the seed, then the checkers.
+
+use crate::checker;
+use crate::history::{History, Kind, Op, Outcome, Read};
+use crate::net::{self, SimDialer};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use statenode::config::Config;
+use statenode::io::{Clock, Disk, Io};
+use statenode::store::{MemLog, MemSmDisk};
+use statenode::{Listeners, Node, Role};
+use statenode_client::{v1 as pb, Client, Options};
+use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub memory: bool,
+    pub clients: usize,
+    pub keys: usize,
+    /// How long clients run; faults stop 3 s before the end.
+    pub duration: Duration,
+    pub faults: bool,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub ops: usize,
+    pub acked_writes: usize,
+    pub unknown: usize,
+    pub faults: Vec<String>,
+    /// Hash of the whole history: the same seed must give the same digest.
+    pub digest: u64,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub timeline: Vec<String>,
+    pub faults: Vec<String>,
+}
+
+/// 2026-01-01T00:00:00Z: simulated wall clocks start here.
+const EPOCH_MS: i64 = 1_767_225_600_000;
+const PEER_PORT: u16 = 7000;
+const GRPC_PORT: u16 = 50001;
+
+fn now_us() -> u64 {
+    turmoil::sim_elapsed().unwrap_or_default().as_micros() as u64
+}
+
+#[derive(Default)]
+struct Shared {
+    history: History,
+    /// `(term, id)` of every node that reported itself leader.
+    claims: Vec<(u64, u64)>,
+    /// Host name of the node that last said it leads.
+    leader: Option<String>,
+    done: bool,
+}
+
+type SharedRef = Rc<RefCell<Shared>>;
+
+fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+fn node_config(i: usize, n: usize, memory: bool) -> Config {
+    let mut c = Config { id: i as u64, memory, ..Config::default() };
+    c.peer_listen = format!("0.0.0.0:{PEER_PORT}");
+    c.grpc = format!("0.0.0.0:{GRPC_PORT}");
+    c.peer_advertise = Some(format!("{}:{PEER_PORT}", node_name(i)));
+    c.grpc_advertise = Some(format!("{}:{GRPC_PORT}", node_name(i)));
+    c.bootstrap_expect = n;
+    c.peers = (1..=n).map(|j| format!("{j}={}:{PEER_PORT}", node_name(j))).collect();
+    // Low thresholds so snapshots, purges and snapshot installs happen in every run.
+    c.raft.snapshot_threshold = 40;
+    c.raft.keep_after_snapshot = 10;
+    c.limits.request_timeout = Duration::from_secs(2);
+    c
+}
+
+fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<AtomicI64>, disk: Option<Disk>) {
+    let (n, memory) = (cfg.nodes, cfg.memory);
+    sim.host(node_name(i).as_str(), move || {
+        let (skew, disk) = (skew.clone(), disk.clone());
+        async move {
+            let listeners = Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await? };
+            let clock: Clock =
+                Arc::new(move || (EPOCH_MS + (now_us() / 1000) as i64 + skew.load(Ordering::Relaxed)) as u64);
+            let io = Io { dialer: Arc::new(SimDialer), clock, disk };
+            let node = Node::start(node_config(i, n, memory), listeners, Role::Serve, io)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
+            std::future::pending::<()>().await;
+            drop(node);
+            Ok(())
+        }
+    });
+}
+
+fn client(endpoints: &[String], seed: u64, deadline: Duration) -> Client {
+    let opts =
+        Options { deadline, attempt_timeout: Duration::from_millis(800), rng_seed: Some(seed), ..Options::default() };
+    let dialer: statenode_client::Dialer =
+        Arc::new(|addr| net::sim_channel(addr).map_err(|_| statenode_client::Error::Endpoint(addr.to_string())));
+    Client::with_dialer(endpoints, opts, dialer).expect("client")
+}
+
+fn endpoints(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{}:{GRPC_PORT}", node_name(i))).collect()
+}
+
+/// Runs one operation and records it.
+async fn perform(c: &Client, shared: &SharedRef, client_no: usize, key: String, kind: Kind) {
+    let invoke = now_us();
+    let outcome = match &kind {
+        Kind::Put(v) | Kind::PutIfAbsent(v) => {
+            let condition = if matches!(kind, Kind::PutIfAbsent(_)) {
+                pb::PutCondition::PutIfAbsent
+            } else {
+                pb::PutCondition::PutAlways
+            };
+            let req = pb::PutRequest {
+                key: key.clone().into(),
+                value: v.clone().into(),
+                condition: condition as i32,
+                ..Default::default()
+            };
+            match c.put(req).await {
+                Ok(r) => Outcome::Put {
+                    applied: r.applied,
+                    revision: if r.applied { r.revision } else { 0 },
+                    version: r.kv.filter(|_| r.applied).map(|kv| kv.version).unwrap_or_default(),
+                },
+                Err(_) => Outcome::Unknown,
+            }
+        }
+        Kind::Delete => match c.delete(pb::DeleteRequest { key: key.clone().into(), ..Default::default() }).await {
+            Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
+            Err(_) => Outcome::Unknown,
+        },
+        Kind::Get => match c.get(key.clone(), pb::Consistency::Linearizable).await {
+            Ok(kv) => Outcome::Get(kv.map(|kv| Read {
+                value: String::from_utf8_lossy(&kv.value).into_owned(),
+                revision: kv.revision,
+                version: kv.version,
+            })),
+            Err(_) => Outcome::Failed,
+        },
+    };
+    let complete = (outcome != Outcome::Unknown).then(now_us);
+    shared.borrow_mut().history.push(Op { client: client_no, key, kind, invoke, complete, outcome });
+}
+
+async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Result {
+    let c = client(&endpoints(cfg.nodes), cfg.seed ^ (no as u64 + 1) << 32, Duration::from_secs(3));
+    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(no as u64));
+    let mut n = 0u64;
+    let end = cfg.duration.as_micros() as u64;
+    while now_us() < end {
+        n += 1;
+        let key = format!("k{}", rng.gen_range(0..cfg.keys));
+        let value = format!("c{no}-{n}");
+        let kind = match rng.gen_range(0..100) {
+            0..45 => Kind::Put(value),
+            45..55 => Kind::PutIfAbsent(value),
+            55..65 => Kind::Delete,
+            _ => Kind::Get,
+        };
+        perform(&c, &shared, no, key, kind).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
+    }
+    Ok(())
+}
+
+/// After the faults are healed: every key read linearizably, so lost writes show up.
+async fn verifier(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
+    tokio::time::sleep(cfg.duration + Duration::from_secs(2)).await;
+    let c = client(&endpoints(cfg.nodes), cfg.seed ^ 0xfeed, Duration::from_secs(30));
+    for k in 0..cfg.keys {
+        perform(&c, &shared, usize::MAX, format!("k{k}"), Kind::Get).await;
+    }
+    shared.borrow_mut().done = true;
+    Ok(())
+}
+
+/// Polls every node's status: who claims leadership in which term.
+async fn monitor(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
+    let probes: Vec<Client> = endpoints(cfg.nodes)
+        .iter()
+        .map(|e| client(std::slice::from_ref(e), cfg.seed ^ 0xabc, Duration::from_millis(200)))
+        .collect();
+    while !shared.borrow().done {
+        for (i, p) in probes.iter().enumerate() {
+            if let Ok(s) = p.status().await {
+                if s.role == "leader" {
+                    let mut sh = shared.borrow_mut();
+                    sh.claims.push((s.term, s.id));
+                    sh.leader = Some(node_name(i + 1));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Undoes a fault at a given time.
+enum Heal {
+    Repair(Vec<String>, Vec<String>),
+    Bounce(String),
+    Release(String, Vec<String>),
+    Latency,
+}
+
+struct Driver<'a> {
+    cfg: SimConfig,
+    rng: StdRng,
+    names: Vec<String>,
+    skews: Vec<Arc<AtomicI64>>,
+    crashed: Vec<String>,
+    pending: Vec<(Duration, Heal)>,
+    log: Vec<String>,
+    /// Memory mode: when the last crashed node came back (its replacement must join first).
+    last_bounce: Duration,
+    shared: SharedRef,
+    _sim: std::marker::PhantomData<&'a ()>,
+}
+
+impl Driver<'_> {
+    fn note(&mut self, t: Duration, what: String) {
+        self.log.push(format!("[{:>8.3}s] {what}", t.as_secs_f64()));
+    }
+
+    fn others(&self, of: &[String]) -> Vec<String> {
+        self.names.iter().filter(|n| !of.contains(n)).cloned().collect()
+    }
+
+    fn partition(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, a: Vec<String>, b: Vec<String>, what: &str) {
+        for x in &a {
+            for y in &b {
+                sim.partition(x.as_str(), y.as_str());
+            }
+        }
+        self.note(t, format!("{what}: partition {a:?} | {b:?}"));
+        let heal_at = t + Duration::from_millis(self.rng.gen_range(800..4000));
+        self.pending.push((heal_at, Heal::Repair(a, b)));
+    }
+
+    fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        let n = self.names.len();
+        match self.rng.gen_range(0..7) {
+            0 => {
+                let mut names = self.names.clone();
+                names.shuffle(&mut self.rng);
+                let cut = self.rng.gen_range(1..n);
+                let (a, b) = names.split_at(cut);
+                self.partition(sim, t, a.to_vec(), b.to_vec(), "halves");
+            }
+            1 => {
+                let leader = self.shared.borrow().leader.clone();
+                let leader = leader.unwrap_or_else(|| self.names[self.rng.gen_range(0..n)].clone());
+                let rest = self.others(std::slice::from_ref(&leader));
+                self.partition(sim, t, vec![leader], rest, "isolate leader");
+            }
+            2 => {
+                let mut names = self.names.clone();
+                names.shuffle(&mut self.rng);
+                let bridge = names.pop().expect("nodes");
+                let cut = self.rng.gen_range(1..names.len().max(2));
+                let (a, b) = names.split_at(cut.min(names.len()));
+                if !a.is_empty() && !b.is_empty() {
+                    self.partition(sim, t, a.to_vec(), b.to_vec(), &format!("bridge via {bridge}"));
+                }
+            }
+            3 => self.crash(sim, t),
+            4 => {
+                let victim = self.names[self.rng.gen_range(0..n)].clone();
+                let rest = self.others(std::slice::from_ref(&victim));
+                for o in &rest {
+                    sim.hold(victim.as_str(), o.as_str());
+                }
+                self.note(t, format!("pause {victim} (hold all its links)"));
+                let heal_at = t + Duration::from_millis(self.rng.gen_range(900..2500));
+                self.pending.push((heal_at, Heal::Release(victim, rest)));
+            }
+            5 => {
+                let i = self.rng.gen_range(0..n);
+                let skew = self.rng.gen_range(-5000..5000);
+                self.skews[i].store(skew, Ordering::Relaxed);
+                let who = self.names[i].clone();
+                self.note(t, format!("clock of {who} jumps to skew {skew} ms"));
+            }
+            _ => {
+                let max = self.rng.gen_range(5..60);
+                sim.set_max_message_latency(Duration::from_millis(max));
+                self.note(t, format!("message latency up to {max} ms"));
+                let heal_at = t + Duration::from_millis(self.rng.gen_range(1000..3000));
+                self.pending.push((heal_at, Heal::Latency));
+            }
+        }
+    }
+
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        let max_down = (self.names.len() - 1) / 2;
+        // Memory mode keeps data only while a quorum stays up: one node at a time, and
+        // only once the last one's replacement had time to join.
+        let memory_wait = self.cfg.memory && t < self.last_bounce + Duration::from_secs(8);
+        if self.crashed.len() >= max_down || memory_wait || (self.cfg.memory && !self.crashed.is_empty()) {
+            return;
+        }
+        let up: Vec<String> = self.others(&self.crashed);
+        let victim = up[self.rng.gen_range(0..up.len())].clone();
+        sim.crash(victim.as_str());
+        self.crashed.push(victim.clone());
+        self.note(t, format!("crash {victim}"));
+        let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
+        self.pending.push((heal_at, Heal::Bounce(victim)));
+    }
+
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, h: Heal) {
+        match h {
+            Heal::Repair(a, b) => {
+                for x in &a {
+                    for y in &b {
+                        sim.repair(x.as_str(), y.as_str());
+                    }
+                }
+                self.note(t, format!("repair {a:?} | {b:?}"));
+            }
+            Heal::Bounce(name) => {
+                sim.bounce(name.as_str());
+                self.crashed.retain(|c| c != &name);
+                self.last_bounce = t;
+                self.note(t, format!("restart {name}"));
+            }
+            Heal::Release(v, rest) => {
+                for o in &rest {
+                    sim.release(v.as_str(), o.as_str());
+                }
+                self.note(t, format!("resume {v}"));
+            }
+            Heal::Latency => {
+                sim.set_max_message_latency(Duration::from_millis(3));
+                self.note(t, "latency back to normal".into());
+            }
+        }
+    }
+
+    fn heal_due(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, all: bool) {
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if all || self.pending[i].0 <= t {
+                due.push(self.pending.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        for h in due {
+            self.heal(sim, t, h);
+        }
+        if all {
+            for s in &self.skews {
+                s.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs the simulation for `cfg` and checks the history.
+pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
+    statenode::raft::rt::seed_thread(cfg.seed);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(cfg.duration + Duration::from_secs(90))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(100))
+        .max_message_latency(Duration::from_millis(3))
+        .tcp_capacity(65536)
+        .rng_seed(cfg.seed)
+        .build();
+    let skews: Vec<Arc<AtomicI64>> = (0..cfg.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect();
+    for i in 1..=cfg.nodes {
+        let disk = (!cfg.memory).then(|| Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) });
+        add_node(&mut sim, cfg, i, skews[i - 1].clone(), disk);
+    }
+    let shared: SharedRef = Rc::default();
+    for no in 0..cfg.clients {
+        sim.client(format!("c{no}").as_str(), workload(cfg.clone(), no, shared.clone()));
+    }
+    sim.client("monitor", monitor(cfg.clone(), shared.clone()));
+    sim.client("verifier", verifier(cfg.clone(), shared.clone()));
+    let mut d = Driver {
+        cfg: cfg.clone(),
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed),
+        names: (1..=cfg.nodes).map(node_name).collect(),
+        skews,
+        crashed: Vec::new(),
+        pending: Vec::new(),
+        log: Vec::new(),
+        last_bounce: Duration::ZERO,
+        shared: shared.clone(),
+        _sim: std::marker::PhantomData,
+    };
+    let fault_end = cfg.duration.saturating_sub(Duration::from_secs(3));
+    let mut next_fault = Duration::from_secs(2);
+    let mut healed = false;
+    loop {
+        let finished = sim.step().map_err(|e| Failure {
+            message: format!("simulation error: {e}"),
+            timeline: Vec::new(),
+            faults: d.log.clone(),
+        })?;
+        if finished {
+            break;
+        }
+        let t = sim.elapsed();
+        d.heal_due(&mut sim, t, false);
+        if cfg.faults && t >= next_fault && t < fault_end {
+            d.inject(&mut sim, t);
+            next_fault = t + Duration::from_millis(d.rng.gen_range(300..2000));
+        }
+        if t >= fault_end && !healed {
+            d.heal_due(&mut sim, t, true);
+            d.note(t, "all faults healed".into());
+            healed = true;
+        }
+    }
+    let faults = d.log.clone();
+    let shared = shared.borrow();
+    check(&shared, faults)
+}
+
+fn check(shared: &Shared, faults: Vec<String>) -> Result<Report, Failure> {
+    let h = &shared.history;
+    let fail = |message: String, timeline: Vec<String>| Failure { message, timeline, faults: faults.clone() };
+    checker::linearizable(h).map_err(|v| fail(v.message, v.timeline))?;
+    checker::versions_monotonic(h).map_err(|m| fail(m, Vec::new()))?;
+    checker::one_leader_per_term(&shared.claims).map_err(|m| fail(m, Vec::new()))?;
+    let finals = h.ops.iter().filter(|o| o.client == usize::MAX);
+    if finals.clone().any(|o| o.outcome == Outcome::Failed) {
+        return Err(fail(
+            "the cluster did not recover: a final read failed after all faults healed".into(),
+            Vec::new(),
+        ));
+    }
+    let mut hasher = DefaultHasher::new();
+    for op in &h.ops {
+        op.to_string().hash(&mut hasher);
+    }
+    let acked_writes = h.ops.iter().filter(|o| matches!(o.outcome, Outcome::Put { applied: true, .. })).count();
+    let unknown = h.ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+    Ok(Report { ops: h.ops.len(), acked_writes, unknown, faults, digest: hasher.finish() })
+}

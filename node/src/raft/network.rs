@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// Metadata naming the node id a Raft RPC is meant for.
+pub const TARGET_HEADER: &str = "x-statenode-target";
+
 /// Raft messages (snapshot chunks) may be large; client and server agree on this bound.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -97,7 +100,10 @@ impl PeerConn {
             .channels
             .client(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let blob = encode(req);
+        let mut blob = tonic::Request::new(encode(req));
+        // The receiver checks it is the node this message is for: a new process at a
+        // reused address must not answer (or vote) for the member that lived there.
+        blob.metadata_mut().insert(TARGET_HEADER, self.target.into());
         let fut = async {
             match rpc {
                 Rpc::Append => client.append_entries(blob).await,
