@@ -83,16 +83,26 @@ async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Du
     Ok(decode::<crate::error::Result<PeerReply>>(&reply)??)
 }
 
-/// The first peer that reports a cluster with a leader, with its status.
+/// Whether the listed peers already form a cluster: waits until either some peer reports
+/// a membership (the cluster exists: returns it) or every peer answered as pristine (a
+/// first bootstrap: returns `None`). Unreachable peers are asked again, so a node cut off
+/// from its peers never mistakes a running cluster for a new one.
 pub async fn find_cluster(channels: &PeerChannels, addrs: &[String]) -> Option<(String, ClusterStatus)> {
-    for addr in addrs {
-        if let Ok(PeerReply::Status(s)) = ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await {
-            if s.leader_id.is_some() && !s.members.is_empty() {
-                return Some((addr.clone(), s));
+    loop {
+        let mut answered = 0;
+        for addr in addrs {
+            match ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await {
+                Ok(PeerReply::Status(s)) if !s.members.is_empty() => return Some((addr.clone(), s)),
+                Ok(_) => answered += 1,
+                Err(e) => tracing::debug!(addr, error = %e, "peer did not answer"),
             }
         }
+        if answered == addrs.len() {
+            return None;
+        }
+        tracing::info!(answered, expected = addrs.len(), "waiting for the other peers to answer");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    None
 }
 
 /// Runs the plan's action in the background of a pristine node.

@@ -8,7 +8,7 @@ use crate::io::{tcp_incoming, Incoming, Io};
 use crate::kv::{Command, Op};
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
-use crate::raft::server::PeerService;
+use crate::raft::server::{PeerService, Started};
 use crate::raft::types::{NodeId, NodeInfo, Raft};
 use crate::store::backend::LogMeta;
 use crate::store::{LogBackend, LogStore, MemLog, RedbLog, RedbSm, SmDisk, SmStore};
@@ -68,7 +68,19 @@ impl Node {
         let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
         let (log, sm_disk) = open_disks(&config, &io)?;
         let stored = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
-        let plan = membership::plan(&config, &role, &channels, stored).await?;
+        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise() };
+        let (stop, stop_rx) = watch::channel(false);
+        // Peers may ask this node about the cluster while it decides how to enter it.
+        let started: Started = Arc::default();
+        let peer = PeerService { started: started.clone(), id: stored.unwrap_or(config.id), me: me.clone() };
+        let mut tasks = vec![tokio::spawn(serve_peer(listeners.peer, peer, stop_rx.clone()))];
+        let plan = match membership::plan(&config, &role, &channels, stored).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                let _ = stop.send(true);
+                return Err(e);
+            }
+        };
         let id = plan.id;
         if stored.is_none() && sm_disk.is_some() {
             log.set_raw_meta(NODE_ID_KEY, &id.to_le_bytes())?;
@@ -83,15 +95,11 @@ impl Node {
             .await
             .context("start raft")?;
         let consensus = Consensus::new(raft.clone(), id, config.limits.request_timeout);
-        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise() };
         let handle =
             NodeHandle::new(consensus, sm, channels.clone(), config.limits.clone(), me.clone(), io.clock.clone());
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = vec![
-            tokio::spawn(serve_peer(listeners.peer, raft.clone(), handle.clone(), stop_rx.clone())),
-            tokio::spawn(serve_grpc(listeners.grpc, handle.clone(), stop_rx.clone())),
-            tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())),
-        ];
+        let _ = started.set((raft.clone(), handle.clone()));
+        tasks.push(tokio::spawn(serve_grpc(listeners.grpc, handle.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())));
         tracing::info!(id, %me, memory = config.memory, "node started");
         if pristine {
             tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx)));
@@ -155,10 +163,9 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn serve_peer(incoming: Incoming, raft: Raft, handle: NodeHandle, stop: watch::Receiver<bool>) {
-    let svc = PeerServer::new(PeerService { raft, handle })
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<bool>) {
+    let svc =
+        PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
     let r = tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, stopped(stop))

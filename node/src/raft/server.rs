@@ -1,64 +1,100 @@
 //! The peer gRPC service: Raft RPCs into openraft, and forwarded requests served locally.
+//!
+//! It starts before the node has decided its id and started Raft, so peers deciding how to
+//! form the cluster can already ask "are you part of a cluster?" (a starting node says no).
 
 use super::network::{decode, encode, TARGET_HEADER};
-use super::types::{NodeId, Raft, TypeConfig};
+use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
 use crate::error::Error;
-use crate::handle::{NodeHandle, PeerReply, PeerRequest};
+use crate::handle::{ClusterStatus, NodeHandle, PeerReply, PeerRequest};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use statenode_proto::v1::peer_server::Peer;
 use statenode_proto::v1::Blob;
+use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
-pub struct PeerService {
-    pub raft: Raft,
-    pub handle: NodeHandle,
-}
+/// The running node, once Raft has started.
+pub type Started = Arc<OnceLock<(Raft, NodeHandle)>>;
 
-impl PeerService {
-    /// Refuses a Raft RPC addressed to another node id (a replaced member's old address).
-    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let me = self.handle.id();
-        match req.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-            Some(target) if target != me => Err(Status::unavailable(format!("this is node {me}, not node {target}"))),
-            _ => Ok(()),
-        }
-    }
+pub struct PeerService {
+    pub started: Started,
+    /// The configured id and addresses, answered while starting.
+    pub id: NodeId,
+    pub me: NodeInfo,
 }
 
 fn bad_payload(e: bincode::Error) -> Status {
     Status::invalid_argument(format!("undecodable peer payload: {e}"))
 }
 
+impl PeerService {
+    /// The running node; refuses a Raft RPC while starting or when addressed to another
+    /// node id (a new process at a replaced member's address must not answer for it).
+    fn raft_for<T>(&self, req: &Request<T>) -> Result<&Raft, Status> {
+        let Some((raft, handle)) = self.started.get() else {
+            return Err(Status::unavailable("node is starting"));
+        };
+        let me = handle.id();
+        let target =
+            req.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        match target {
+            Some(t) if t != me => Err(Status::unavailable(format!("this is node {me}, not node {t}"))),
+            _ => Ok(raft),
+        }
+    }
+
+    /// What a node that has not started Raft yet can say.
+    fn starting(&self, request: PeerRequest) -> Result<PeerReply, Error> {
+        match request {
+            PeerRequest::Hello => Ok(PeerReply::Hello(self.id, self.me.clone())),
+            PeerRequest::Status => Ok(PeerReply::Status(ClusterStatus {
+                id: self.id,
+                role: "starting".into(),
+                leader_id: None,
+                term: 0,
+                last_log_index: 0,
+                applied_index: 0,
+                purged_index: 0,
+                members: Vec::new(),
+            })),
+            _ => Err(Error::unavailable("node is starting")),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
+        let raft = self.raft_for(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.raft.append_entries(rpc).await)))
+        Ok(Response::new(encode(&raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
+        let raft = self.raft_for(&req)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.raft.vote(rpc).await)))
+        Ok(Response::new(encode(&raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.check_target(&req)?;
+        let raft = self.raft_for(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        Ok(Response::new(encode(&self.raft.install_snapshot(rpc).await)))
+        Ok(Response::new(encode(&raft.install_snapshot(rpc).await)))
     }
 
     /// Serves a request another node forwarded; never forwards it again.
     async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let request: PeerRequest = decode(req.get_ref()).map_err(bad_payload)?;
-        let result: Result<PeerReply, Error> = match self.handle.serve_local(request).await {
+        let Some((_, handle)) = self.started.get() else {
+            return Ok(Response::new(encode(&self.starting(request))));
+        };
+        let result: Result<PeerReply, Error> = match handle.serve_local(request).await {
             Ok(reply) => Ok(reply),
             Err(Fail::Err(e)) => Err(e),
             Err(Fail::Forward(_)) => Err(Error::Unavailable {
                 reason: "leadership moved while forwarding".into(),
-                leader_hint: self.handle.leader_hint(),
+                leader_hint: handle.leader_hint(),
             }),
         };
         Ok(Response::new(encode(&result)))
