@@ -223,7 +223,7 @@ enum Heal {
     Latency,
 }
 
-struct Driver<'a> {
+struct Driver {
     cfg: SimConfig,
     rng: StdRng,
     names: Vec<String>,
@@ -234,10 +234,9 @@ struct Driver<'a> {
     /// Memory mode: when the last crashed node came back (its replacement must join first).
     last_bounce: Duration,
     shared: SharedRef,
-    _sim: std::marker::PhantomData<&'a ()>,
 }
 
-impl Driver<'_> {
+impl Driver {
     fn note(&mut self, t: Duration, what: String) {
         self.log.push(format!("[{:>8.3}s] {what}", t.as_secs_f64()));
     }
@@ -410,7 +409,6 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         log: Vec::new(),
         last_bounce: Duration::ZERO,
         shared: shared.clone(),
-        _sim: std::marker::PhantomData,
     };
     let fault_end = cfg.duration.saturating_sub(Duration::from_secs(3));
     let mut next_fault = Duration::from_secs(2);

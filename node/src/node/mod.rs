@@ -6,7 +6,7 @@ use crate::grpc::{cluster::ClusterService, kv::KvService};
 use crate::handle::NodeHandle;
 use crate::io::{tcp_incoming, Incoming, Io};
 use crate::kv::{Command, Op};
-use crate::raft::consensus::Consensus;
+use crate::raft::consensus::{break_election_ties, Consensus};
 use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
 use crate::raft::server::{PeerService, Started};
 use crate::raft::types::{NodeId, NodeInfo, Raft};
@@ -100,6 +100,8 @@ impl Node {
         let _ = started.set((raft.clone(), handle.clone()));
         tasks.push(tokio::spawn(serve_grpc(listeners.grpc, handle.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())));
+        let max_election = Duration::from_millis(config.raft.election_max_ms);
+        tasks.push(tokio::spawn(break_election_ties(raft.clone(), max_election, stop_rx.clone())));
         tracing::info!(id, %me, memory = config.memory, "node started");
         if pristine {
             tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx)));

@@ -145,3 +145,35 @@ impl Consensus {
         Some((id, node))
     }
 }
+
+/// Breaks election livelocks. openraft 0.9 draws each node's election timeout once at start
+/// and checks it on timer ticks; with one leader per term (`single-term-leader`) two
+/// candidates whose timeouts land on the same tick split every vote forever (the chaos sweep
+/// found this with one voter down, seed 43). When this node has been a candidate without a
+/// leader for a while, it stops campaigning for a random time — it still grants votes — so
+/// one candidate goes first.
+pub async fn break_election_ties(raft: Raft, max_election: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use rand::Rng;
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(max_election) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m = raft.metrics().borrow().clone();
+        if m.current_leader.is_some() || m.state != ServerState::Candidate {
+            leaderless_since = None;
+            continue;
+        }
+        let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < 2 * max_election {
+            continue;
+        }
+        let pause = super::rt::rng().gen_range(0..2 * max_election.as_millis() as u64);
+        tracing::info!(pause_ms = pause, term = m.current_term, "split votes: pausing this node's campaign");
+        raft.runtime_config().elect(false);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        raft.runtime_config().elect(true);
+        leaderless_since = None;
+    }
+}
