@@ -66,7 +66,22 @@ struct Shared {
     /// Host name of the node that last said it leads.
     leader: Option<String>,
     done: bool,
+    spare: Spare,
 }
+
+/// The spare node that joins under load and later leaves (membership changes).
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum Spare {
+    #[default]
+    Idle,
+    JoinRequested,
+    /// Started with this id; the join may still be in progress.
+    Started(u64),
+    LeaveRequested(u64),
+    Left,
+}
+
+const SPARE: &str = "spare";
 
 type SharedRef = Rc<RefCell<Shared>>;
 
@@ -101,6 +116,38 @@ fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<Ato
             let node = Node::start(node_config(i, n, memory), listeners, Role::Serve, io)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
+            std::future::pending::<()>().await;
+            drop(node);
+            Ok(())
+        }
+    });
+}
+
+/// A host that waits until the driver asks it to join, then joins through n1 with a fresh
+/// disk (so a new id, like a replaced machine).
+fn add_spare(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, shared: SharedRef) {
+    let memory = cfg.memory;
+    sim.host(SPARE, move || {
+        let shared = shared.clone();
+        async move {
+            while shared.borrow().spare != Spare::JoinRequested {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let listeners = Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await? };
+            let clock: Clock = Arc::new(|| (EPOCH_MS + (now_us() / 1000) as i64) as u64);
+            let disk = (!memory).then(|| Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) });
+            let io = Io { dialer: Arc::new(SimDialer), clock, disk };
+            let mut config = Config { id: 0, memory, ..Config::default() };
+            config.peer_listen = format!("0.0.0.0:{PEER_PORT}");
+            config.grpc = format!("0.0.0.0:{GRPC_PORT}");
+            config.peer_advertise = Some(format!("{SPARE}:{PEER_PORT}"));
+            config.grpc_advertise = Some(format!("{SPARE}:{GRPC_PORT}"));
+            config.raft = node_config(1, 3, memory).raft;
+            let role = Role::Join { seed: format!("{}:{PEER_PORT}", node_name(1)) };
+            let node = Node::start(config, listeners, role, io)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
+            shared.borrow_mut().spare = Spare::Started(node.handle().id());
             std::future::pending::<()>().await;
             drop(node);
             Ok(())
@@ -200,7 +247,17 @@ async fn monitor(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
         .iter()
         .map(|e| client(std::slice::from_ref(e), cfg.seed ^ 0xabc, Duration::from_millis(200)))
         .collect();
+    let admin = client(&endpoints(cfg.nodes), cfg.seed ^ 0xadd, Duration::from_secs(2));
     while !shared.borrow().done {
+        let spare = shared.borrow().spare;
+        if let Spare::LeaveRequested(id) = spare {
+            // Done once the node is gone from the membership (or never made it in).
+            match admin.leave(id).await {
+                Ok(_) => shared.borrow_mut().spare = Spare::Left,
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => shared.borrow_mut().spare = Spare::Left,
+                Err(_) => {}
+            }
+        }
         for (i, p) in probes.iter().enumerate() {
             if let Ok(s) = p.status().await {
                 if s.role == "leader" {
@@ -233,6 +290,9 @@ struct Driver {
     log: Vec<String>,
     /// Memory mode: when the last crashed node came back (its replacement must join first).
     last_bounce: Duration,
+    /// When the spare is asked to join, and to leave.
+    spare_join: Duration,
+    spare_leave: Duration,
     shared: SharedRef,
 }
 
@@ -356,6 +416,26 @@ impl Driver {
         }
     }
 
+    /// Membership changes under load: the spare joins, later leaves, then is stopped.
+    fn membership(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        let spare = self.shared.borrow().spare;
+        match spare {
+            Spare::Idle if t >= self.spare_join => {
+                self.shared.borrow_mut().spare = Spare::JoinRequested;
+                self.note(t, "spare joins (learner, then voter)".into());
+            }
+            Spare::Started(id) if t >= self.spare_leave => {
+                self.shared.borrow_mut().spare = Spare::LeaveRequested(id);
+                self.note(t, format!("spare (node {id}) asked to leave"));
+            }
+            Spare::Left if sim.is_host_running(SPARE) => {
+                sim.crash(SPARE);
+                self.note(t, "spare left the cluster and stopped".into());
+            }
+            _ => {}
+        }
+    }
+
     fn heal_due(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, all: bool) {
         let mut due = Vec::new();
         let mut i = 0;
@@ -397,6 +477,9 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
     for no in 0..cfg.clients {
         sim.client(format!("c{no}").as_str(), workload(cfg.clone(), no, shared.clone()));
     }
+    if cfg.faults {
+        add_spare(&mut sim, cfg, shared.clone());
+    }
     sim.client("monitor", monitor(cfg.clone(), shared.clone()));
     sim.client("verifier", verifier(cfg.clone(), shared.clone()));
     let mut d = Driver {
@@ -408,9 +491,13 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         pending: Vec::new(),
         log: Vec::new(),
         last_bounce: Duration::ZERO,
+        spare_join: Duration::ZERO,
+        spare_leave: Duration::ZERO,
         shared: shared.clone(),
     };
     let fault_end = cfg.duration.saturating_sub(Duration::from_secs(3));
+    d.spare_join = Duration::from_millis(d.rng.gen_range(3000..7000));
+    d.spare_leave = d.spare_join + Duration::from_millis(d.rng.gen_range(4000..8000));
     let mut next_fault = Duration::from_secs(2);
     let mut healed = false;
     loop {
@@ -424,6 +511,9 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         }
         let t = sim.elapsed();
         d.heal_due(&mut sim, t, false);
+        if cfg.faults {
+            d.membership(&mut sim, t);
+        }
         if cfg.faults && t >= next_fault && t < fault_end {
             d.inject(&mut sim, t);
             next_fault = t + Duration::from_millis(d.rng.gen_range(300..2000));
