@@ -36,15 +36,17 @@ impl Cluster {
             bound.push(bind().await);
         }
         let peers: Vec<String> = bound.iter().enumerate().map(|(i, (_, p, _))| format!("{}={p}", i + 1)).collect();
-        let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
+        let (mut starts, mut dirs) = (Vec::new(), Vec::new());
         for (i, (l, p, g)) in bound.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let mut c = config(i as u64 + 1, &dir, &p, &g, snapshot_threshold);
             c.bootstrap_expect = n as usize;
             c.peers = peers.clone();
-            nodes.push(Node::start(c, l, Role::Serve, Io::real()).await.unwrap());
+            // Together: each waits for the others to answer before bootstrapping.
+            starts.push(Node::start(c, l, Role::Serve, Io::real()));
             dirs.push(dir);
         }
+        let nodes = futures::future::join_all(starts).await.into_iter().map(|n| n.unwrap()).collect();
         let cluster = Cluster { nodes, _dirs: dirs };
         cluster.wait_leader().await;
         cluster

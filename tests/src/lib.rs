@@ -1,5 +1,7 @@
 //! Harness for end-to-end tests: real `statenode` processes on loopback, killed by PID.
 
+pub mod proxy;
+
 use statenode_client::{v1 as pb, Client, Options};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -143,10 +145,28 @@ impl TestCluster {
     }
 
     pub async fn start(n: u64, memory: bool) -> TestCluster {
+        Self::start_with(n, memory, false).await.0
+    }
+
+    /// A cluster whose peer links all pass through loopback proxies (one in front of each
+    /// node's peer port), so tests can cut, slow or drop them.
+    pub async fn start_proxied(n: u64, memory: bool) -> (TestCluster, Vec<proxy::Proxy>) {
+        Self::start_with(n, memory, true).await
+    }
+
+    async fn start_with(n: u64, memory: bool, proxied: bool) -> (TestCluster, Vec<proxy::Proxy>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<(String, String)> =
             (0..n).map(|_| (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
-        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, (p, _))| format!("{}={p}", i + 1)).collect();
+        let mut proxies = Vec::new();
+        if proxied {
+            for (p, _) in &addrs {
+                proxies.push(proxy::Proxy::start(p.clone()).await);
+            }
+        }
+        let advertised: Vec<String> =
+            addrs.iter().enumerate().map(|(i, (p, _))| proxies.get(i).map_or(p.clone(), |x| x.addr.clone())).collect();
+        let peers: Vec<String> = advertised.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let nodes = addrs
             .iter()
             .enumerate()
@@ -155,12 +175,13 @@ impl TestCluster {
                 let mut args = vec!["serve".to_string()];
                 args.extend(Self::node_args(id, p, g, &dir.path().join(format!("n{id}")), memory));
                 args.extend(["--bootstrap-expect".into(), n.to_string(), "--peers".into(), peers.join(",")]);
+                args.extend(["--peer-advertise".into(), advertised[i].clone()]);
                 Proc::spawn(id, args, dir.path().join(format!("n{id}.log")), p.clone(), g.clone())
             })
             .collect();
         let c = TestCluster { nodes, dir, memory };
         c.wait_leader(None, Duration::from_secs(20)).await;
-        c
+        (c, proxies)
     }
 
     pub fn endpoints(&self) -> Vec<String> {
