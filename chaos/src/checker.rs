@@ -5,7 +5,7 @@
 //! (Herlihy & Wing §3.3), so per-key histories can be checked independently.
 //! Every written value is unique, which keeps the search tractable.
 
-use crate::history::{History, Kind, Op, Outcome};
+use crate::history::{History, Kind, Op, Outcome, Seen};
 use std::collections::{BTreeMap, HashSet};
 
 /// The register state of one key: its value, if present.
@@ -208,6 +208,58 @@ pub fn one_leader_per_term(claims: &[(u64, u64)]) -> Result<(), String> {
     Ok(())
 }
 
+/// A watch stream delivers every change once and in order, or says it resynced:
+/// revisions never go back, no `(revision, key)` twice, every event matches the write that
+/// made it, and every acknowledged put inside the watched span (outside resync gaps) was seen.
+pub fn watch_complete(h: &History, seen: &[Seen]) -> Result<(), String> {
+    let mut last = 0u64;
+    let mut delivered: HashSet<(u64, String)> = HashSet::new();
+    let mut puts: BTreeMap<(u64, String), String> = BTreeMap::new();
+    // Revisions covered by the stream: from its first event to its last, minus resync gaps.
+    let mut gaps: Vec<(u64, u64)> = Vec::new();
+    let mut first: Option<u64> = None;
+    for s in seen {
+        let (rev, key) = match s {
+            Seen::Resync { next } => {
+                gaps.push((last, *next));
+                last = last.max(next.saturating_sub(1));
+                continue;
+            }
+            Seen::Put { revision, key, .. } | Seen::Delete { revision, key } => (*revision, key.clone()),
+        };
+        if rev < last {
+            return Err(format!("watch went back: revision {rev} after {last}"));
+        }
+        if !delivered.insert((rev, key.clone())) {
+            return Err(format!("watch delivered revision {rev} of {key} twice"));
+        }
+        if let Seen::Put { value, .. } = s {
+            puts.insert((rev, key), value.clone());
+        }
+        first.get_or_insert(rev);
+        last = rev;
+    }
+    let Some(first) = first else { return Ok(()) };
+    let in_gap = |r: u64| gaps.iter().any(|&(a, b)| r > a && r < b);
+    for op in &h.ops {
+        let (Kind::Put(v) | Kind::PutIfAbsent(v), Outcome::Put { applied: true, revision, .. }) =
+            (&op.kind, &op.outcome)
+        else {
+            continue;
+        };
+        match puts.get(&(*revision, op.key.clone())) {
+            Some(got) if got != v => {
+                return Err(format!("watch says revision {revision} of {} is {got:?}, the write was {v:?}", op.key))
+            }
+            None if *revision >= first && *revision <= last && !in_gap(*revision) => {
+                return Err(format!("watch missed the put of {v:?} to {} at revision {revision}", op.key));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +343,22 @@ mod tests {
     #[test]
     fn failed_reads_are_ignored() {
         check(&[put("a", 0, 10), op(1, Kind::Get, 11, Some(12), Outcome::Failed)]).unwrap();
+    }
+
+    #[test]
+    fn watch_checker_rejects_gaps_duplicates_and_reordering() {
+        let mut h = History::default();
+        for (v, t) in [("a", 10), ("b", 20), ("c", 30)] {
+            h.push(put(v, t - 5, t));
+        }
+        let ev = |r: u64, v: &str| Seen::Put { revision: r, key: "k".into(), value: v.into() };
+        watch_complete(&h, &[ev(10, "a"), ev(20, "b"), ev(30, "c")]).unwrap();
+        assert!(watch_complete(&h, &[ev(10, "a"), ev(30, "c")]).unwrap_err().contains("missed"));
+        assert!(watch_complete(&h, &[ev(10, "a"), ev(10, "a")]).unwrap_err().contains("twice"));
+        assert!(watch_complete(&h, &[ev(20, "b"), ev(10, "a")]).unwrap_err().contains("back"));
+        assert!(watch_complete(&h, &[ev(10, "x")]).is_err());
+        // An explicit resync excuses the gap.
+        watch_complete(&h, &[ev(10, "a"), Seen::Resync { next: 25 }, ev(30, "c")]).unwrap();
     }
 
     #[test]

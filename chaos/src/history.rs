@@ -84,3 +84,21 @@ impl History {
         self.ops.iter().filter(move |o| o.key == key)
     }
 }
+
+/// What a watcher received, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Put {
+        revision: u64,
+        key: String,
+        value: String,
+    },
+    Delete {
+        revision: u64,
+        key: String,
+    },
+    /// History was gone: everything before `next` may be missing, explicitly.
+    Resync {
+        next: u64,
+    },
+}

@@ -2,7 +2,7 @@
 //! history, a fault schedule drawn from the seed, then the checkers.
 
 use crate::checker;
-use crate::history::{History, Kind, Op, Outcome, Read};
+use crate::history::{History, Kind, Op, Outcome, Read, Seen};
 use crate::net::{self, SimDialer};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -67,6 +67,8 @@ struct Shared {
     leader: Option<String>,
     done: bool,
     spare: Spare,
+    /// Everything the watcher received.
+    watched: Vec<Seen>,
 }
 
 /// The spare node that joins under load and later leaves (membership changes).
@@ -238,6 +240,42 @@ async fn verifier(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
         perform(&c, &shared, usize::MAX, format!("k{k}"), Kind::Get).await;
     }
     shared.borrow_mut().done = true;
+    Ok(())
+}
+
+/// Watches every key, reconnecting after faults from the revision after the last one seen.
+async fn watcher(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
+    let c = client(&endpoints(cfg.nodes), cfg.seed ^ 0x3a7c, Duration::from_secs(2));
+    let mut next = 0u64;
+    while !shared.borrow().done {
+        let Ok(mut stream) = c.watch("k", next).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if shared.borrow().done { return Ok(()) }
+                    continue;
+                }
+            };
+            let Ok(Some(ev)) = msg else { break };
+            let key = String::from_utf8_lossy(&ev.key).into_owned();
+            let seen = match pb::EventType::try_from(ev.r#type) {
+                Ok(pb::EventType::Put) => {
+                    Seen::Put { revision: ev.revision, key, value: String::from_utf8_lossy(&ev.value).into_owned() }
+                }
+                Ok(pb::EventType::Delete) => Seen::Delete { revision: ev.revision, key },
+                _ => Seen::Resync { next: ev.revision },
+            };
+            next = match &seen {
+                Seen::Resync { next } => *next,
+                Seen::Put { revision, .. } | Seen::Delete { revision, .. } => revision + 1,
+            };
+            shared.borrow_mut().watched.push(seen);
+        }
+    }
     Ok(())
 }
 
@@ -481,6 +519,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         add_spare(&mut sim, cfg, shared.clone());
     }
     sim.client("monitor", monitor(cfg.clone(), shared.clone()));
+    sim.client("watcher", watcher(cfg.clone(), shared.clone()));
     sim.client("verifier", verifier(cfg.clone(), shared.clone()));
     let mut d = Driver {
         cfg: cfg.clone(),
@@ -535,6 +574,7 @@ fn check(shared: &Shared, faults: Vec<String>) -> Result<Report, Failure> {
     checker::linearizable(h).map_err(|v| fail(v.message, v.timeline))?;
     checker::versions_monotonic(h).map_err(|m| fail(m, Vec::new()))?;
     checker::one_leader_per_term(&shared.claims).map_err(|m| fail(m, Vec::new()))?;
+    checker::watch_complete(h, &shared.watched).map_err(|m| fail(m, Vec::new()))?;
     let finals = h.ops.iter().filter(|o| o.client == usize::MAX);
     if finals.clone().any(|o| o.outcome == Outcome::Failed) {
         return Err(fail(

@@ -9,7 +9,7 @@ use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::types::{NodeId, NodeInfo};
 use crate::raft::Fail;
 use crate::store::SmStore;
-use crate::watch::Start;
+use crate::watch::{HubMsg, Start};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -331,7 +331,7 @@ impl NodeHandle {
 pub struct EventStream {
     prefix: Bytes,
     backlog: VecDeque<WatchItem>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<HubMsg>,
     handle: NodeHandle,
     /// Revision of the last event delivered, to resume after falling behind.
     last: u64,
@@ -343,7 +343,8 @@ impl EventStream {
             let item = match self.backlog.pop_front() {
                 Some(item) => item,
                 None => match self.rx.recv().await {
-                    Ok(e) => WatchItem::Event(e),
+                    Ok(HubMsg::Event(e)) => WatchItem::Event(e),
+                    Ok(HubMsg::Reset { next }) => WatchItem::Resync { next },
                     Err(broadcast::error::RecvError::Closed) => return None,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind the live channel: resume from history, or resync.

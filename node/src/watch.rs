@@ -8,9 +8,19 @@ use tokio::sync::broadcast;
 /// Events kept for watchers that resume from a past revision.
 pub const DEFAULT_HISTORY: usize = 16_384;
 
+/// What live watchers receive.
+#[derive(Clone, Debug)]
+pub enum HubMsg {
+    Event(Arc<Event>),
+    /// The state was replaced (snapshot install): events before `next` may be missing.
+    Reset {
+        next: u64,
+    },
+}
+
 pub struct EventHub {
     inner: Mutex<History>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<HubMsg>,
     capacity: usize,
 }
 
@@ -49,7 +59,7 @@ impl EventHub {
                 }
             }
             // No receivers is fine: nobody is watching.
-            let _ = self.tx.send(e);
+            let _ = self.tx.send(HubMsg::Event(e));
         }
     }
 
@@ -58,10 +68,12 @@ impl EventHub {
         let mut h = self.inner.lock().expect("poisoned");
         h.events.clear();
         h.complete_from = next_revision;
+        // Live watchers must hear about the jump too: never a silent gap.
+        let _ = self.tx.send(HubMsg::Reset { next: next_revision });
     }
 
     /// Subscribes to live events and, atomically with it, collects the backlog from `from`.
-    pub fn subscribe(&self, from: Option<u64>) -> (Start, broadcast::Receiver<Arc<Event>>) {
+    pub fn subscribe(&self, from: Option<u64>) -> (Start, broadcast::Receiver<HubMsg>) {
         let h = self.inner.lock().expect("poisoned");
         let rx = self.tx.subscribe();
         let start = match from {
