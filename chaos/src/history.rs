@@ -1,5 +1,6 @@
 //! What clients saw: every operation's invocation, completion and outcome.
 
+use statenode_client::{v1 as pb, Client};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,4 +102,48 @@ pub enum Seen {
     Resync {
         next: u64,
     },
+}
+
+/// Runs one operation through the real client and records what it saw; `now` gives the
+/// timestamps (simulated or wall-clock microseconds). Failed writes are unknown (they may
+/// still apply); failed reads had no effect.
+pub async fn perform(c: &Client, client_no: usize, key: String, kind: Kind, now: impl Fn() -> u64) -> Op {
+    let invoke = now();
+    let outcome = match &kind {
+        Kind::Put(v) | Kind::PutIfAbsent(v) => {
+            let condition = if matches!(kind, Kind::PutIfAbsent(_)) {
+                pb::PutCondition::PutIfAbsent
+            } else {
+                pb::PutCondition::PutAlways
+            };
+            let req = pb::PutRequest {
+                key: key.clone().into(),
+                value: v.clone().into(),
+                condition: condition as i32,
+                ..Default::default()
+            };
+            match c.put(req).await {
+                Ok(r) => Outcome::Put {
+                    applied: r.applied,
+                    revision: if r.applied { r.revision } else { 0 },
+                    version: r.kv.filter(|_| r.applied).map(|kv| kv.version).unwrap_or_default(),
+                },
+                Err(_) => Outcome::Unknown,
+            }
+        }
+        Kind::Delete => match c.delete(pb::DeleteRequest { key: key.clone().into(), ..Default::default() }).await {
+            Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
+            Err(_) => Outcome::Unknown,
+        },
+        Kind::Get => match c.get(key.clone(), pb::Consistency::Linearizable).await {
+            Ok(kv) => Outcome::Get(kv.map(|kv| Read {
+                value: String::from_utf8_lossy(&kv.value).into_owned(),
+                revision: kv.revision,
+                version: kv.version,
+            })),
+            Err(_) => Outcome::Failed,
+        },
+    };
+    let complete = (outcome != Outcome::Unknown).then(&now);
+    Op { client: client_no, key, kind, invoke, complete, outcome }
 }

@@ -2,7 +2,7 @@
 //! history, a fault schedule drawn from the seed, then the checkers.
 
 use crate::checker;
-use crate::history::{History, Kind, Op, Outcome, Read, Seen};
+use crate::history::{self, History, Kind, Outcome, Seen};
 use crate::net::{self, SimDialer};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -171,44 +171,8 @@ fn endpoints(n: usize) -> Vec<String> {
 
 /// Runs one operation and records it.
 async fn perform(c: &Client, shared: &SharedRef, client_no: usize, key: String, kind: Kind) {
-    let invoke = now_us();
-    let outcome = match &kind {
-        Kind::Put(v) | Kind::PutIfAbsent(v) => {
-            let condition = if matches!(kind, Kind::PutIfAbsent(_)) {
-                pb::PutCondition::PutIfAbsent
-            } else {
-                pb::PutCondition::PutAlways
-            };
-            let req = pb::PutRequest {
-                key: key.clone().into(),
-                value: v.clone().into(),
-                condition: condition as i32,
-                ..Default::default()
-            };
-            match c.put(req).await {
-                Ok(r) => Outcome::Put {
-                    applied: r.applied,
-                    revision: if r.applied { r.revision } else { 0 },
-                    version: r.kv.filter(|_| r.applied).map(|kv| kv.version).unwrap_or_default(),
-                },
-                Err(_) => Outcome::Unknown,
-            }
-        }
-        Kind::Delete => match c.delete(pb::DeleteRequest { key: key.clone().into(), ..Default::default() }).await {
-            Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
-            Err(_) => Outcome::Unknown,
-        },
-        Kind::Get => match c.get(key.clone(), pb::Consistency::Linearizable).await {
-            Ok(kv) => Outcome::Get(kv.map(|kv| Read {
-                value: String::from_utf8_lossy(&kv.value).into_owned(),
-                revision: kv.revision,
-                version: kv.version,
-            })),
-            Err(_) => Outcome::Failed,
-        },
-    };
-    let complete = (outcome != Outcome::Unknown).then(now_us);
-    shared.borrow_mut().history.push(Op { client: client_no, key, kind, invoke, complete, outcome });
+    let op = history::perform(c, client_no, key, kind, now_us).await;
+    shared.borrow_mut().history.push(op);
 }
 
 async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Result {

@@ -3,43 +3,15 @@
 //! suite's linearizability checker.
 
 use chaos::checker;
-use chaos::history::{History, Kind, Op, Outcome, Read};
-use statenode_client::{v1 as pb, Client, Options};
+use chaos::history::{self, History, Kind, Op, Outcome};
+use statenode_client::{Client, Options};
 use statenode_e2e::proxy::Mode;
 use statenode_e2e::{serial, TestCluster};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn perform(c: &Client, start: Instant, client_no: usize, key: String, kind: Kind) -> Op {
-    let us = || start.elapsed().as_micros() as u64;
-    let invoke = us();
-    let outcome = match &kind {
-        Kind::Put(v) => {
-            match c.put(pb::PutRequest { key: key.clone().into(), value: v.clone().into(), ..Default::default() }).await
-            {
-                Ok(r) => Outcome::Put {
-                    applied: r.applied,
-                    revision: r.revision,
-                    version: r.kv.map(|kv| kv.version).unwrap_or_default(),
-                },
-                Err(_) => Outcome::Unknown,
-            }
-        }
-        Kind::Delete => match c.delete(pb::DeleteRequest { key: key.clone().into(), ..Default::default() }).await {
-            Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
-            Err(_) => Outcome::Unknown,
-        },
-        _ => match c.get(key.clone(), pb::Consistency::Linearizable).await {
-            Ok(kv) => Outcome::Get(kv.map(|kv| Read {
-                value: String::from_utf8_lossy(&kv.value).into_owned(),
-                revision: kv.revision,
-                version: kv.version,
-            })),
-            Err(_) => Outcome::Failed,
-        },
-    };
-    let complete = (outcome != Outcome::Unknown).then(us);
-    Op { client: client_no, key, kind, invoke, complete, outcome }
+    history::perform(c, client_no, key, kind, || start.elapsed().as_micros() as u64).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
