@@ -25,10 +25,22 @@ fn check(c: SimConfig) {
 
 /// Seeds that exposed bugs: a replaced member's address answering Raft RPCs for the old id
 /// (7), a restarted memory node re-initializing under its old id (29), two leaders in one
-/// term under openraft's default leader ids (17, 61).
+/// term under openraft's default leader ids (17, 61), a split-vote livelock (43), a watch gap
+/// after a snapshot install (2), a watch repeating events when resumed on a lagging node
+/// (36, 42).
 #[test]
 fn regression_seeds() {
-    for (seed, nodes, memory) in [(7, 3, true), (29, 3, true), (17, 3, true), (61, 3, true)] {
+    let seeds = [
+        (7, 3, true),
+        (29, 3, true),
+        (17, 3, true),
+        (61, 3, true),
+        (43, 3, true),
+        (2, 3, false),
+        (36, 5, false),
+        (42, 5, false),
+    ];
+    for (seed, nodes, memory) in seeds {
         check(cfg(seed, nodes, memory));
     }
 }

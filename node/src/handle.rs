@@ -190,7 +190,8 @@ impl NodeHandle {
     /// Every applied change under `prefix` on this node, from `from_revision` if given.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> EventStream {
         let (start, rx) = self.inner.sm.hub().subscribe(from_revision);
-        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0 };
+        let min_revision = from_revision.unwrap_or(0);
+        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0, min_revision };
         match start {
             Start::From(events) => s.backlog.extend(events.into_iter().map(WatchItem::Event)),
             Start::Resync { next } => s.backlog.push_back(WatchItem::Resync { next }),
@@ -335,6 +336,9 @@ pub struct EventStream {
     handle: NodeHandle,
     /// Revision of the last event delivered, to resume after falling behind.
     last: u64,
+    /// Nothing older is delivered: a watcher resuming at a node that is still catching up
+    /// must not see, again, events it already had from another node.
+    min_revision: u64,
 }
 
 impl EventStream {
@@ -356,9 +360,12 @@ impl EventStream {
                 },
             };
             match &item {
-                WatchItem::Event(e) if !e.key.starts_with(&self.prefix) => continue,
+                WatchItem::Event(e) if !e.key.starts_with(&self.prefix) || e.revision < self.min_revision => continue,
                 WatchItem::Event(e) => self.last = e.revision,
-                WatchItem::Resync { next } => self.last = next.saturating_sub(1),
+                WatchItem::Resync { next } => {
+                    self.last = next.saturating_sub(1);
+                    self.min_revision = self.min_revision.max(*next);
+                }
             }
             return Some(item);
         }
