@@ -44,6 +44,8 @@ pub struct ListPage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: NodeId,
+    /// The process incarnation the membership recorded for this member.
+    pub incarnation: u64,
     pub peer_addr: String,
     pub grpc_addr: String,
     pub voter: bool,

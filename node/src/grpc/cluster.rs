@@ -38,7 +38,7 @@ impl Cluster for ClusterService {
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let r = req.into_inner();
-        let node = NodeInfo { peer_addr: r.peer_addr, grpc_addr: r.grpc_addr };
+        let node = NodeInfo { peer_addr: r.peer_addr, grpc_addr: r.grpc_addr, incarnation: 0 };
         let members = self.handle.join(r.id, node).await.map_err(status)?;
         Ok(Response::new(pb::JoinResponse { members: members.into_iter().map(member).collect() }))
     }

@@ -45,6 +45,7 @@ pub async fn plan(
     role: &Role,
     channels: &Arc<PeerChannels>,
     stored: Option<NodeId>,
+    incarnation: u64,
 ) -> anyhow::Result<Plan> {
     let given = (config.id != 0).then_some(config.id);
     if let (Some(s), Some(g)) = (stored, given) {
@@ -65,6 +66,11 @@ pub async fn plan(
             }
             let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
             match find_cluster(channels, &others).await {
+                // A peer bootstrapped with this very process in its first configuration (it
+                // got our Hello): we are a pristine member; the leader will replicate to us.
+                Some((_, s)) if s.members.iter().any(|m| m.id == id && m.incarnation == incarnation) => {
+                    Ok(Plan { id, action: Action::Wait })
+                }
                 Some((addr, _)) if config.memory => {
                     let id = fresh_id();
                     tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");

@@ -68,13 +68,14 @@ impl Node {
         let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
         let (log, sm_disk) = open_disks(&config, &io)?;
         let stored = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
-        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise() };
+        let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
+        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let started: Started = Arc::default();
         let peer = PeerService { started: started.clone(), id: stored.unwrap_or(config.id), me: me.clone() };
         let mut tasks = vec![tokio::spawn(serve_peer(listeners.peer, peer, stop_rx.clone()))];
-        let plan = match membership::plan(&config, &role, &channels, stored).await {
+        let plan = match membership::plan(&config, &role, &channels, stored, incarnation).await {
             Ok(plan) => plan,
             Err(e) => {
                 let _ = stop.send(true);

@@ -105,6 +105,7 @@ impl Consensus {
             .nodes()
             .map(|(id, n)| Member {
                 id: *id,
+                incarnation: n.incarnation,
                 peer_addr: n.peer_addr.clone(),
                 grpc_addr: n.grpc_addr.clone(),
                 voter: voters.contains(id),

@@ -11,6 +11,10 @@ pub struct NodeInfo {
     pub peer_addr: String,
     /// Client gRPC address, so followers can point clients at the leader.
     pub grpc_addr: String,
+    /// Random per process start: tells a member that took part in this cluster's bootstrap
+    /// apart from a memory-mode restart at the same address and id (which lost its data).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl std::fmt::Display for NodeInfo {
