@@ -156,7 +156,7 @@ impl NodeHandle {
         self.validate(&cmd)?;
         match self.route(PeerRequest::Write(cmd)).await? {
             PeerReply::Write(r) => Ok(r),
-            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -174,7 +174,7 @@ impl NodeHandle {
         }
         match self.route(PeerRequest::Read(keys.to_vec())).await? {
             PeerReply::Read(r) => Ok(r),
-            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -185,7 +185,7 @@ impl NodeHandle {
         }
         match self.route(PeerRequest::List(q)).await? {
             PeerReply::List(p) => Ok(p),
-            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -213,14 +213,14 @@ impl NodeHandle {
         crate::config::check_addr(&node.grpc_addr)?;
         match self.route(PeerRequest::Join { id, node }).await? {
             PeerReply::Members(m) => Ok(m),
-            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
     pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>> {
         match self.route(PeerRequest::Leave { id }).await? {
             PeerReply::Members(m) => Ok(m),
-            other => Err(Error::internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -328,6 +328,11 @@ impl NodeHandle {
             Op::Expire => Ok(()),
         }
     }
+}
+
+/// A reply of the wrong kind for its request: a bug, never the caller's fault.
+fn unexpected(reply: PeerReply) -> Error {
+    Error::internal(format!("unexpected reply {reply:?}"))
 }
 
 /// A watch: the backlog first, then live events; filtered by prefix.

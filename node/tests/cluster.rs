@@ -66,9 +66,17 @@ impl Cluster {
         panic!("no leader elected in 10 s");
     }
 
+    /// A follower that already knows the leader (so it can forward).
     async fn follower(&self) -> usize {
         let leader = self.wait_leader().await;
-        (0..self.nodes.len()).find(|i| self.handle(*i).id() != leader).unwrap()
+        let f = (0..self.nodes.len()).find(|i| self.handle(*i).id() != leader).unwrap();
+        for _ in 0..200 {
+            if self.handle(f).status().await.leader_id.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        f
     }
 
     async fn stop(self) {

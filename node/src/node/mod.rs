@@ -55,6 +55,8 @@ pub struct Node {
     raft: Raft,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The log backend, to wait until openraft's tasks let go of it (redb file locks).
+    log: std::sync::Weak<dyn LogBackend>,
 }
 
 /// Stored next to the raft log so a data dir never runs under another id.
@@ -91,6 +93,7 @@ impl Node {
             Some(d) => SmStore::disk(d, hub)?,
             None => SmStore::memory(hub),
         };
+        let weak_log = Arc::downgrade(&log);
         let network = Network { channels: channels.clone() };
         let raft = Raft::new(id, Arc::new(raft_config(&config)?), network, LogStore::new(log), sm.clone())
             .await
@@ -107,7 +110,7 @@ impl Node {
         if pristine {
             tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx)));
         }
-        Ok(Node { handle, raft, stop, tasks })
+        Ok(Node { handle, raft, stop, tasks, log: weak_log })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -123,6 +126,15 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
+        // openraft's state-machine and replication tasks end shortly after its core: wait
+        // until they released the stores, so the same data dir can be opened again at once.
+        for _ in 0..100 {
+            if self.log.strong_count() == 0 && self.handle.sm().only_owner() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("storage still referenced after shutdown");
     }
 }
 

@@ -70,6 +70,11 @@ impl SmStore {
         self.shared.state.read().expect("poisoned")
     }
 
+    /// True when no other clone (openraft's worker, a snapshot builder) is alive.
+    pub fn only_owner(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+
     pub fn hub(&self) -> &Arc<EventHub> {
         &self.shared.hub
     }
