@@ -111,7 +111,8 @@ fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<Ato
     sim.host(node_name(i).as_str(), move || {
         let (skew, disk) = (skew.clone(), disk.clone());
         async move {
-            let listeners = Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await? };
+            let listeners =
+                Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
             let clock: Clock =
                 Arc::new(move || (EPOCH_MS + (now_us() / 1000) as i64 + skew.load(Ordering::Relaxed)) as u64);
             let io = Io { dialer: Arc::new(SimDialer), clock, disk };
@@ -135,7 +136,8 @@ fn add_spare(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, shared: SharedRef) {
             while shared.borrow().spare != Spare::JoinRequested {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let listeners = Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await? };
+            let listeners =
+                Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
             let clock: Clock = Arc::new(|| (EPOCH_MS + (now_us() / 1000) as i64) as u64);
             let disk = (!memory).then(|| Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) });
             let io = Io { dialer: Arc::new(SimDialer), clock, disk };

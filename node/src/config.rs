@@ -22,7 +22,7 @@ pub struct Config {
     pub grpc: String,
     /// The client address handed out in leader hints; defaults like `peer_advertise`.
     pub grpc_advertise: Option<String>,
-    /// Reserved for the HTTP front door (Dapr API); not served by this release.
+    /// HTTP front door: Dapr's state API and the native `/v1` API.
     pub http: String,
     /// Reserved for the MQTT front door (AIO state store); not served by this release.
     pub mqtt: String,
@@ -31,8 +31,56 @@ pub struct Config {
     /// `id=host:port` peer addresses of the initial configuration.
     pub peers: Vec<String>,
     pub log_format: LogFormat,
+    /// When set, every client request (HTTP and gRPC, except health probes) must carry
+    /// this value in the `dapr-api-token` header / metadata.
+    pub api_token: Option<String>,
+    /// The app id for stores with `key_prefix = "appid"` when a request carries no
+    /// `dapr-app-id` header.
+    pub app_id: Option<String>,
+    /// The Dapr state stores served. The first one is the default store: it lives in the
+    /// root key space, shared with the native API and MQTT; every other store is a
+    /// namespace of its own.
+    pub stores: Vec<StoreConfig>,
     pub raft: RaftTuning,
     pub limits: Limits,
+}
+
+/// One Dapr state store (a Dapr component, in daprd's terms).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub name: String,
+    /// Dapr's `keyPrefix`: `none`, `name`, `appid`, `namespace`, or any other string.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_key_prefix() -> String {
+    "none".into()
+}
+
+impl StoreConfig {
+    /// Parses `name` or `name:keyPrefix` (the `--stores` flag).
+    pub fn parse(s: &str) -> Result<Self> {
+        let (name, key_prefix) = match s.split_once(':') {
+            Some((n, p)) => (n, p.to_string()),
+            None => (s, default_key_prefix()),
+        };
+        let store = StoreConfig { name: name.trim().to_string(), key_prefix: key_prefix.trim().to_string() };
+        store.validate()?;
+        Ok(store)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = |s: &str| !s.is_empty() && s.len() <= 256 && !s.contains("||") && !s.chars().any(char::is_control);
+        if !ok(&self.name) || self.name.contains('/') {
+            return Err(Error::invalid(format!("bad store name {:?}", self.name)));
+        }
+        if !ok(&self.key_prefix) {
+            return Err(Error::invalid(format!("bad key prefix {:?} for store {:?}", self.key_prefix, self.name)));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +143,9 @@ impl Default for Config {
             bootstrap_expect: 1,
             peers: Vec::new(),
             log_format: LogFormat::Text,
+            api_token: None,
+            app_id: None,
+            stores: vec![StoreConfig { name: "statestore".into(), key_prefix: default_key_prefix() }],
             raft: RaftTuning::default(),
             limits: Limits::default(),
         }
@@ -214,6 +265,18 @@ impl Config {
         ids.dedup();
         if ids.len() != peers.len() {
             return Err(Error::invalid("--peers lists an id twice"));
+        }
+        if self.stores.is_empty() {
+            return Err(Error::invalid("at least one state store must be configured"));
+        }
+        for (i, st) in self.stores.iter().enumerate() {
+            st.validate()?;
+            if self.stores[..i].iter().any(|o| o.name == st.name) {
+                return Err(Error::invalid(format!("store {:?} is configured twice", st.name)));
+            }
+        }
+        if self.api_token.as_deref().is_some_and(|t| t.is_empty() || t.len() > 4096) {
+            return Err(Error::invalid("api token must be 1..4096 bytes"));
         }
         self.raft.validate()?;
         self.limits.validate()

@@ -4,6 +4,7 @@ use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
 use crate::io::Clock;
 use crate::kv::{Command, CommandResult, Entry, Event, Op, TxnOp};
+use crate::metrics::Metrics;
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::types::{NodeId, NodeInfo};
@@ -117,6 +118,7 @@ struct Inner {
     /// This node's own addresses, as it advertises them.
     me: NodeInfo,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeHandle {
@@ -128,7 +130,18 @@ impl NodeHandle {
         me: NodeInfo,
         clock: Clock,
     ) -> Self {
-        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock }) }
+        let metrics = Arc::default();
+        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock, metrics }) }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The committed index as this node knows it: exact on the leader (the index a quorum
+    /// of voters holds), the applied index (a lower bound) elsewhere.
+    pub fn commit_index(&self) -> u64 {
+        self.inner.consensus.commit_index()
     }
 
     /// This node's wall clock, in Unix milliseconds.
@@ -229,14 +242,38 @@ impl NodeHandle {
         self.inner.consensus.leader().map(|(id, n)| LeaderHint { id, grpc_addr: n.grpc_addr })
     }
 
-    /// Serves locally; forwards once to the leader when this node is not it.
+    /// Serves locally, or forwards once to the leader. While there is no leader, or the
+    /// leader cannot be reached, it waits for the next one (up to the request timeout)
+    /// and tries again — only where the request surely did not reach a leader, so a
+    /// write never applies twice. Clients without retries (curl, Dapr SDKs) ride out an
+    /// election this way.
     async fn route(&self, req: PeerRequest) -> Result<PeerReply> {
+        let deadline = tokio::time::Instant::now() + self.inner.limits.request_timeout;
+        loop {
+            let seen = self.inner.consensus.leader().map(|(id, _)| id);
+            let err = match self.route_once(req.clone()).await {
+                Err(Retry::Safe(e)) => e,
+                Err(Retry::No(e)) => return Err(e),
+                Ok(reply) => return Ok(reply),
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(err);
+            }
+            // Wait for a leader change (or a little while), then try again.
+            let wait = (deadline - now).min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(wait, self.inner.consensus.leader_changed_from(seen)).await;
+        }
+    }
+
+    async fn route_once(&self, req: PeerRequest) -> std::result::Result<PeerReply, Retry> {
         let forward_copy = req.clone();
         match self.serve_local(req).await {
             Ok(reply) => Ok(reply),
             Err(Fail::Forward(Some((id, node)))) if id != self.id() => self.forward(id, &node, forward_copy).await,
-            Err(Fail::Forward(_)) => Err(Error::unavailable("no leader elected")),
-            Err(Fail::Err(e)) => Err(e),
+            Err(Fail::Forward(_)) => Err(Retry::Safe(Error::unavailable("no leader elected"))),
+            Err(Fail::Err(e @ Error::Unavailable { .. })) => Err(Retry::Safe(e)),
+            Err(Fail::Err(e)) => Err(Retry::No(e)),
         }
     }
 
@@ -265,10 +302,18 @@ impl NodeHandle {
         }
     }
 
-    async fn forward(&self, leader_id: NodeId, leader: &NodeInfo, req: PeerRequest) -> Result<PeerReply> {
+    async fn forward(
+        &self,
+        leader_id: NodeId,
+        leader: &NodeInfo,
+        req: PeerRequest,
+    ) -> std::result::Result<PeerReply, Retry> {
         let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
-        let mut client = self.inner.peers.client(&leader.peer_addr).map_err(|e| unavailable(e.to_string()))?;
         let is_write = matches!(req, PeerRequest::Write(_));
+        // Reads change nothing: any failure may be retried. A write only when it never left.
+        let fail = |e: Error, sent: bool| if is_write && sent { Retry::No(e) } else { Retry::Safe(e) };
+        let mut client =
+            self.inner.peers.client(&leader.peer_addr).map_err(|e| Retry::Safe(unavailable(e.to_string())))?;
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
         let call = tokio::time::timeout(deadline, client.forward(encode(&req)));
         // A leader that stops answering (paused, partitioned) is replaced by an election;
@@ -277,21 +322,31 @@ impl NodeHandle {
             r = call => r,
             _ = self.inner.consensus.leader_moved_from(leader_id) => {
                 let reason = "leader changed while the request was forwarded; outcome unknown";
-                return Err(if is_write { Error::Timeout(reason.into()) } else { unavailable(reason.into()) });
+                return Err(if is_write { Retry::No(Error::Timeout(reason.into())) } else { fail(unavailable(reason.into()), true) });
             }
         };
         let reply = match reply {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(unavailable(format!("leader unreachable: {}", status.message())))
+            // A connection that was never made carried nothing.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
+                return Err(Retry::Safe(unavailable(format!("leader unreachable: {}", status.message()))))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && !is_write => {
+                return Err(Retry::Safe(unavailable(format!("leader unreachable: {}", status.message()))))
             }
             // The write may have reached the leader: its outcome is unknown.
-            Ok(Err(status)) if is_write => return Err(Error::Timeout(status.message().to_string())),
-            Ok(Err(status)) => return Err(unavailable(status.message().to_string())),
-            Err(_) if is_write => return Err(Error::Timeout("forwarded write timed out".into())),
-            Err(_) => return Err(unavailable("forwarded request timed out".into())),
+            Ok(Err(status)) if is_write => return Err(Retry::No(Error::Timeout(status.message().to_string()))),
+            Ok(Err(status)) => return Err(Retry::Safe(unavailable(status.message().to_string()))),
+            Err(_) if is_write => return Err(Retry::No(Error::Timeout("forwarded write timed out".into()))),
+            Err(_) => return Err(Retry::Safe(unavailable("forwarded request timed out".into()))),
         };
-        decode::<Result<PeerReply>>(&reply).map_err(Error::internal)?
+        match decode::<Result<PeerReply>>(&reply) {
+            Ok(Ok(r)) => Ok(r),
+            // The leader refused before doing anything (it stepped down): safe to retry.
+            Ok(Err(e @ Error::Unavailable { .. })) => Err(Retry::Safe(e)),
+            Ok(Err(e)) => Err(Retry::No(e)),
+            Err(e) => Err(Retry::No(Error::internal(e))),
+        }
     }
 
     fn local_read(&self, keys: &[Bytes]) -> Vec<Option<Entry>> {
@@ -328,6 +383,32 @@ impl NodeHandle {
             Op::Expire => Ok(()),
         }
     }
+}
+
+/// A failed attempt, and whether trying again is safe.
+enum Retry {
+    /// The request surely changed nothing.
+    Safe(Error),
+    No(Error),
+}
+
+/// Whether a transport failure happened before the request was sent (connect refused, no
+/// route): the only transport failures after which a write may be retried.
+fn never_sent(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A reply of the wrong kind for its request: a bug, never the caller's fault.

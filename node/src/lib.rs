@@ -2,14 +2,17 @@
 //!
 //! Layout (see ARCHITECTURE.md): `kv` is the deterministic state machine, `store` keeps
 //! it and the Raft log (redb or memory), `raft` is the openraft glue, `handle` is the one
-//! narrow API the front doors (`grpc`) use, `node` wires everything together.
+//! narrow API the front doors (`http`, `grpc`) use; `dapr` is Dapr's state API over it, `node` wires everything together.
 
 pub mod config;
+pub mod dapr;
 pub mod error;
 pub mod grpc;
 pub mod handle;
+pub mod http;
 pub mod io;
 pub mod kv;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod store;

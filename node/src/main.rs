@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use statenode::config::{Config, LogFormat};
+use statenode::config::{Config, LogFormat, StoreConfig};
 use statenode::{Listeners, Node, Role};
 use statenode_proto::v1 as pb;
 use statenode_proto::v1::cluster_client::ClusterClient;
@@ -85,7 +85,7 @@ struct NodeArgs {
     grpc: Option<String>,
     #[arg(long, env = "STATENODE_GRPC_ADVERTISE")]
     grpc_advertise: Option<String>,
-    /// Reserved for the HTTP front door.
+    /// HTTP listen address (Dapr state API + native /v1 API).
     #[arg(long, env = "STATENODE_HTTP")]
     http: Option<String>,
     /// Reserved for the MQTT front door.
@@ -98,6 +98,16 @@ struct NodeArgs {
     peers: Option<Vec<String>>,
     #[arg(long, env = "STATENODE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Require this `dapr-api-token` on every client request (health probes exempt).
+    #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// App id for stores whose key prefix is `appid` (when no `dapr-app-id` header is sent).
+    #[arg(long, env = "STATENODE_APP_ID")]
+    app_id: Option<String>,
+    /// Dapr state stores, `name[:keyPrefix]`, comma-separated; the first is the default
+    /// store and shares its keys with the native API.
+    #[arg(long, env = "STATENODE_STORES", value_delimiter = ',')]
+    stores: Option<Vec<String>>,
 }
 
 impl NodeArgs {
@@ -122,6 +132,15 @@ impl NodeArgs {
         }
         if self.grpc_advertise.is_some() {
             c.grpc_advertise = self.grpc_advertise;
+        }
+        if self.api_token.is_some() {
+            c.api_token = self.api_token;
+        }
+        if self.app_id.is_some() {
+            c.app_id = self.app_id;
+        }
+        if let Some(stores) = self.stores {
+            c.stores = stores.iter().map(|s| StoreConfig::parse(s)).collect::<Result<_, _>>()?;
         }
         if c.id == 0 && !c.peers.is_empty() {
             anyhow::bail!("--peers needs --id: which of the peers is this node?");

@@ -17,7 +17,7 @@ async fn bind() -> (Listeners, String, String) {
     let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (p, g) = (peer.local_addr().unwrap().to_string(), grpc.local_addr().unwrap().to_string());
-    (Listeners::from_tcp(peer, grpc), p, g)
+    (Listeners::from_tcp(peer, grpc, None), p, g)
 }
 
 fn config(id: u64, dir: &tempfile::TempDir, peer: &str, grpc: &str, snapshot_threshold: u64) -> Config {

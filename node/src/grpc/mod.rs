@@ -1,7 +1,9 @@
-//! tonic services for clients: native KV and Cluster. Errors become Status in one place.
+//! tonic services for clients: Dapr's state methods, native KV and Cluster. Native errors
+//! become a Status in one place (`status`); Dapr's in `dapr::DaprError`.
 
 pub mod cluster;
 pub mod convert;
+pub mod dapr;
 pub mod kv;
 
 use crate::error::Error;
@@ -9,6 +11,20 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying the leader's client address on UNAVAILABLE.
 pub const LEADER_HEADER: &str = "x-statenode-leader";
+
+/// Checks the `dapr-api-token` metadata when a token is configured (every client service).
+pub fn token_check(token: Option<String>) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |req| {
+        let Some(want) = &token else {
+            return Ok(req);
+        };
+        match req.metadata().get(crate::http::TOKEN_HEADER) {
+            None => Err(Status::unauthenticated("missing api token in request metadata")),
+            Some(v) if v.as_bytes() == want.as_bytes() => Ok(req),
+            Some(_) => Err(Status::unauthenticated("authentication error: api token mismatch")),
+        }
+    }
+}
 
 /// The one Error → gRPC Status table.
 pub fn status(e: Error) -> Status {

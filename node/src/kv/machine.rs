@@ -326,7 +326,11 @@ fn put_allowed(current: Option<&Entry>, p: &Put) -> bool {
 
 fn delete_outcome(current: Option<&Entry>, condition: &DeleteCondition) -> DeleteOutcome {
     let Some(e) = current else {
-        return DeleteOutcome::NotFound;
+        // A revision names a version of the key: it cannot match a key that is gone.
+        return match condition {
+            DeleteCondition::IfRevision(r) if *r > 0 => DeleteOutcome::ConditionFailed,
+            _ => DeleteOutcome::NotFound,
+        };
     };
     let holds = match condition {
         DeleteCondition::Always => true,

@@ -2,7 +2,8 @@
 //! bootstraps or joins; shuts everything down gracefully.
 
 use crate::config::Config;
-use crate::grpc::{cluster::ClusterService, kv::KvService};
+use crate::dapr::Dapr;
+use crate::grpc::{cluster::ClusterService, dapr::DaprService, kv::KvService};
 use crate::handle::NodeHandle;
 use crate::io::{tcp_incoming, Incoming, Io};
 use crate::kv::{Command, Op};
@@ -14,6 +15,7 @@ use crate::store::backend::LogMeta;
 use crate::store::{LogBackend, LogStore, MemLog, RedbLog, RedbSm, SmDisk, SmStore};
 use crate::watch::{EventHub, DEFAULT_HISTORY};
 use anyhow::Context;
+use statenode_proto::dapr::proto::runtime::v1::dapr_server::DaprServer;
 use statenode_proto::v1::cluster_server::ClusterServer;
 use statenode_proto::v1::kv_server::KvServer;
 use statenode_proto::v1::peer_server::PeerServer;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 pub mod dev;
 mod membership;
@@ -33,6 +36,8 @@ pub use membership::{find_cluster, join_cluster, Role};
 pub struct Listeners {
     pub peer: Incoming,
     pub grpc: Incoming,
+    /// The HTTP front door; `None` serves no HTTP (the simulation).
+    pub http: Option<Incoming>,
 }
 
 impl Listeners {
@@ -41,11 +46,12 @@ impl Listeners {
             .await
             .with_context(|| format!("bind peer {}", config.peer_listen))?;
         let grpc = TcpListener::bind(&config.grpc).await.with_context(|| format!("bind grpc {}", config.grpc))?;
-        Ok(Self::from_tcp(peer, grpc))
+        let http = TcpListener::bind(&config.http).await.with_context(|| format!("bind http {}", config.http))?;
+        Ok(Self::from_tcp(peer, grpc, Some(http)))
     }
 
-    pub fn from_tcp(peer: TcpListener, grpc: TcpListener) -> Self {
-        Self { peer: tcp_incoming(peer), grpc: tcp_incoming(grpc) }
+    pub fn from_tcp(peer: TcpListener, grpc: TcpListener, http: Option<TcpListener>) -> Self {
+        Self { peer: tcp_incoming(peer), grpc: tcp_incoming(grpc), http: http.map(tcp_incoming) }
     }
 }
 
@@ -102,7 +108,13 @@ impl Node {
         let handle =
             NodeHandle::new(consensus, sm, channels.clone(), config.limits.clone(), me.clone(), io.clock.clone());
         let _ = started.set((raft.clone(), handle.clone()));
-        tasks.push(tokio::spawn(serve_grpc(listeners.grpc, handle.clone(), stop_rx.clone())));
+        let dapr = crate::dapr::Dapr::new(handle.clone(), &config);
+        tasks.push(tokio::spawn(serve_grpc(listeners.grpc, dapr.clone(), config.api_token.clone(), stop_rx.clone())));
+        if let Some(http) = listeners.http {
+            let state = Arc::new(crate::http::HttpState { dapr, token: config.api_token.clone() });
+            tasks.push(tokio::spawn(crate::http::serve(http, state, stop_rx.clone())));
+        }
+        tasks.push(tokio::spawn(count_leader_changes(handle.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())));
         let max_election = Duration::from_millis(config.raft.election_max_ms);
         tasks.push(tokio::spawn(break_election_ties(raft.clone(), max_election, stop_rx.clone())));
@@ -190,17 +202,38 @@ async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<
     }
 }
 
-async fn serve_grpc(incoming: Incoming, handle: NodeHandle, stop: watch::Receiver<bool>) {
+async fn serve_grpc(incoming: Incoming, dapr: Dapr, token: Option<String>, stop: watch::Receiver<bool>) {
+    let handle = dapr.handle().clone();
     let max = handle.limits().max_request_bytes + 64 * 1024;
+    let auth = crate::grpc::token_check(token);
     let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
     let cluster = ClusterServer::new(ClusterService { handle });
+    let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
     let r = tonic::transport::Server::builder()
-        .add_service(kv)
-        .add_service(cluster)
+        .add_service(InterceptedService::new(kv, auth.clone()))
+        .add_service(InterceptedService::new(cluster, auth.clone()))
+        .add_service(InterceptedService::new(dapr, auth))
         .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "grpc server failed");
+    }
+}
+
+/// Counts the leader changes this node sees, for `/metrics`.
+async fn count_leader_changes(handle: NodeHandle, mut stop: watch::Receiver<bool>) {
+    let mut rx = handle.consensus().raft.metrics();
+    let mut last = rx.borrow().current_leader;
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = rx.borrow().current_leader;
+        if now.is_some() && now != last {
+            handle.metrics().leader_changed();
+        }
+        last = now;
     }
 }
 

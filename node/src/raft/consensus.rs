@@ -138,6 +138,38 @@ impl Consensus {
         let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
     }
 
+    /// Resolves once this node sees a leader other than `seen` (a new one, or one at all).
+    pub async fn leader_changed_from(&self, seen: Option<NodeId>) {
+        let mut rx = self.raft.metrics();
+        let _ = rx.wait_for(|m| m.current_leader.is_some() && m.current_leader != seen).await;
+    }
+
+    /// On the leader: the highest index a quorum of voters holds. Elsewhere: the applied
+    /// index, a lower bound of the commit index.
+    pub fn commit_index(&self) -> u64 {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let Some(replication) = m.replication.as_ref().filter(|_| m.state == ServerState::Leader) else {
+            return applied;
+        };
+        let membership = m.membership_config.membership();
+        let mut matched: Vec<u64> = membership
+            .voter_ids()
+            .map(|id| {
+                if id == self.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    replication.get(&id).and_then(|l| l.map(|l| l.index)).unwrap_or(0)
+                }
+            })
+            .collect();
+        if matched.is_empty() {
+            return applied;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        matched[matched.len() / 2].max(applied)
+    }
+
     /// The leader's client address, for hints.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let m = self.raft.metrics().borrow().clone();

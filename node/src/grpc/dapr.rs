@@ -1,0 +1,246 @@
+//! Dapr's runtime gRPC state methods (`dapr.proto.runtime.v1.Dapr`). tonic answers
+//! UNIMPLEMENTED for every method the service does not declare.
+
+use crate::dapr::query::Query;
+use crate::dapr::{
+    Concurrency, Dapr, DaprError, DeleteItem, SaveItem, Scope, StateOp, TxnItem, CAPABILITIES, RUNTIME_VERSION,
+    STORE_TYPE,
+};
+use crate::handle::Consistency;
+use bytes::Bytes;
+use statenode_proto::dapr::proto::common::v1 as common;
+use statenode_proto::dapr::proto::runtime::v1 as rt;
+use statenode_proto::dapr::proto::runtime::v1::dapr_server::Dapr as DaprApi;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+pub struct DaprService {
+    pub dapr: Dapr,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn app_id<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get("dapr-app-id").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn consistency(c: i32) -> Consistency {
+    match common::state_options::StateConsistency::try_from(c) {
+        Ok(common::state_options::StateConsistency::ConsistencyEventual) => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
+
+fn concurrency(o: &Option<common::StateOptions>) -> Concurrency {
+    match o.as_ref().map(|o| common::state_options::StateConcurrency::try_from(o.concurrency)) {
+        Some(Ok(common::state_options::StateConcurrency::ConcurrencyFirstWrite)) => Concurrency::FirstWrite,
+        _ => Concurrency::LastWrite,
+    }
+}
+
+/// gRPC reports an empty key as Dapr's runtime does.
+fn require_key(key: &str, op: StateOp) -> Result<(), DaprError> {
+    if key.is_empty() {
+        let mut e = DaprError::new(400, tonic::Code::InvalidArgument, "ERR_STATE_SAVE", "state key cannot be empty");
+        if op == StateOp::Delete {
+            e.code = "ERR_STATE_DELETE";
+        }
+        e.reason = Some(e.code);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A save item: values are raw bytes, except `contentType: application/json`, which Dapr
+/// re-encodes as normalised JSON.
+fn save_item(s: common::StateItem, normalise_json: bool) -> Result<SaveItem, DaprError> {
+    require_key(&s.key, StateOp::Save)?;
+    let mut value = s.value;
+    if normalise_json && s.metadata.get("contentType").is_some_and(|c| c == "application/json") {
+        let v: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
+            DaprError::new(400, tonic::Code::InvalidArgument, "ERR_STATE_SAVE", format!("value is not JSON: {e}"))
+        })?;
+        value = Bytes::from(serde_json::to_vec(&v).expect("json value"));
+    }
+    Ok(SaveItem {
+        concurrency: concurrency(&s.options),
+        key: s.key,
+        value,
+        etag: s.etag.map(|e| e.value),
+        metadata: s.metadata.into_iter().collect(),
+    })
+}
+
+fn delete_item(s: common::StateItem) -> Result<DeleteItem, DaprError> {
+    require_key(&s.key, StateOp::Delete)?;
+    Ok(DeleteItem { concurrency: concurrency(&s.options), key: s.key, etag: s.etag.map(|e| e.value) })
+}
+
+impl DaprService {
+    fn scope(&self, store: &str, app: Option<String>) -> Result<Scope<'_>, DaprError> {
+        self.dapr.scope(store, app.as_deref())
+    }
+
+    /// Runs one call, counting it in the metrics under `route`.
+    async fn observe<T>(
+        &self,
+        route: &'static str,
+        f: impl std::future::Future<Output = Result<T, DaprError>>,
+    ) -> Reply<T> {
+        let start = Instant::now();
+        let r = f.await;
+        let code = r.as_ref().map_or_else(|e| e.grpc, |_| tonic::Code::Ok);
+        self.dapr.handle().metrics().observe("grpc", route, format!("{code:?}"), start.elapsed());
+        r.map(Response::new).map_err(|e| e.status())
+    }
+}
+
+#[tonic::async_trait]
+impl DaprApi for DaprService {
+    async fn get_state(&self, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.GetState", async {
+            let scope = self.scope(&r.store_name, app)?;
+            if r.key.is_empty() {
+                return Err(DaprError::malformed("state key cannot be empty"));
+            }
+            let got = scope.get(&r.key, consistency(r.consistency)).await?;
+            Ok(rt::GetStateResponse {
+                data: got.value.unwrap_or_default(),
+                etag: got.etag,
+                metadata: got.metadata.into_iter().collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_bulk_state(&self, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.GetBulkState", async {
+            let scope = self.scope(&r.store_name, app)?;
+            let got = scope.get_bulk(&r.keys, Consistency::Linearizable).await?;
+            let items = got
+                .into_iter()
+                .map(|g| rt::BulkStateItem {
+                    key: g.key,
+                    data: g.value.unwrap_or_default(),
+                    etag: g.etag,
+                    error: String::new(),
+                    metadata: g.metadata.into_iter().collect(),
+                })
+                .collect();
+            Ok(rt::GetBulkStateResponse { items })
+        })
+        .await
+    }
+
+    async fn save_state(&self, req: Request<rt::SaveStateRequest>) -> Reply<()> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.SaveState", async {
+            let scope = self.scope(&r.store_name, app)?;
+            let items = r.states.into_iter().map(|s| save_item(s, true)).collect::<Result<Vec<_>, _>>()?;
+            scope.save(&items).await
+        })
+        .await
+    }
+
+    async fn query_state_alpha1(&self, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.QueryStateAlpha1", async {
+            let scope = self.scope(&r.store_name, app)?;
+            let q = Query::parse(r.query.as_bytes()).map_err(|e| DaprError::query_failed(scope.name(), e))?;
+            let page = q.run(scope.all(Consistency::Linearizable).await?);
+            let results = page
+                .results
+                .into_iter()
+                .map(|g| rt::QueryStateItem {
+                    key: g.key,
+                    data: g.value.unwrap_or_default(),
+                    etag: g.etag,
+                    error: String::new(),
+                })
+                .collect();
+            Ok(rt::QueryStateResponse { results, token: page.token.unwrap_or_default(), metadata: Default::default() })
+        })
+        .await
+    }
+
+    async fn delete_state(&self, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.DeleteState", async {
+            let scope = self.scope(&r.store_name, app)?;
+            require_key(&r.key, StateOp::Delete)?;
+            let item = DeleteItem { concurrency: concurrency(&r.options), key: r.key, etag: r.etag.map(|e| e.value) };
+            scope.delete_one(&item).await
+        })
+        .await
+    }
+
+    async fn delete_bulk_state(&self, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.DeleteBulkState", async {
+            let scope = self.scope(&r.store_name, app)?;
+            let items = r.states.into_iter().map(delete_item).collect::<Result<Vec<_>, _>>()?;
+            scope.delete_bulk(&items).await
+        })
+        .await
+    }
+
+    async fn execute_state_transaction(&self, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
+        let app = app_id(&req);
+        let r = req.into_inner();
+        self.observe("dapr.ExecuteStateTransaction", async {
+            let scope = self.scope(&r.store_name, app)?;
+            let mut ops = Vec::with_capacity(r.operations.len());
+            for op in r.operations {
+                let item = op.request.unwrap_or_default();
+                ops.push(match op.operation_type.as_str() {
+                    // Transaction upserts pass raw bytes, as in Dapr.
+                    "upsert" => TxnItem::Upsert(save_item(item, false)?),
+                    "delete" => TxnItem::Delete(delete_item(item)?),
+                    other => return Err(DaprError::unsupported_operation(other)),
+                });
+            }
+            scope.transact(&ops).await.map_err(|mut e| {
+                if e.code == "ERR_STATE_SAVE" || e.code == "ERR_STATE_DELETE" {
+                    e.code = "ERR_STATE_TRANSACTION";
+                    e.grpc = tonic::Code::Internal;
+                }
+                e
+            })
+        })
+        .await
+    }
+
+    async fn get_metadata(&self, _: Request<rt::GetMetadataRequest>) -> Reply<rt::GetMetadataResponse> {
+        let registered_components = self
+            .dapr
+            .store_names()
+            .map(|n| rt::RegisteredComponents {
+                name: n.to_string(),
+                r#type: STORE_TYPE.into(),
+                version: "v1".into(),
+                capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(rt::GetMetadataResponse {
+            id: self.dapr.app_id().to_string(),
+            registered_components,
+            extended_metadata: self.dapr.extended().into_iter().collect(),
+            runtime_version: RUNTIME_VERSION.into(),
+            enabled_features: Vec::new(),
+        }))
+    }
+
+    async fn set_metadata(&self, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
+        let r = req.into_inner();
+        self.dapr.set_extended(r.key, r.value).map_err(|e| e.status())?;
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP front door: Dapr's state API (`/v1.0/…`), the native API (`/v1/…`), health and
+//! metrics. One hand-written router, so Dapr's path quirks (cleaning, unescaping, the
+//! fall-through to service invocation) and every error body are ours to decide.
+
+pub mod dapr;
+pub mod native;
+
+use crate::dapr::Dapr;
+use crate::io::Incoming;
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use hyper::body::Incoming as HyperBody;
+use hyper::http::{header, HeaderValue, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+/// Header carrying the API token, when one is configured.
+pub const TOKEN_HEADER: &str = "dapr-api-token";
+
+/// What every HTTP request handler shares.
+pub struct HttpState {
+    pub dapr: Dapr,
+    pub token: Option<String>,
+}
+
+impl HttpState {
+    fn handle(&self) -> &crate::NodeHandle {
+        self.dapr.handle()
+    }
+}
+
+/// Serves HTTP/1.1 on `incoming` until `stop`; then drops every open connection (watch
+/// streams never end on their own).
+pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let conn = tokio::select! {
+            c = incoming.next() => c,
+            _ = stop.wait_for(|s| *s) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let conn = match conn {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "http accept failed");
+                continue;
+            }
+            None => break,
+        };
+        let state = state.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(conn), svc)
+                .await;
+        });
+    }
+    conns.abort_all();
+}
+
+async fn handle(state: Arc<HttpState>, req: Request<HyperBody>) -> Response {
+    let start = Instant::now();
+    let req = req.map(Body::new);
+    let (route, resp) = route(&state, req).await;
+    state.handle().metrics().observe("http", route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn route(state: &HttpState, req: Request<Body>) -> (&'static str, Response) {
+    let path = clean(req.uri().path());
+    if let Some(token) = &state.token {
+        let exempt = req.method() == Method::GET
+            && matches!(path.as_str(), "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" | "/metrics");
+        let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+        if !exempt && !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
+            return ("unauthorized", text(StatusCode::UNAUTHORIZED, "invalid api token"));
+        }
+    }
+    if path.starts_with("/v1.0/") || path.starts_with("/v1.0-alpha1/") {
+        dapr::route(state, &path, req).await
+    } else {
+        native::route(state, &path, req).await
+    }
+}
+
+/// Compares secrets without stopping at the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Go's `path.Clean` on the escaped path: `//a/./b/../c/` → `/a/c`.
+pub fn clean(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, as Go's
+/// `QueryUnescape`); a malformed escape is an error.
+pub fn unescape(s: &str, plus_is_space: bool) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let v = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
+                    let bad: String = s[i..].chars().take(3).collect();
+                    format!("invalid URL escape {bad:?}")
+                })?;
+                out.push(v);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The query string as `(name, value)` pairs, in order; undecodable pairs are an error.
+pub fn query_pairs(uri: &hyper::http::Uri) -> Result<Vec<(String, String)>, String> {
+    let Some(q) = uri.query() else {
+        return Ok(Vec::new());
+    };
+    let decode = |s: &str| {
+        let bytes = unescape(s, true)?;
+        String::from_utf8(bytes).map_err(|_| format!("query parameter {s:?} is not UTF-8"))
+    };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, String> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| format!("request body is larger than the limit of {limit} bytes"))
+}
+
+pub fn text(status: StatusCode, body: &str) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
+    bytes_json(status, serde_json::to_vec(body).expect("json value").into())
+}
+
+pub fn bytes_json(status: StatusCode, body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn empty(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_paths_like_go() {
+        assert_eq!(clean("//v1.0//state/s/"), "/v1.0/state/s");
+        assert_eq!(clean("/v1.0/state/./s/../t/k"), "/v1.0/state/t/k");
+        assert_eq!(clean("/../.."), "/");
+        assert_eq!(clean(""), "/");
+    }
+
+    #[test]
+    fn unescapes_strictly() {
+        assert_eq!(unescape("a%2Fb+c", true).unwrap(), b"a/b c");
+        assert_eq!(unescape("a%2fb+c", false).unwrap(), b"a/b+c");
+        assert_eq!(unescape("%E2%82%AC", false).unwrap(), "€".as_bytes());
+        for bad in ["%", "%2", "%zz", "a%g1", "%%"] {
+            assert!(unescape(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

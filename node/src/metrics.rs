@@ -1,0 +1,97 @@
+//! Prometheus metrics: requests and latency per front door, route and status, plus the
+//! node's Raft state. Rendered in the text exposition format by `/metrics`.
+
+use crate::handle::ClusterStatus;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+struct Stat {
+    count: u64,
+    sum: f64,
+    /// Observations at or below each bound (cumulative when rendered).
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// `(door, route, status)`: routes are fixed names, never user input, so the label set
+/// stays bounded.
+type Labels = (&'static str, &'static str, String);
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<Labels, Stat>>,
+    leader_changes: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe(&self, door: &'static str, route: &'static str, status: impl ToString, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut m = self.requests.lock().expect("poisoned");
+        let s = m.entry((door, route, status.to_string())).or_default();
+        s.count += 1;
+        s.sum += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i] += 1;
+        }
+    }
+
+    pub fn leader_changed(&self) {
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self, st: &ClusterStatus, commit_index: u64) -> String {
+        let mut out = String::new();
+        let _ =
+            writeln!(out, "# HELP statenode_requests_total Client requests served, by front door, route and status.");
+        let _ = writeln!(out, "# TYPE statenode_requests_total counter");
+        let m = self.requests.lock().expect("poisoned");
+        for ((door, route, status), s) in m.iter() {
+            let _ = writeln!(
+                out,
+                "statenode_requests_total{{door=\"{door}\",route=\"{route}\",status=\"{status}\"}} {}",
+                s.count
+            );
+        }
+        let _ = writeln!(out, "# HELP statenode_request_duration_seconds Client request latency.");
+        let _ = writeln!(out, "# TYPE statenode_request_duration_seconds histogram");
+        for ((door, route, status), s) in m.iter() {
+            let labels = format!("door=\"{door}\",route=\"{route}\",status=\"{status}\"");
+            let mut cumulative = 0;
+            for (b, n) in BUCKETS.iter().zip(s.buckets) {
+                cumulative += n;
+                let _ = writeln!(out, "statenode_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "statenode_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+            let _ = writeln!(out, "statenode_request_duration_seconds_sum{{{labels}}} {}", s.sum);
+            let _ = writeln!(out, "statenode_request_duration_seconds_count{{{labels}}} {}", s.count);
+        }
+        drop(m);
+        let is_leader = st.leader_id == Some(st.id);
+        let gauges: [(&str, &str, u64); 8] = [
+            ("raft_term", "The current Raft term.", st.term),
+            ("raft_leader_id", "The leader this node knows (0: none).", st.leader_id.unwrap_or(0)),
+            ("raft_is_leader", "1 when this node is the leader.", u64::from(is_leader)),
+            ("raft_last_log_index", "The last index in this node's log.", st.last_log_index),
+            ("raft_commit_index", "Committed index (on followers: the applied index, a lower bound).", commit_index),
+            ("raft_applied_index", "The last index this node applied.", st.applied_index),
+            ("raft_members", "Members in the configuration.", st.members.len() as u64),
+            ("node_id", "This node's id.", st.id),
+        ];
+        for (name, help, v) in gauges {
+            let _ =
+                writeln!(out, "# HELP statenode_{name} {help}\n# TYPE statenode_{name} gauge\nstatenode_{name} {v}");
+        }
+        let changes = self.leader_changes.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP statenode_raft_leader_changes_total Leader changes this node saw.");
+        let _ = writeln!(out, "# TYPE statenode_raft_leader_changes_total counter");
+        let _ = writeln!(out, "statenode_raft_leader_changes_total {changes}");
+        out
+    }
+}
