@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -52,6 +54,8 @@ pub struct Options {
     pub backoff_max: Duration,
     /// Seeds the client's id and backoff jitter (deterministic simulation); entropy if unset.
     pub rng_seed: Option<u64>,
+    /// Sent as `dapr-api-token` on every call, for servers that require a token.
+    pub api_token: Option<String>,
 }
 
 impl Default for Options {
@@ -62,6 +66,7 @@ impl Default for Options {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             rng_seed: None,
+            api_token: None,
         }
     }
 }
@@ -76,7 +81,24 @@ pub struct Client {
     opts: Options,
     rng: Mutex<StdRng>,
     dialer: Dialer,
+    token: Token,
 }
+
+/// Adds the API token to every request.
+#[derive(Clone)]
+struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("dapr-api-token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Kv = KvClient<InterceptedService<Channel, Token>>;
+type Cluster = ClusterClient<InterceptedService<Channel, Token>>;
 
 /// Makes a lazily-connecting channel to `host:port` (real TCP by default; a simulated
 /// network in the chaos suite).
@@ -110,6 +132,10 @@ impl Client {
         let eps = endpoints.iter().map(|e| Ok((e.as_ref().to_string(), dialer(e.as_ref())?))).collect::<Result<_>>()?;
         let mut rng = opts.rng_seed.map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
         let client_id = rng.gen_range(1..u64::MAX);
+        let token = match &opts.api_token {
+            Some(t) => Some(t.parse().map_err(|_| Error::Endpoint("api token is not printable ASCII".into()))?),
+            None => None,
+        };
         Ok(Self {
             endpoints: Mutex::new(eps),
             preferred: AtomicUsize::new(0),
@@ -118,11 +144,20 @@ impl Client {
             opts,
             rng: Mutex::new(rng),
             dialer,
+            token: Token(token),
         })
     }
 
     pub fn client_id(&self) -> u64 {
         self.client_id
+    }
+
+    fn kv(&self, ch: Channel) -> Kv {
+        KvClient::with_interceptor(ch, self.token.clone())
+    }
+
+    fn cluster(&self, ch: Channel) -> Cluster {
+        ClusterClient::with_interceptor(ch, self.token.clone())
     }
 
     fn next_ref(&self) -> pb::ClientRef {
@@ -192,7 +227,8 @@ impl Client {
         let r = self
             .call(|ch| {
                 let r = req.clone();
-                async move { KvClient::new(ch).get(r).await }
+                let mut c = self.kv(ch);
+                async move { c.get(r).await }
             })
             .await?;
         Ok(r.kv)
@@ -203,7 +239,8 @@ impl Client {
         req.client = Some(self.next_ref());
         self.call(|ch| {
             let r = req.clone();
-            async move { KvClient::new(ch).put(r).await }
+            let mut c = self.kv(ch);
+            async move { c.put(r).await }
         })
         .await
     }
@@ -216,7 +253,8 @@ impl Client {
         req.client = Some(self.next_ref());
         self.call(|ch| {
             let r = req.clone();
-            async move { KvClient::new(ch).delete(r).await }
+            let mut c = self.kv(ch);
+            async move { c.delete(r).await }
         })
         .await
     }
@@ -225,7 +263,8 @@ impl Client {
         let req = pb::TxnRequest { ops, client: Some(self.next_ref()) };
         self.call(|ch| {
             let r = req.clone();
-            async move { KvClient::new(ch).txn(r).await }
+            let mut c = self.kv(ch);
+            async move { c.txn(r).await }
         })
         .await
     }
@@ -233,7 +272,8 @@ impl Client {
     pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse> {
         self.call(|ch| {
             let r = req.clone();
-            async move { KvClient::new(ch).list(r).await }
+            let mut c = self.kv(ch);
+            async move { c.list(r).await }
         })
         .await
     }
@@ -247,7 +287,8 @@ impl Client {
         let req = pb::WatchRequest { prefix: prefix.into(), from_revision };
         self.call(|ch| {
             let r = req.clone();
-            async move { KvClient::new(ch).watch(r).await }
+            let mut c = self.kv(ch);
+            async move { c.watch(r).await }
         })
         .await
     }
@@ -255,7 +296,8 @@ impl Client {
     pub async fn status(&self) -> Result<pb::StatusResponse> {
         self.call(|ch| {
             let r = pb::StatusRequest {};
-            async move { ClusterClient::new(ch).status(r).await }
+            let mut c = self.cluster(ch);
+            async move { c.status(r).await }
         })
         .await
     }
@@ -263,7 +305,8 @@ impl Client {
     pub async fn members(&self) -> Result<pb::MembersResponse> {
         self.call(|ch| {
             let r = pb::MembersRequest {};
-            async move { ClusterClient::new(ch).members(r).await }
+            let mut c = self.cluster(ch);
+            async move { c.members(r).await }
         })
         .await
     }
@@ -271,7 +314,8 @@ impl Client {
     pub async fn leave(&self, id: u64) -> Result<pb::LeaveResponse> {
         self.call(|ch| {
             let r = pb::LeaveRequest { id };
-            async move { ClusterClient::new(ch).leave(r).await }
+            let mut c = self.cluster(ch);
+            async move { c.leave(r).await }
         })
         .await
     }

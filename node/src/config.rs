@@ -168,9 +168,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_key_bytes: 4096,
-            max_value_bytes: 1024 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
             max_batch_ops: 128,
-            max_request_bytes: 4 * 1024 * 1024,
+            max_request_bytes: 6 * 1024 * 1024,
             list_default_limit: 100,
             list_max_limit: 1000,
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,

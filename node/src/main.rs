@@ -52,6 +52,9 @@ enum Command {
         /// First node's gRPC port; node i uses base + i - 1.
         #[arg(long, default_value_t = 50001)]
         grpc_base: u16,
+        /// First node's HTTP port; node i uses base + i - 1.
+        #[arg(long, default_value_t = 3500)]
+        http_base: u16,
         #[arg(long, default_value = "./statenode-dev")]
         data_dir: PathBuf,
     },
@@ -184,8 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_members(&r.members);
             Ok(())
         }
-        Command::Dev { nodes, memory, peer_base, grpc_base, data_dir } => {
-            statenode::node::dev::run(nodes, memory, peer_base, grpc_base, data_dir).await
+        Command::Dev { nodes, memory, peer_base, grpc_base, http_base, data_dir } => {
+            let base = statenode::node::dev::Ports { peer: peer_base, grpc: grpc_base, http: http_base };
+            statenode::node::dev::run(nodes, memory, base, data_dir).await
         }
     }
 }

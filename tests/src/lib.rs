@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: real `statenode` processes on loopback, killed by PID.
 
+pub mod http;
 pub mod proxy;
 
 use statenode_client::{v1 as pb, Client, Options};
@@ -46,6 +47,8 @@ pub struct Proc {
     pub id: u64,
     pub peer: String,
     pub grpc: String,
+    /// The HTTP front door (`--http` in the arguments).
+    pub http: String,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -53,7 +56,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(id: u64, args: Vec<String>, log: PathBuf, peer: String, grpc: String) -> Proc {
-        let mut p = Proc { id, peer, grpc, args, log, child: None };
+        let http = args.iter().position(|a| a == "--http").map(|i| args[i + 1].clone()).expect("--http in args");
+        let mut p = Proc { id, peer, grpc, http, args, log, child: None };
         p.start();
         p
     }
@@ -121,6 +125,8 @@ pub fn single_client(addr: &str) -> Client {
 }
 
 pub struct TestCluster {
+    /// Sent by `client()` and the leader probes (clusters started with `--api-token`).
+    pub token: Option<String>,
     pub nodes: Vec<Proc>,
     pub dir: tempfile::TempDir,
     pub memory: bool,
@@ -135,6 +141,8 @@ impl TestCluster {
             peer.into(),
             "--grpc".into(),
             grpc.into(),
+            "--http".into(),
+            format!("127.0.0.1:{}", free_port()),
             "--data-dir".into(),
             data.to_string_lossy().into_owned(),
         ];
@@ -145,16 +153,21 @@ impl TestCluster {
     }
 
     pub async fn start(n: u64, memory: bool) -> TestCluster {
-        Self::start_with(n, memory, false).await.0
+        Self::start_with(n, memory, false, &[]).await.0
+    }
+
+    /// A cluster whose nodes all get `extra` flags.
+    pub async fn start_with_args(n: u64, memory: bool, extra: &[&str]) -> TestCluster {
+        Self::start_with(n, memory, false, extra).await.0
     }
 
     /// A cluster whose peer links all pass through loopback proxies (one in front of each
     /// node's peer port), so tests can cut, slow or drop them.
     pub async fn start_proxied(n: u64, memory: bool) -> (TestCluster, Vec<proxy::Proxy>) {
-        Self::start_with(n, memory, true).await
+        Self::start_with(n, memory, true, &[]).await
     }
 
-    async fn start_with(n: u64, memory: bool, proxied: bool) -> (TestCluster, Vec<proxy::Proxy>) {
+    async fn start_with(n: u64, memory: bool, proxied: bool, extra: &[&str]) -> (TestCluster, Vec<proxy::Proxy>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let addrs: Vec<(String, String)> =
             (0..n).map(|_| (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()))).collect();
@@ -176,10 +189,12 @@ impl TestCluster {
                 args.extend(Self::node_args(id, p, g, &dir.path().join(format!("n{id}")), memory));
                 args.extend(["--bootstrap-expect".into(), n.to_string(), "--peers".into(), peers.join(",")]);
                 args.extend(["--peer-advertise".into(), advertised[i].clone()]);
+                args.extend(extra.iter().map(|a| a.to_string()));
                 Proc::spawn(id, args, dir.path().join(format!("n{id}.log")), p.clone(), g.clone())
             })
             .collect();
-        let c = TestCluster { nodes, dir, memory };
+        let token = extra.iter().position(|a| *a == "--api-token").map(|i| extra[i + 1].to_string());
+        let c = TestCluster { token, nodes, dir, memory };
         c.wait_leader(None, Duration::from_secs(20)).await;
         (c, proxies)
     }
@@ -189,7 +204,7 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoints(), Options::default()).expect("client")
+        Client::new(&self.endpoints(), Options { api_token: self.token.clone(), ..Options::default() }).expect("client")
     }
 
     /// Waits until a running node reports a leader other than `not`; returns its id.
@@ -197,7 +212,14 @@ impl TestCluster {
         let start = Instant::now();
         while start.elapsed() < within {
             for n in self.nodes.iter().filter(|n| n.is_running()) {
-                if let Ok(s) = n.client().status().await {
+                let opts = Options {
+                    deadline: Duration::from_secs(2),
+                    attempt_timeout: Duration::from_secs(1),
+                    api_token: self.token.clone(),
+                    ..Options::default()
+                };
+                let probe = Client::new(&[&n.grpc], opts).expect("client");
+                if let Ok(s) = probe.status().await {
                     let ok = s.leader_id != 0 && Some(s.leader_id) != not;
                     if ok && s.members.iter().any(|m| m.id == s.leader_id) {
                         return s.leader_id;
@@ -208,6 +230,11 @@ impl TestCluster {
         }
         let logs: Vec<String> = self.nodes.iter().map(|n| format!("--- node {}\n{}", n.id, n.log_tail())).collect();
         panic!("no leader within {within:?}\n{}", logs.join("\n"));
+    }
+
+    /// A running node other than `leader`.
+    pub fn follower(&self, leader: u64) -> &Proc {
+        self.nodes.iter().find(|n| n.id != leader && n.is_running()).expect("a follower")
     }
 
     pub fn node(&mut self, id: u64) -> &mut Proc {

@@ -15,6 +15,9 @@ struct Cli {
     endpoints: Vec<String>,
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// API token for servers started with --api-token.
+    #[arg(long, global = true, env = "STATENODE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -138,7 +141,8 @@ fn kv_json(kv: &pb::KeyValue) -> serde_json::Value {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Arc::new(Client::new(&cli.endpoints, Options::default())?);
+    let opts = Options { api_token: cli.api_token.clone(), ..Options::default() };
+    let client = Arc::new(Client::new(&cli.endpoints, opts)?);
     let out = cli.output;
     let print = |v: serde_json::Value, text: String| {
         if out == Output::Json {

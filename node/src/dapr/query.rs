@@ -285,7 +285,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_queries() {
-        let deep = format!(r#"{{"filter":{}{{"EQ":{{"a":1}}}}{}}}"#, r#"{"AND":[{"EQ":{"a":1}},"#.repeat(40), "]}".repeat(40));
+        let deep =
+            format!(r#"{{"filter":{}{{"EQ":{{"a":1}}}}{}}}"#, r#"{"AND":[{"EQ":{"a":1}},"#.repeat(40), "]}".repeat(40));
         for bad in [
             "",
             "[]",

@@ -164,6 +164,8 @@ fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_threshold),
         max_in_snapshot_log_to_keep: c.raft.keep_after_snapshot,
         snapshot_max_chunk_size: 1024 * 1024,
+        // Entries per AppendEntries: as many as fit one peer message at the largest request.
+        max_payload_entries: (MAX_PEER_MESSAGE / (c.limits.max_request_bytes + 64 * 1024)).clamp(1, 300) as u64,
         ..Default::default()
     };
     Ok(cfg.validate()?)

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 pub const TARGET_HEADER: &str = "x-statenode-target";
 
 /// Raft messages (snapshot chunks) may be large; client and server agree on this bound.
-pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// One lazily-connected channel per peer address, shared by Raft and forwarding.
 /// openraft 0.9 asks for a new client on every read round, so reuse matters.
