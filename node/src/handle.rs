@@ -250,7 +250,7 @@ impl NodeHandle {
     async fn route(&self, req: PeerRequest) -> Result<PeerReply> {
         let deadline = tokio::time::Instant::now() + self.inner.limits.request_timeout;
         loop {
-            let seen = self.inner.consensus.leader().map(|(id, _)| id);
+            let seen = self.inner.consensus.current_leader();
             let err = match self.route_once(req.clone()).await {
                 Err(Retry::Safe(e)) => e,
                 Err(Retry::No(e)) => return Err(e),
@@ -260,9 +260,13 @@ impl NodeHandle {
             if now >= deadline {
                 return Err(err);
             }
-            // Wait for a leader change (or a little while), then try again.
+            // Wait for a leader change (or a little while), then try again; never spin.
             let wait = (deadline - now).min(Duration::from_millis(250));
-            let _ = tokio::time::timeout(wait, self.inner.consensus.leader_changed_from(seen)).await;
+            let settle = async {
+                self.inner.consensus.leader_changed_from(seen).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let _ = tokio::time::timeout(wait, settle).await;
         }
     }
 

@@ -138,6 +138,11 @@ impl Consensus {
         let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
     }
 
+    /// The leader this node knows, if any.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// Resolves once this node sees a leader other than `seen` (a new one, or one at all).
     pub async fn leader_changed_from(&self, seen: Option<NodeId>) {
         let mut rx = self.raft.metrics();
