@@ -417,6 +417,26 @@ mod tests {
     }
 
     #[test]
+    fn stores_are_checked() {
+        assert_eq!(StoreConfig::parse("orders:Name").unwrap().key_prefix, "Name");
+        assert_eq!(StoreConfig::parse("orders").unwrap().key_prefix, "none");
+        for bad in ["", ":none", "a||b", "a/b", "s:", "s:x||y", "s\u{0}"] {
+            assert!(StoreConfig::parse(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::default();
+        c.stores.push(StoreConfig::parse("statestore:name").unwrap());
+        assert!(c.validate().is_err(), "duplicate store names");
+        c.stores.clear();
+        assert!(c.validate().is_err(), "no store");
+        let c = Config::from_toml("api_token = \"\"").unwrap();
+        assert!(c.validate().is_err(), "empty token");
+        let c =
+            Config::from_toml("[[stores]]\nname = \"a\"\n[[stores]]\nname = \"b\"\nkey_prefix = \"appid\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.stores[1].key_prefix, "appid");
+    }
+
+    #[test]
     fn limits_reject_bad_input() {
         let l = Limits::default();
         assert!(matches!(l.check_key(b""), Err(Error::InvalidArgument(_))));

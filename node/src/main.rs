@@ -65,7 +65,25 @@ struct Endpoints {
     /// Comma-separated client gRPC addresses (host:port).
     #[arg(long, env = "STATENODE_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:50001")]
     endpoints: Vec<String>,
+    /// API token, for clusters started with --api-token.
+    #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 }
+
+/// Adds the API token (if any) to admin calls.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("dapr-api-token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Admin = ClusterClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Token>>;
 
 /// Node flags; every one also reads `STATENODE_<NAME>` and overrides the config file.
 #[derive(Args, Default)]
@@ -175,15 +193,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.config()?, Role::Serve).await,
         Command::Join { seed, node } => serve(node.config()?, Role::Join { seed }).await,
         Command::Leave { id, endpoints } => {
-            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.leave(pb::LeaveRequest { id }).await })
-                .await?;
+            let r = with_leader(&endpoints, |mut c| async move { c.leave(pb::LeaveRequest { id }).await }).await?;
             println!("node {id} removed; stop it now and wipe its data before reusing the directory");
             print_members(&r.members);
             Ok(())
         }
         Command::Members { endpoints } => {
-            let r = with_leader(&endpoints.endpoints, |mut c| async move { c.members(pb::MembersRequest {}).await })
-                .await?;
+            let r = with_leader(&endpoints, |mut c| async move { c.members(pb::MembersRequest {}).await }).await?;
             print_members(&r.members);
             Ok(())
         }
@@ -214,19 +230,23 @@ async fn shutdown_signal() {
 }
 
 /// Tries each endpoint until one answers (followers forward to the leader).
-async fn with_leader<T, F, Fut>(endpoints: &[String], call: F) -> anyhow::Result<T>
+async fn with_leader<T, F, Fut>(endpoints: &Endpoints, call: F) -> anyhow::Result<T>
 where
-    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut,
+    F: Fn(Admin) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    let token = match &endpoints.api_token {
+        Some(t) => Some(t.parse().context("api token must be printable ASCII")?),
+        None => None,
+    };
     let mut last = anyhow::anyhow!("no endpoints given");
-    for ep in endpoints {
+    for ep in &endpoints.endpoints {
         statenode::config::check_addr(ep)?;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30));
         match channel.connect().await {
-            Ok(ch) => match call(ClusterClient::new(ch)).await {
+            Ok(ch) => match call(ClusterClient::with_interceptor(ch, Token(token.clone()))).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if s.code() == tonic::Code::Unavailable => last = anyhow::anyhow!("{ep}: {}", s.message()),
                 Err(s) => anyhow::bail!("{ep}: {:?}: {}", s.code(), s.message()),

@@ -327,7 +327,7 @@ async fn bulk_get_transactions_ttl_and_query() {
 async fn stores_are_namespaces_and_tokens_are_checked() {
     let _g = serial().await;
     let extra = ["--stores", "statestore,orders:name,apps:appid", "--api-token", "s3cret"];
-    let (_c, a) = cluster(&extra).await;
+    let (c, a) = cluster(&extra).await;
     let tok = [("dapr-api-token", "s3cret"), ("Content-Type", "application/json")];
 
     // Without the token: 401, plain text; health probes are exempt.
@@ -337,6 +337,35 @@ async fn stores_are_namespaces_and_tokens_are_checked() {
     assert_eq!(get(&a, "/v1.0/healthz").await.status, 204);
     assert_eq!(get(&a, "/livez").await.status, 200);
     assert_eq!(get(&a, "/v1/kv/k").await.status, 401);
+    // gRPC: every client service checks the token; the admin CLI sends it.
+    let grpc = c.nodes.iter().find(|n| n.http == a).unwrap().grpc.clone();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut dapr = statenode_proto::dapr::proto::runtime::v1::dapr_client::DaprClient::new(ch);
+    let get_req = || statenode_proto::dapr::proto::runtime::v1::GetStateRequest {
+        store_name: "statestore".into(),
+        key: "k".into(),
+        ..Default::default()
+    };
+    let e = dapr.get_state(get_req()).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::Unauthenticated, "missing api token in request metadata"));
+    let mut wrong = tonic::Request::new(get_req());
+    wrong.metadata_mut().insert("dapr-api-token", "nope".parse().unwrap());
+    let e = dapr.get_state(wrong).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::Unauthenticated, "authentication error: api token mismatch"));
+    let mut right = tonic::Request::new(get_req());
+    right.metadata_mut().insert("dapr-api-token", "s3cret".parse().unwrap());
+    assert!(dapr.get_state(right).await.is_ok());
+    let members = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(statenode_e2e::bin("statenode"));
+        cmd.args(["members", "--endpoints", &grpc]).env_remove("STATENODE_API_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--api-token", t]);
+        }
+        cmd.output().unwrap()
+    };
+    assert!(!members(None).status.success());
+    let out = members(Some("s3cret"));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).matches("voter").count() == 3);
 
     // The same key in three stores: three values.
     for (store, v) in [("statestore", 1), ("orders", 2), ("apps", 3)] {

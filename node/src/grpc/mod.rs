@@ -20,7 +20,7 @@ pub fn token_check(token: Option<String>) -> impl Fn(tonic::Request<()>) -> Resu
         };
         match req.metadata().get(crate::http::TOKEN_HEADER) {
             None => Err(Status::unauthenticated("missing api token in request metadata")),
-            Some(v) if v.as_bytes() == want.as_bytes() => Ok(req),
+            Some(v) if crate::http::constant_time_eq(v.as_bytes(), want.as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("authentication error: api token mismatch")),
         }
     }

@@ -12,9 +12,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use hyper::body::Incoming as HyperBody;
 use hyper::http::{header, HeaderValue, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -34,6 +34,11 @@ impl HttpState {
     }
 }
 
+/// Open connections beyond this are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A client that takes longer to send its request head is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves HTTP/1.1 on `incoming` until `stop`; then drops every open connection (watch
 /// streams never end on their own).
 pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
@@ -52,6 +57,11 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
             }
             None => break,
         };
+        if conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!(limit = MAX_CONNECTIONS, "http connection limit reached; closing a new connection");
+            drop(conn);
+            continue;
+        }
         let state = state.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -60,6 +70,8 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(conn), svc)
                 .await;
         });
@@ -93,7 +105,7 @@ async fn route(state: &HttpState, req: Request<Body>) -> (&'static str, Response
 }
 
 /// Compares secrets without stopping at the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
