@@ -72,9 +72,9 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         (code(kv.put(put(vec![], b"v".to_vec())).await), Code::InvalidArgument, "key must not be empty"),
         (code(kv.put(put(vec![b'k'; 4097], b"v".to_vec())).await), Code::ResourceExhausted, "key is 4097 bytes"),
         (
-            code(kv.put(put(b"k".to_vec(), vec![0; 1024 * 1024 + 1])).await),
+            code(kv.put(put(b"k".to_vec(), vec![0; 4 * 1024 * 1024 + 1])).await),
             Code::ResourceExhausted,
-            "value is 1048577 bytes",
+            "value is 4194305 bytes",
         ),
         (
             code(kv.put(pb::PutRequest { condition: 99, ..put(b"k".to_vec(), b"v".to_vec()) }).await),
@@ -151,7 +151,7 @@ async fn bad_rpcs_get_clear_errors_and_change_nothing() {
         assert!(msg.contains(text), "expected {text:?} in {msg:?}");
     }
     // A message over the gRPC size limit is refused by the transport.
-    let huge = kv.put(put(b"k".to_vec(), vec![0; 6 * 1024 * 1024])).await.unwrap_err();
+    let huge = kv.put(put(b"k".to_vec(), vec![0; 7 * 1024 * 1024])).await.unwrap_err();
     assert!(matches!(huge.code(), Code::ResourceExhausted | Code::OutOfRange), "{huge:?}");
 
     let all = TestCluster::list_all(&client, "", pb::Consistency::Linearizable).await.unwrap();
