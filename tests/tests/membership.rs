@@ -75,8 +75,11 @@ async fn dev_cluster_has_three_voters_and_one_leader() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(text.lines().filter(|l| l.contains('*')).count(), 1, "{text}");
-    statenode_e2e::signal(dev.id(), "INT");
+    // SIGTERM (what a service manager sends) stops dev and every node it started.
+    statenode_e2e::signal(dev.id(), "TERM");
     let _ = dev.wait();
+    let probe = statenode_e2e::single_client(&format!("127.0.0.1:{gb}"));
+    assert!(probe.status().await.is_err(), "a dev node outlived `statenode dev`");
 }
 
 /// Three consecutive free ports (best effort: probe the block).

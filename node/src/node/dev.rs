@@ -39,8 +39,11 @@ pub async fn run(nodes: u16, memory: bool, base: Ports, data_dir: PathBuf) -> an
     let endpoints: Vec<String> = (0..nodes).map(|i| format!("127.0.0.1:{}", grpc_base + i)).collect();
     println!("try: statectl --endpoints {} members", endpoints.join(","));
     println!("Ctrl-C stops all nodes");
+    // SIGTERM too: dying on it would orphan the children.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = wait_any(&mut children) => println!("a node exited; stopping the others"),
     }
     for c in &mut children {
