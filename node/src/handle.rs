@@ -313,9 +313,8 @@ impl NodeHandle {
         req: PeerRequest,
     ) -> std::result::Result<PeerReply, Retry> {
         let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
-        let is_write = matches!(req, PeerRequest::Write(_));
         // Reads change nothing: any failure may be retried. A write only when it never left.
-        let fail = |e: Error, sent: bool| if is_write && sent { Retry::No(e) } else { Retry::Safe(e) };
+        let is_write = matches!(req, PeerRequest::Write(_));
         let mut client =
             self.inner.peers.client(&leader.peer_addr).map_err(|e| Retry::Safe(unavailable(e.to_string())))?;
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
@@ -326,7 +325,11 @@ impl NodeHandle {
             r = call => r,
             _ = self.inner.consensus.leader_moved_from(leader_id) => {
                 let reason = "leader changed while the request was forwarded; outcome unknown";
-                return Err(if is_write { Retry::No(Error::Timeout(reason.into())) } else { fail(unavailable(reason.into()), true) });
+                return Err(if is_write {
+                    Retry::No(Error::Timeout(reason.into()))
+                } else {
+                    Retry::Safe(unavailable(reason.into()))
+                });
             }
         };
         let reply = match reply {
