@@ -118,6 +118,11 @@ pub struct Limits {
     pub max_ttl_ms: u64,
     #[serde(with = "millis")]
     pub request_timeout: Duration,
+    /// Open HTTP connections per node; more are closed at once.
+    pub max_http_connections: usize,
+    /// How long an HTTP client may take to send a request head.
+    #[serde(with = "millis")]
+    pub http_header_timeout: Duration,
 }
 
 mod millis {
@@ -175,6 +180,8 @@ impl Default for Limits {
             list_max_limit: 1000,
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
             request_timeout: Duration::from_secs(5),
+            max_http_connections: 4096,
+            http_header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -307,8 +314,10 @@ impl Limits {
             self.max_request_bytes,
             self.list_default_limit,
             self.list_max_limit,
+            self.max_http_connections,
         ];
-        if positive.contains(&0) || self.list_default_limit > self.list_max_limit || self.request_timeout.is_zero() {
+        let zero_time = self.request_timeout.is_zero() || self.http_header_timeout.is_zero();
+        if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {
             return Err(Error::invalid("limits must be positive and list_default_limit <= list_max_limit"));
         }
         Ok(())

@@ -14,7 +14,7 @@ use hyper::body::Incoming as HyperBody;
 use hyper::http::{header, HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
@@ -34,14 +34,13 @@ impl HttpState {
     }
 }
 
-/// Open connections beyond this are closed at once.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// A client that takes longer to send its request head is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves HTTP/1.1 on `incoming` until `stop`; then drops every open connection (watch
 /// streams never end on their own).
 pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) {
+    let (max_conns, header_timeout) = {
+        let l = state.handle().limits();
+        (l.max_http_connections, l.http_header_timeout)
+    };
     let mut conns = JoinSet::new();
     loop {
         let conn = tokio::select! {
@@ -57,8 +56,9 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
             }
             None => break,
         };
-        if conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(limit = MAX_CONNECTIONS, "http connection limit reached; closing a new connection");
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= max_conns {
+            tracing::warn!(limit = max_conns, "http connection limit reached; closing a new connection");
             drop(conn);
             continue;
         }
@@ -71,7 +71,7 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
             let _ = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(conn), svc)
                 .await;
         });
