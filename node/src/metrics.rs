@@ -19,9 +19,9 @@ struct Stat {
     buckets: [u64; BUCKETS.len()],
 }
 
-/// `(door, route, status)`: routes are fixed names, never user input, so the label set
-/// stays bounded.
-type Labels = (&'static str, &'static str, String);
+/// `(door, route, status)`: routes are fixed names or served gRPC methods, never arbitrary
+/// user input, so the label set stays bounded.
+type Labels = (&'static str, String, String);
 
 #[derive(Default)]
 pub struct Metrics {
@@ -30,10 +30,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&self, door: &'static str, route: &'static str, status: impl ToString, took: Duration) {
+    pub fn observe(&self, door: &'static str, route: &str, status: impl ToString, took: Duration) {
         let secs = took.as_secs_f64();
         let mut m = self.requests.lock().expect("poisoned");
-        let s = m.entry((door, route, status.to_string())).or_default();
+        let s = m.entry((door, route.to_string(), status.to_string())).or_default();
         s.count += 1;
         s.sum += secs;
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -93,5 +93,62 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE statenode_raft_leader_changes_total counter");
         let _ = writeln!(out, "statenode_raft_leader_changes_total {changes}");
         out
+    }
+}
+
+/// A tower layer for the client gRPC server: counts every call by method and status (the
+/// `grpc-status` of a trailers-only answer, else OK) and its time to the response head.
+#[derive(Clone)]
+pub struct GrpcLayer(pub crate::NodeHandle);
+
+impl<S> tower::Layer<S> for GrpcLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner, handle: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    handle: crate::NodeHandle,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<hyper::http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<hyper::http::Request<B>, Response = hyper::http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: hyper::http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let start = std::time::Instant::now();
+        let handle = self.handle.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            if let Ok(resp) = &r {
+                let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+                let code = tonic::Code::from_i32(code.unwrap_or(0));
+                // Unknown paths (tonic answers UNIMPLEMENTED with no message): one label for
+                // all of them, so callers cannot grow the label set.
+                let unknown = code == tonic::Code::Unimplemented
+                    && resp.headers().get("grpc-message").is_none_or(|m| m.is_empty());
+                let route = if unknown { "unknown" } else { path.trim_start_matches('/') };
+                handle.metrics().observe("grpc", route, format!("{code:?}"), start.elapsed());
+            }
+            r
+        })
     }
 }

@@ -126,6 +126,8 @@ async fn native_kv_list_cluster_health_and_metrics() {
         "statenode_raft_commit_index ",
         "statenode_raft_applied_index ",
         "statenode_raft_leader_changes_total ",
+        // The leader probes of the test harness, through the native gRPC Cluster service.
+        "statenode_requests_total{door=\"grpc\",route=\"statenode.v1.Cluster/Status\",status=\"Ok\"}",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
@@ -237,6 +239,23 @@ async fn same_bytes_through_every_door_and_watch_resumes_exactly_once() {
     assert_eq!(dapr.execute_state_transaction(tx).await.unwrap_err().code(), tonic::Code::Unimplemented);
     let md = dapr.get_metadata(rt::GetMetadataRequest {}).await.unwrap().into_inner();
     assert_eq!(md.registered_components[0].name, "statestore");
+    // A method the service does not declare: UNIMPLEMENTED, counted under one label.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[f].grpc)).unwrap();
+    let mut raw = tonic::client::Grpc::new(ch.connect().await.unwrap());
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/dapr.proto.runtime.v1.Dapr/PublishEvent");
+    let codec = tonic_prost::ProstCodec::<rt::GetMetadataRequest, rt::GetMetadataRequest>::default();
+    let e = raw.unary(tonic::Request::new(rt::GetMetadataRequest {}), path, codec).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    let m = get(&a, "/metrics").await.text();
+    for line in [
+        "{door=\"grpc\",route=\"dapr.proto.runtime.v1.Dapr/SaveState\",status=\"Ok\"} 1",
+        "{door=\"grpc\",route=\"dapr.proto.runtime.v1.Dapr/SaveState\",status=\"Aborted\"} 1",
+        "{door=\"grpc\",route=\"dapr.proto.runtime.v1.Dapr/ExecuteStateTransaction\",status=\"Unimplemented\"} 1",
+        "{door=\"grpc\",route=\"unknown\",status=\"Unimplemented\"} 1",
+    ] {
+        assert!(m.contains(&format!("statenode_requests_total{line}")), "metrics lack {line}:\n{m}");
+    }
 
     // The watcher saw all three writes, in order, with the same bytes.
     let evs = take(&mut watch, 3).await;

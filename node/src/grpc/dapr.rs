@@ -11,7 +11,6 @@ use bytes::Bytes;
 use statenode_proto::dapr::proto::common::v1 as common;
 use statenode_proto::dapr::proto::runtime::v1 as rt;
 use statenode_proto::dapr::proto::runtime::v1::dapr_server::Dapr as DaprApi;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 pub struct DaprService {
@@ -76,22 +75,14 @@ fn delete_item(s: common::StateItem) -> Result<DeleteItem, DaprError> {
     Ok(DeleteItem { concurrency: concurrency(&s.options), key: s.key, etag: s.etag.map(|e| e.value) })
 }
 
+/// Runs one call; a `DaprError` becomes its status, with Dapr's details.
+async fn reply<T>(f: impl std::future::Future<Output = Result<T, DaprError>>) -> Reply<T> {
+    f.await.map(Response::new).map_err(|e| e.status())
+}
+
 impl DaprService {
     fn scope(&self, store: &str, app: Option<String>) -> Result<Scope<'_>, DaprError> {
         self.dapr.scope(store, app.as_deref())
-    }
-
-    /// Runs one call, counting it in the metrics under `route`.
-    async fn observe<T>(
-        &self,
-        route: &'static str,
-        f: impl std::future::Future<Output = Result<T, DaprError>>,
-    ) -> Reply<T> {
-        let start = Instant::now();
-        let r = f.await;
-        let code = r.as_ref().map_or_else(|e| e.grpc, |_| tonic::Code::Ok);
-        self.dapr.handle().metrics().observe("grpc", route, format!("{code:?}"), start.elapsed());
-        r.map(Response::new).map_err(|e| e.status())
     }
 }
 
@@ -100,7 +91,7 @@ impl DaprApi for DaprService {
     async fn get_state(&self, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.GetState", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             if r.key.is_empty() {
                 return Err(DaprError::malformed("state key cannot be empty"));
@@ -118,7 +109,7 @@ impl DaprApi for DaprService {
     async fn get_bulk_state(&self, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.GetBulkState", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             let got = scope.get_bulk(&r.keys, Consistency::Linearizable).await?;
             let items = got
@@ -139,7 +130,7 @@ impl DaprApi for DaprService {
     async fn save_state(&self, req: Request<rt::SaveStateRequest>) -> Reply<()> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.SaveState", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             let items = r.states.into_iter().map(|s| save_item(s, true)).collect::<Result<Vec<_>, _>>()?;
             scope.save(&items).await
@@ -150,7 +141,7 @@ impl DaprApi for DaprService {
     async fn query_state_alpha1(&self, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.QueryStateAlpha1", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             let q = Query::parse(r.query.as_bytes()).map_err(|e| DaprError::query_failed(scope.name(), e))?;
             let page = q.run(scope.all(Consistency::Linearizable).await?);
@@ -172,7 +163,7 @@ impl DaprApi for DaprService {
     async fn delete_state(&self, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.DeleteState", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             require_key(&r.key, StateOp::Delete)?;
             let item = DeleteItem { concurrency: concurrency(&r.options), key: r.key, etag: r.etag.map(|e| e.value) };
@@ -184,7 +175,7 @@ impl DaprApi for DaprService {
     async fn delete_bulk_state(&self, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.DeleteBulkState", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             let items = r.states.into_iter().map(delete_item).collect::<Result<Vec<_>, _>>()?;
             scope.delete_bulk(&items).await
@@ -195,7 +186,7 @@ impl DaprApi for DaprService {
     async fn execute_state_transaction(&self, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
         let app = app_id(&req);
         let r = req.into_inner();
-        self.observe("dapr.ExecuteStateTransaction", async {
+        reply(async {
             let scope = self.scope(&r.store_name, app)?;
             let mut ops = Vec::with_capacity(r.operations.len());
             for op in r.operations {

@@ -209,9 +209,11 @@ async fn serve_grpc(incoming: Incoming, dapr: Dapr, token: Option<String>, stop:
     let max = handle.limits().max_request_bytes + 64 * 1024;
     let auth = crate::grpc::token_check(token);
     let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
+    let dapr_handle = handle.clone();
     let cluster = ClusterServer::new(ClusterService { handle });
     let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
     let r = tonic::transport::Server::builder()
+        .layer(crate::metrics::GrpcLayer(dapr_handle))
         .add_service(InterceptedService::new(kv, auth.clone()))
         .add_service(InterceptedService::new(cluster, auth.clone()))
         .add_service(InterceptedService::new(dapr, auth))
