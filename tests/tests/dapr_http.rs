@@ -52,6 +52,8 @@ async fn save_get_delete_and_their_errors() {
 
     // Health and metadata.
     assert_eq!(get(&a, "/v1.0/healthz").await.status, 204);
+    assert_eq!(get(&a, "/v1.0/healthz?appid=statenode").await.status, 204);
+    assert_error(&get(&a, "/v1.0/healthz?appid=other").await, 500, "ERR_HEALTH_APPID_NOT_MATCH");
     let md = get(&a, "/v1.0/metadata").await;
     assert_eq!(md.status, 200);
     assert_eq!(md.json()["components"][0]["name"], "statestore");
@@ -224,6 +226,13 @@ async fn bulk_get_transactions_ttl_and_query() {
     assert!(!items[2]["etag"].as_str().unwrap().is_empty());
     assert_eq!(items[3]["data"], "not json");
     assert_eq!(post(&a, &bulk, r#"{"keys":[]}"#).await.json(), json!([]));
+    // 10 000 keys in one bulk get, answered in order at one read index.
+    let keys: Vec<String> = (0..10_000).map(|i| format!("many-{i}")).collect();
+    let r = post(&a, &bulk, &json!({ "keys": keys }).to_string()).await;
+    assert_eq!(r.status, 200);
+    let items = r.json();
+    assert_eq!(items.as_array().unwrap().len(), 10_000);
+    assert_eq!(items[9_999], json!({"key": "many-9999"}));
     assert_eq!(post(&a, &bulk, r#"{}"#).await.json(), json!([]));
     let r = post(&a, &bulk, "").await;
     assert_error(&r, 400, "ERR_MALFORMED_REQUEST");

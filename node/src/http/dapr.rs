@@ -23,7 +23,7 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
     let m = req.method().clone();
     let is_write = m == Method::POST || m == Method::PUT;
     let (name, reply): (&'static str, Reply) = match (segs.as_slice(), &m) {
-        (["v1.0", "healthz"], &Method::GET) => ("dapr.healthz", Ok(empty(StatusCode::NO_CONTENT))),
+        (["v1.0", "healthz"], &Method::GET) => ("dapr.healthz", healthz(state, &req)),
         (["v1.0", "healthz", "outbound"], &Method::GET) => ("dapr.healthz_outbound", outbound(state).await),
         (["v1.0", "metadata"], &Method::GET) => ("dapr.metadata", Ok(metadata(state))),
         (["v1.0", "metadata", key], &Method::PUT) => ("dapr.metadata_put", put_metadata(state, key, req).await),
@@ -384,6 +384,20 @@ async fn query(mut call: Call<'_>, _: &HttpState) -> Reply {
         out.insert("token".into(), Value::String(t));
     }
     Ok(json(StatusCode::OK, &Value::Object(out)))
+}
+
+/// Ready once serving; `?appid=` must name this node's app id when given.
+fn healthz(state: &HttpState, req: &Request<Body>) -> Reply {
+    let pairs = query_pairs(req.uri()).map_err(DaprError::malformed)?;
+    match pairs.iter().find(|(k, _)| k == "appid") {
+        Some((_, id)) if id != state.dapr.app_id() => Err(DaprError::new(
+            500,
+            tonic::Code::FailedPrecondition,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            "dapr app-id does not match",
+        )),
+        _ => Ok(empty(StatusCode::NO_CONTENT)),
+    }
 }
 
 /// "Outbound ready": this node can serve state requests (it knows a leader).
