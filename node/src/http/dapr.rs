@@ -39,11 +39,11 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
         }
         (["v1.0", "state", store, key], &Method::GET) => {
             let key = key.to_string();
-            ("dapr.get", with_store(state, store, req, move |call, _| get(call, key)).await)
+            ("dapr.get", with_store(state, store, req, move |call| get(call, key)).await)
         }
         (["v1.0", "state", store, key], &Method::DELETE) => {
             let key = key.to_string();
-            ("dapr.delete", with_store(state, store, req, move |call, _| delete(call, key)).await)
+            ("dapr.delete", with_store(state, store, req, move |call| delete(call, key)).await)
         }
         // daprd hands every other path to service invocation, which needs an app id.
         _ => (
@@ -102,7 +102,7 @@ impl Call<'_> {
 /// Resolves the store (before the body is read, as daprd does), then runs `f`.
 async fn with_store<'s, F, Fut>(state: &'s HttpState, store: &str, req: Request<Body>, f: F) -> Reply
 where
-    F: FnOnce(Call<'s>, &'s HttpState) -> Fut,
+    F: FnOnce(Call<'s>) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
     let store = match param("storeName", store) {
@@ -123,7 +123,7 @@ where
         }
     }
     let max_body = state.handle().limits().max_request_bytes + 64 * 1024;
-    f(Call { scope, req, params, metadata, max_body }, state).await
+    f(Call { scope, req, params, metadata, max_body }).await
 }
 
 fn consistency(c: Option<&str>, op: crate::dapr::StateOp, store: &str) -> Result<Consistency, DaprError> {
@@ -220,7 +220,7 @@ fn save_item(raw: &RawValue, query_md: &BTreeMap<String, String>, store: &str) -
     Ok(SaveItem { key, value, etag, metadata, concurrency: c })
 }
 
-async fn save(mut call: Call<'_>, _: &HttpState) -> Reply {
+async fn save(mut call: Call<'_>) -> Reply {
     let body = call.body().await?;
     let items: Vec<Box<RawValue>> =
         serde_json::from_slice(&body).map_err(|e| DaprError::malformed(json_error(&body, &e)))?;
@@ -313,7 +313,7 @@ fn parse_object(body: &[u8]) -> Result<BTreeMap<String, Box<RawValue>>, DaprErro
     fields(&raw, "request").map_err(body_error)
 }
 
-async fn bulk_get(mut call: Call<'_>, _: &HttpState) -> Reply {
+async fn bulk_get(mut call: Call<'_>) -> Reply {
     let body = call.body().await?;
     let f = parse_object(&body)?;
     let keys: Vec<String> = match f.get("keys").filter(|k| k.get() != "null") {
@@ -325,7 +325,7 @@ async fn bulk_get(mut call: Call<'_>, _: &HttpState) -> Reply {
     Ok(json(StatusCode::OK, &Value::Array(got.into_iter().map(item_json).collect())))
 }
 
-async fn transaction(mut call: Call<'_>, _: &HttpState) -> Reply {
+async fn transaction(mut call: Call<'_>) -> Reply {
     let body = call.body().await?;
     let f = parse_object(&body)?;
     // Transaction-level metadata is the store's business (partitionKey): accepted, unused.
@@ -369,7 +369,7 @@ async fn transaction(mut call: Call<'_>, _: &HttpState) -> Reply {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-async fn query(mut call: Call<'_>, _: &HttpState) -> Reply {
+async fn query(mut call: Call<'_>) -> Reply {
     let body = call.body().await?;
     let store = call.scope.name().to_string();
     let q = Query::parse(&body).map_err(|e| DaprError::query_failed(&store, e))?;
