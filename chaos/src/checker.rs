@@ -252,12 +252,35 @@ pub fn watch_complete(h: &History, seen: &[Seen]) -> Result<(), String> {
                 return Err(format!("watch says revision {revision} of {} is {got:?}, the write was {v:?}", op.key))
             }
             None if *revision >= first && *revision <= last && !in_gap(*revision) => {
-                return Err(format!("watch missed the put of {v:?} to {} at revision {revision}", op.key));
+                return Err(format!(
+                    "watch missed the put of {v:?} to {} at revision {revision}; the stream around it: {}",
+                    op.key,
+                    around(seen, *revision)
+                ));
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// What a watch delivered near `rev`, in stream order, for failure messages.
+fn around(seen: &[Seen], rev: u64) -> String {
+    let at = seen
+        .iter()
+        .position(|s| match s {
+            Seen::Put { revision, .. } | Seen::Delete { revision, .. } => *revision >= rev,
+            Seen::Resync { next } => *next > rev,
+        })
+        .unwrap_or(seen.len());
+    let lo = at.saturating_sub(4);
+    let hi = (at + 4).min(seen.len());
+    let item = |s: &Seen| match s {
+        Seen::Put { revision, key, .. } => format!("put {key}@{revision}"),
+        Seen::Delete { revision, key } => format!("del {key}@{revision}"),
+        Seen::Resync { next } => format!("RESYNC next={next}"),
+    };
+    seen[lo..hi].iter().map(item).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn check(c: SimConfig) {
 /// (7), a restarted memory node re-initializing under its old id (29), two leaders in one
 /// term under openraft's default leader ids (17, 61), a split-vote livelock (43), a watch gap
 /// after a snapshot install (2), a watch repeating events when resumed on a lagging node
-/// (36, 42).
+/// (36, 42), a watch resuming before a node's history dropping the events it still kept (447).
 #[test]
 fn regression_seeds() {
     let seeds = [
@@ -39,6 +39,7 @@ fn regression_seeds() {
         (2, 3, false),
         (36, 5, false),
         (42, 5, false),
+        (447, 5, true),
     ];
     for (seed, nodes, memory) in seeds {
         check(cfg(seed, nodes, memory));

@@ -208,8 +208,16 @@ impl NodeHandle {
         let min_revision = from_revision.unwrap_or(0);
         let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0, min_revision };
         match start {
-            Start::From(events) => s.backlog.extend(events.into_iter().map(WatchItem::Event)),
-            Start::Resync { next } => s.backlog.push_back(WatchItem::Resync { next }),
+            Start::From(events) => {
+                let first = events.first().map(|e| e.revision);
+                tracing::debug!(node = self.id(), ?from_revision, backlog = events.len(), ?first, "watch starts");
+                s.backlog.extend(events.into_iter().map(WatchItem::Event));
+            }
+            Start::Resync { next, events } => {
+                tracing::debug!(node = self.id(), ?from_revision, next, backlog = events.len(), "watch resyncs");
+                s.backlog.push_back(WatchItem::Resync { next });
+                s.backlog.extend(events.into_iter().map(WatchItem::Event));
+            }
         }
         s
     }
@@ -443,9 +451,13 @@ impl EventStream {
                 Some(item) => item,
                 None => match self.rx.recv().await {
                     Ok(HubMsg::Event(e)) => WatchItem::Event(e),
-                    Ok(HubMsg::Reset { next }) => WatchItem::Resync { next },
+                    Ok(HubMsg::Reset { next }) => {
+                        tracing::debug!(node = self.handle.id(), next, "watch: state replaced, resync");
+                        WatchItem::Resync { next }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return None,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        tracing::debug!(node = self.handle.id(), last = self.last, "watch lagged");
                         // Fell behind the live channel: resume from history, or resync.
                         let fresh = self.handle.watch(self.prefix.clone(), Some(self.last + 1));
                         self.backlog = fresh.backlog;

@@ -35,7 +35,8 @@ pub enum Start {
     /// Past events to deliver first, then the live stream.
     From(Vec<Arc<Event>>),
     /// The asked-for history is gone; `next` is where a re-read state is complete from.
-    Resync { next: u64 },
+    /// `events` are the ones kept from `next` on, delivered after the resync.
+    Resync { next: u64, events: Vec<Arc<Event>> },
 }
 
 impl EventHub {
@@ -78,9 +79,59 @@ impl EventHub {
         let rx = self.tx.subscribe();
         let start = match from {
             None => Start::From(Vec::new()),
-            Some(r) if r < h.complete_from => Start::Resync { next: h.complete_from },
+            // The events from `complete_from` on already happened: they follow the resync
+            // (the chaos sweep found them missing, seed 447).
+            Some(r) if r < h.complete_from => {
+                Start::Resync { next: h.complete_from, events: h.events.iter().cloned().collect() }
+            }
             Some(r) => Start::From(h.events.iter().filter(|e| e.revision >= r).cloned().collect()),
         };
         (start, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{EventKind, Hlc};
+
+    fn ev(revision: u64) -> Event {
+        let key = bytes::Bytes::from(format!("k{revision}"));
+        Event {
+            revision,
+            key,
+            kind: EventKind::Put,
+            value: Default::default(),
+            version: Hlc::default(),
+            expired: false,
+        }
+    }
+
+    fn revisions(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().map(|e| e.revision).collect()
+    }
+
+    #[test]
+    fn resuming_inside_history_replays_it() {
+        let hub = EventHub::new(16, 1);
+        hub.publish((1..=5).map(ev).collect());
+        let (Start::From(events), _) = hub.subscribe(Some(3)) else { panic!("expected a replay") };
+        assert_eq!(revisions(&events), [3, 4, 5]);
+    }
+
+    #[test]
+    fn resuming_before_history_resyncs_then_replays_what_is_kept() {
+        let hub = EventHub::new(16, 1);
+        hub.reset(10); // a snapshot at 9 replaced the state
+        hub.publish((10..=12).map(ev).collect());
+        let (Start::Resync { next, events }, _) = hub.subscribe(Some(4)) else { panic!("expected a resync") };
+        assert_eq!(next, 10);
+        assert_eq!(revisions(&events), [10, 11, 12], "events after the resync point must not be lost");
+        // History trimmed by capacity: the resync point moves with it.
+        let hub = EventHub::new(16, 1);
+        hub.publish((1..=20).map(ev).collect());
+        let (Start::Resync { next, events }, _) = hub.subscribe(Some(2)) else { panic!("expected a resync") };
+        assert_eq!(next, 5);
+        assert_eq!(revisions(&events), (5..=20).collect::<Vec<_>>());
     }
 }
