@@ -32,8 +32,32 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A port for a node to listen on, from below the kernel's ephemeral range: a port the OS
+/// hands out (`bind :0`) can be taken by some outgoing connection before the node binds it
+/// (CI saw "Address already in use"). Ports are handed out in steps of three from a
+/// per-process random start and checked free (so `port + 1` and `port + 2` are never handed
+/// out again by this process: callers may use them as a block).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_low.clamp(12_000, 65_000));
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.subsec_nanos());
+        let seed = std::process::id() ^ now;
+        let _ = NEXT.compare_exchange(0, seed.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..(hi - lo) / 3 {
+        let port = (lo + NEXT.fetch_add(3, Ordering::Relaxed) % (hi - lo - 3)) as u16;
+        let free = |host: &str| std::net::TcpListener::bind((host, port)).is_ok();
+        if free("127.0.0.1") && free("0.0.0.0") {
+            return port;
+        }
+    }
+    panic!("no free port below {hi}");
 }
 
 /// Sends a signal to a process by PID.
