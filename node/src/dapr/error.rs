@@ -93,6 +93,17 @@ impl DaprError {
         Self::new(401, Code::Unauthenticated, "ERR_API_TOKEN", message)
     }
 
+    /// A save or delete error met while building a transaction: Dapr reports it as the
+    /// transaction's failure (500 / INTERNAL).
+    pub fn in_transaction(mut self) -> Self {
+        if matches!(self.code, "ERR_STATE_SAVE" | "ERR_STATE_DELETE") {
+            self.code = "ERR_STATE_TRANSACTION";
+            self.http = 500;
+            self.grpc = Code::Internal;
+        }
+        self
+    }
+
     /// An etag that does not match (or names no existing version of the key).
     pub fn etag_mismatch(op: StateOp, store: &str, key: &str) -> Self {
         Self::store(op, store, key, &Error::ConditionFailed(format!("etag does not match key {key}")))

@@ -359,12 +359,7 @@ impl Scope<'_> {
                 TxnItem::Delete(d) => self.delete(d).map(TxnOp::Delete),
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|mut e| {
-                if e.code == "ERR_STATE_SAVE" {
-                    e = DaprError { code: "ERR_STATE_TRANSACTION", http: 500, grpc: tonic::Code::Internal, ..e };
-                }
-                e
-            })?;
+            .map_err(DaprError::in_transaction)?;
         let outcome = self.write(Op::Txn(items)).await.map_err(|e| self.write_error(op, "", e))?;
         match outcome {
             Outcome::Txn { succeeded: true, .. } => Ok(()),

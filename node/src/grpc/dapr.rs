@@ -193,18 +193,12 @@ impl DaprApi for DaprService {
                 let item = op.request.unwrap_or_default();
                 ops.push(match op.operation_type.as_str() {
                     // Transaction upserts pass raw bytes, as in Dapr.
-                    "upsert" => TxnItem::Upsert(save_item(item, false)?),
-                    "delete" => TxnItem::Delete(delete_item(item)?),
+                    "upsert" => TxnItem::Upsert(save_item(item, false).map_err(DaprError::in_transaction)?),
+                    "delete" => TxnItem::Delete(delete_item(item).map_err(DaprError::in_transaction)?),
                     other => return Err(DaprError::unsupported_operation(other)),
                 });
             }
-            scope.transact(&ops).await.map_err(|mut e| {
-                if e.code == "ERR_STATE_SAVE" || e.code == "ERR_STATE_DELETE" {
-                    e.code = "ERR_STATE_TRANSACTION";
-                    e.grpc = tonic::Code::Internal;
-                }
-                e
-            })
+            scope.transact(&ops).await
         })
         .await
     }

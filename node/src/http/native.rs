@@ -32,7 +32,7 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
             Method::GET => ("kv.get", kv_get(state, &raw_key, &parts).await),
             Method::PUT => ("kv.put", kv_put(state, &raw_key, &parts, body).await),
             Method::DELETE => ("kv.delete", kv_delete(state, &raw_key, &parts).await),
-            _ => ("kv.method", Err(method_not_allowed())),
+            _ => ("kv.method", Ok(method_not_allowed())),
         };
         return (name, reply.unwrap_or_else(error));
     }
@@ -48,14 +48,16 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
         ("/v1/cluster/join", &Method::POST) => ("cluster.join", join(state, body).await),
         ("/v1/cluster/leave", &Method::POST) => ("cluster.leave", leave(state, body).await),
         ("/livez" | "/readyz" | "/metrics" | "/v1/kv" | "/v1/watch" | "/v1/cluster" | "/v1/cluster/members", _)
-        | ("/v1/cluster/join" | "/v1/cluster/leave", _) => ("method", Err(method_not_allowed())),
+        | ("/v1/cluster/join" | "/v1/cluster/leave", _) => ("method", Ok(method_not_allowed())),
         _ => ("unmatched", Err(Error::NotFound(format!("no route for {path}")))),
     };
     (name, reply.unwrap_or_else(error))
 }
 
-fn method_not_allowed() -> Error {
-    Error::InvalidArgument("method not allowed".into())
+/// A known path asked with the wrong method.
+fn method_not_allowed() -> Response {
+    let body = json!({ "error": { "code": "method_not_allowed", "message": "method not allowed" } });
+    json(StatusCode::METHOD_NOT_ALLOWED, &body)
 }
 
 /// The one `Error` → HTTP response table of the native API.
@@ -65,9 +67,6 @@ pub fn error(e: Error) -> Response {
         Error::ConditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "condition_failed"),
         Error::FencingRejected(_) => (StatusCode::CONFLICT, "fencing_rejected"),
         Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        Error::InvalidArgument(m) if m == "method not allowed" => {
-            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-        }
         Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
         Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
         Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
