@@ -208,6 +208,22 @@ pub fn one_leader_per_term(claims: &[(u64, u64)]) -> Result<(), String> {
     Ok(())
 }
 
+/// A node that restarted without its data never answers again under the id it had: it
+/// forgot its votes and the entries it acknowledged (Raft §5.2, §5.4 assume stable storage).
+/// `lost` is `(time, host, old id)`; `identities` is every `(time, host, id)` a node reported.
+pub fn no_amnesia(lost: &[(u64, String, u64)], identities: &[(u64, String, u64)]) -> Result<(), String> {
+    for (t, host, old) in lost {
+        if let Some((when, _, _)) = identities.iter().find(|(w, h, id)| w > t && h == host && id == old) {
+            return Err(format!(
+                "{host} lost its disk at {:.3}s and came back as its old self (node {old}) at {:.3}s",
+                *t as f64 / 1e6,
+                *when as f64 / 1e6
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A watch stream delivers every change once and in order, or says it resynced:
 /// revisions never go back, no `(revision, key)` twice, every event matches the write that
 /// made it, and every acknowledged put inside the watched span (outside resync gaps) was seen.
@@ -382,6 +398,15 @@ mod tests {
         assert!(watch_complete(&h, &[ev(10, "x")]).is_err());
         // An explicit resync excuses the gap.
         watch_complete(&h, &[ev(10, "a"), Seen::Resync { next: 25 }, ev(30, "c")]).unwrap();
+    }
+
+    #[test]
+    fn amnesia_check_flags_an_old_id_after_a_lost_disk() {
+        let lost = vec![(10, "n2".to_string(), 2)];
+        let ok = vec![(5, "n2".to_string(), 2), (12, "n2".to_string(), 7001)];
+        assert!(no_amnesia(&lost, &ok).is_ok());
+        let bad = vec![(5, "n2".to_string(), 2), (12, "n2".to_string(), 2)];
+        assert!(no_amnesia(&lost, &bad).unwrap_err().contains("old self"));
     }
 
     #[test]

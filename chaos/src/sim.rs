@@ -17,7 +17,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -69,6 +69,12 @@ struct Shared {
     spare: Spare,
     /// Everything the watcher received.
     watched: Vec<Seen>,
+    /// `(host, id)` of every status a node answered, in time order, with the time.
+    identities: Vec<(u64, String, u64)>,
+    /// Nodes restarted without their disk: `(time, host, the id it had)`.
+    lost_disks: Vec<(u64, String, u64)>,
+    /// The member ids the last leader status listed.
+    members: Vec<u64>,
 }
 
 /// The spare node that joins under load and later leaves (membership changes).
@@ -103,13 +109,23 @@ fn node_config(i: usize, n: usize, memory: bool) -> Config {
     c.raft.snapshot_threshold = 40;
     c.raft.keep_after_snapshot = 10;
     c.limits.request_timeout = Duration::from_secs(2);
+    // A node restarted with an empty disk follows the documented lost-disk procedure.
+    c.replace_lost_member = true;
     c
 }
 
-fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<AtomicI64>, disk: Option<Disk>) {
+/// A node's disk, outside its host so it survives crashes; the driver may swap in an empty
+/// one (a lost disk). `None` in memory mode.
+type DiskSlot = Arc<Mutex<Option<Disk>>>;
+
+fn fresh_disk() -> Disk {
+    Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) }
+}
+
+fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<AtomicI64>, disk: DiskSlot) {
     let (n, memory) = (cfg.nodes, cfg.memory);
     sim.host(node_name(i).as_str(), move || {
-        let (skew, disk) = (skew.clone(), disk.clone());
+        let (skew, disk) = (skew.clone(), disk.lock().expect("disk slot").clone());
         async move {
             let listeners =
                 Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
@@ -139,7 +155,7 @@ fn add_spare(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, shared: SharedRef) {
             let listeners =
                 Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
             let clock: Clock = Arc::new(|| (EPOCH_MS + (now_us() / 1000) as i64) as u64);
-            let disk = (!memory).then(|| Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) });
+            let disk = (!memory).then(fresh_disk);
             let io = Io { dialer: Arc::new(SimDialer), clock, disk };
             let mut config = Config { id: 0, memory, ..Config::default() };
             config.peer_listen = format!("0.0.0.0:{PEER_PORT}");
@@ -264,8 +280,10 @@ async fn monitor(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
         }
         for (i, p) in probes.iter().enumerate() {
             if let Ok(s) = p.status().await {
+                shared.borrow_mut().identities.push((now_us(), node_name(i + 1), s.id));
                 if s.role == "leader" {
                     let mut sh = shared.borrow_mut();
+                    sh.members = s.members.iter().map(|m| m.id).collect();
                     sh.claims.push((s.term, s.id));
                     sh.leader = Some(node_name(i + 1));
                 }
@@ -280,6 +298,8 @@ async fn monitor(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
 enum Heal {
     Repair(Vec<String>, Vec<String>),
     Bounce(String),
+    /// Restart these nodes at once.
+    BounceMany(Vec<String>),
     Release(String, Vec<String>),
     Latency,
 }
@@ -289,7 +309,13 @@ struct Driver {
     rng: StdRng,
     names: Vec<String>,
     skews: Vec<Arc<AtomicI64>>,
+    disks: Vec<DiskSlot>,
     crashed: Vec<String>,
+    /// Crashed for good: never restarted in this run (a machine that does not come back).
+    dead: Vec<String>,
+    /// `(host, old id)` of nodes that lost their disk, until the old id left the membership:
+    /// until then the old member counts as down (losing a quorum's disks loses data).
+    replacing: Vec<(String, u64)>,
     pending: Vec<(Duration, Heal)>,
     log: Vec<String>,
     /// Memory mode: when the last crashed node came back (its replacement must join first).
@@ -322,7 +348,7 @@ impl Driver {
 
     fn inject(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
         let n = self.names.len();
-        match self.rng.gen_range(0..7) {
+        match self.rng.gen_range(0..9) {
             0 => {
                 let mut names = self.names.clone();
                 names.shuffle(&mut self.rng);
@@ -347,6 +373,8 @@ impl Driver {
                 }
             }
             3 => self.crash(sim, t),
+            7 => self.crash_many(sim, t),
+            8 => self.lose_disk(sim, t),
             4 => {
                 let victim = self.names[self.rng.gen_range(0..n)].clone();
                 let rest = self.others(std::slice::from_ref(&victim));
@@ -374,21 +402,90 @@ impl Driver {
         }
     }
 
+    /// Nodes down, or whose old member still waits to be replaced.
+    fn down(&mut self) -> Vec<String> {
+        let members = self.shared.borrow().members.clone();
+        self.replacing.retain(|(_, old)| members.contains(old));
+        let mut down = self.crashed.clone();
+        down.extend(self.replacing.iter().map(|(h, _)| h.clone()).filter(|h| !self.crashed.contains(h)));
+        down
+    }
+
     fn crash(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
         let max_down = (self.names.len() - 1) / 2;
         // Memory mode keeps data only while a quorum stays up: one node at a time, and
         // only once the last one's replacement had time to join.
         let memory_wait = self.cfg.memory && t < self.last_bounce + Duration::from_secs(8);
-        if self.crashed.len() >= max_down || memory_wait || (self.cfg.memory && !self.crashed.is_empty()) {
+        let down = self.down();
+        if down.len() >= max_down || memory_wait || (self.cfg.memory && !self.crashed.is_empty()) {
             return;
         }
-        let up: Vec<String> = self.others(&self.crashed);
+        let up: Vec<String> = self.others(&down);
         let victim = up[self.rng.gen_range(0..up.len())].clone();
         sim.crash(victim.as_str());
         self.crashed.push(victim.clone());
         self.note(t, format!("crash {victim}"));
         let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
         self.pending.push((heal_at, Heal::Bounce(victim)));
+    }
+
+    /// Disk mode: several nodes crash at once — all of them, or a majority — and come back
+    /// together; or all crash and only a quorum comes back while the rest stay down for good
+    /// (power loss where one machine does not return). Memory mode keeps data only while a
+    /// quorum stays up: a plain crash there.
+    fn crash_many(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        if self.cfg.memory || !self.down().is_empty() {
+            return self.crash(sim, t);
+        }
+        let mut names = self.names.clone();
+        names.shuffle(&mut self.rng);
+        let quorum = names.len() / 2 + 1;
+        let (victims, back, what) = match self.rng.gen_range(0..3) {
+            0 => (names.clone(), names.clone(), "crash every node"),
+            1 if self.dead.is_empty() => {
+                let back = names[..quorum].to_vec();
+                self.dead = names[quorum..].to_vec();
+                (names.clone(), back, "crash every node; only a quorum comes back")
+            }
+            _ => (names[..quorum].to_vec(), names[..quorum].to_vec(), "crash a majority at once"),
+        };
+        for v in &victims {
+            sim.crash(v.as_str());
+        }
+        self.crashed.extend(victims.iter().cloned());
+        self.note(t, format!("{what}: {victims:?}"));
+        let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
+        self.pending.push((heal_at, Heal::BounceMany(back)));
+    }
+
+    /// Disk mode: a node crashes and comes back with an empty disk.
+    fn lose_disk(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        let max_down = (self.names.len() - 1) / 2;
+        let down = self.down();
+        if self.cfg.memory || down.len() >= max_down {
+            return self.crash(sim, t);
+        }
+        let up: Vec<String> = self.others(&down);
+        let victim = up[self.rng.gen_range(0..up.len())].clone();
+        sim.crash(victim.as_str());
+        let i = self.names.iter().position(|n| n == &victim).expect("node");
+        *self.disks[i].lock().expect("disk slot") = Some(fresh_disk());
+        self.crashed.push(victim.clone());
+        self.note(t, format!("crash {victim} and lose its disk"));
+        let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
+        self.pending.push((heal_at, Heal::Bounce(victim)));
+    }
+
+    /// Records that `name` restarts without its data, under whatever id it last reported.
+    fn note_lost_disk(&mut self, t: Duration, name: &str) {
+        let mut sh = self.shared.borrow_mut();
+        let last = sh.identities.iter().rev().find(|(_, n, _)| n == name).map(|(_, _, id)| *id);
+        let i = self.names.iter().position(|n| n == name).expect("node") as u64 + 1;
+        let old = last.unwrap_or(i);
+        sh.lost_disks.push((t.as_micros() as u64, name.to_string(), old));
+        if !self.cfg.memory {
+            self.replacing.push((name.to_string(), old));
+        }
     }
 
     fn heal(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, h: Heal) {
@@ -401,12 +498,8 @@ impl Driver {
                 }
                 self.note(t, format!("repair {a:?} | {b:?}"));
             }
-            Heal::Bounce(name) => {
-                sim.bounce(name.as_str());
-                self.crashed.retain(|c| c != &name);
-                self.last_bounce = t;
-                self.note(t, format!("restart {name}"));
-            }
+            Heal::Bounce(name) => self.restart(sim, t, &[name]),
+            Heal::BounceMany(names) => self.restart(sim, t, &names),
             Heal::Release(v, rest) => {
                 for o in &rest {
                     sim.release(v.as_str(), o.as_str());
@@ -418,6 +511,21 @@ impl Driver {
                 self.note(t, "latency back to normal".into());
             }
         }
+    }
+
+    fn restart(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, names: &[String]) {
+        for name in names {
+            let i = self.names.iter().position(|n| n == name).expect("node");
+            let wiped =
+                self.disks[i].lock().expect("disk slot").as_ref().is_none_or(|d| d.log.last().ok().flatten().is_none());
+            if wiped {
+                self.note_lost_disk(t, name);
+            }
+            sim.bounce(name.as_str());
+        }
+        self.crashed.retain(|c| !names.contains(c) || self.dead.contains(c));
+        self.last_bounce = t;
+        self.note(t, format!("restart {names:?}"));
     }
 
     /// Membership changes under load: the spare joins, later leaves, then is stopped.
@@ -473,9 +581,9 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         .rng_seed(cfg.seed)
         .build();
     let skews: Vec<Arc<AtomicI64>> = (0..cfg.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect();
+    let disks: Vec<DiskSlot> = (0..cfg.nodes).map(|_| Arc::new(Mutex::new((!cfg.memory).then(fresh_disk)))).collect();
     for i in 1..=cfg.nodes {
-        let disk = (!cfg.memory).then(|| Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) });
-        add_node(&mut sim, cfg, i, skews[i - 1].clone(), disk);
+        add_node(&mut sim, cfg, i, skews[i - 1].clone(), disks[i - 1].clone());
     }
     let shared: SharedRef = Rc::default();
     for no in 0..cfg.clients {
@@ -492,7 +600,10 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed),
         names: (1..=cfg.nodes).map(node_name).collect(),
         skews,
+        disks,
         crashed: Vec::new(),
+        dead: Vec::new(),
+        replacing: Vec::new(),
         pending: Vec::new(),
         log: Vec::new(),
         last_bounce: Duration::ZERO,
@@ -541,6 +652,7 @@ fn check(shared: &Shared, faults: Vec<String>) -> Result<Report, Failure> {
     checker::versions_monotonic(h).map_err(|m| fail(m, Vec::new()))?;
     checker::one_leader_per_term(&shared.claims).map_err(|m| fail(m, Vec::new()))?;
     checker::watch_complete(h, &shared.watched).map_err(|m| fail(m, Vec::new()))?;
+    checker::no_amnesia(&shared.lost_disks, &shared.identities).map_err(|m| fail(m, Vec::new()))?;
     let finals = h.ops.iter().filter(|o| o.client == usize::MAX);
     if finals.clone().any(|o| o.outcome == Outcome::Failed) {
         return Err(fail(

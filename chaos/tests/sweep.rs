@@ -27,7 +27,9 @@ fn check(c: SimConfig) {
 /// (7), a restarted memory node re-initializing under its old id (29), two leaders in one
 /// term under openraft's default leader ids (17, 61), a split-vote livelock (43), a watch gap
 /// after a snapshot install (2), a watch repeating events when resumed on a lagging node
-/// (36, 42), a watch resuming before a node's history dropping the events it still kept (447).
+/// (36, 42), a watch resuming before a node's history dropping the events it still kept (447),
+/// a quorum restarted with the rest down waiting for them forever (28, 30), a node with a
+/// wiped disk rejoining as its old self (8) and losing acknowledged writes that way (38).
 #[test]
 fn regression_seeds() {
     let seeds = [
@@ -40,6 +42,10 @@ fn regression_seeds() {
         (36, 5, false),
         (42, 5, false),
         (447, 5, true),
+        (28, 3, false),
+        (30, 5, false),
+        (8, 3, false),
+        (38, 3, false),
     ];
     for (seed, nodes, memory) in seeds {
         check(cfg(seed, nodes, memory));

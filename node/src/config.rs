@@ -30,6 +30,14 @@ pub struct Config {
     pub bootstrap_expect: usize,
     /// `id=host:port` peer addresses of the initial configuration.
     pub peers: Vec<String>,
+    /// How long a node with no data waits for its peers (first bootstrap) or a seed (join)
+    /// to answer before it gives up with an error. Nodes with data never wait.
+    #[serde(with = "millis")]
+    pub bootstrap_timeout: Duration,
+    /// Disk mode: a node whose data is gone but which the cluster still lists joins under a
+    /// new id and the old entry is removed once it caught up. Without it, such a node
+    /// refuses to start (it must never come back as its old self).
+    pub replace_lost_member: bool,
     pub log_format: LogFormat,
     /// When set, every client request (HTTP and gRPC, except health probes) must carry
     /// this value in the `dapr-api-token` header / metadata.
@@ -147,6 +155,8 @@ impl Default for Config {
             mqtt: "0.0.0.0:1883".into(),
             bootstrap_expect: 1,
             peers: Vec::new(),
+            bootstrap_timeout: Duration::from_secs(300),
+            replace_lost_member: false,
             log_format: LogFormat::Text,
             api_token: None,
             app_id: None,
@@ -281,6 +291,9 @@ impl Config {
             if self.stores[..i].iter().any(|o| o.name == st.name) {
                 return Err(Error::invalid(format!("store {:?} is configured twice", st.name)));
             }
+        }
+        if self.bootstrap_timeout.is_zero() {
+            return Err(Error::invalid("bootstrap_timeout must be positive"));
         }
         if self.api_token.as_deref().is_some_and(|t| t.is_empty() || t.len() > 4096) {
             return Err(Error::invalid("api token must be 1..4096 bytes"));

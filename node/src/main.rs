@@ -119,6 +119,13 @@ struct NodeArgs {
     peers: Option<Vec<String>>,
     #[arg(long, env = "STATENODE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Seconds a node with no data waits for its peers (or the seed) to answer.
+    #[arg(long, env = "STATENODE_BOOTSTRAP_TIMEOUT")]
+    bootstrap_timeout: Option<u64>,
+    /// Disk mode: this node lost its data; join under a new id and remove the old entry
+    /// once caught up (see docs/operations.md).
+    #[arg(long, env = "STATENODE_REPLACE_LOST_MEMBER", num_args = 0..=1, default_missing_value = "true")]
+    replace_lost_member: Option<bool>,
     /// Require this `dapr-api-token` on every client request (health probes exempt).
     #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -147,6 +154,12 @@ impl NodeArgs {
         set!(id, data_dir, peer_listen, grpc, http, mqtt, bootstrap_expect, peers, log_format);
         if let Some(m) = self.memory {
             c.memory = m;
+        }
+        if let Some(r) = self.replace_lost_member {
+            c.replace_lost_member = r;
+        }
+        if let Some(secs) = self.bootstrap_timeout {
+            c.bootstrap_timeout = Duration::from_secs(secs);
         }
         if self.peer_advertise.is_some() {
             c.peer_advertise = self.peer_advertise;

@@ -86,6 +86,34 @@ impl Proc {
         p
     }
 
+    /// Starts the process again (after `terminate` or `kill9`) with its arguments plus `extra`.
+    pub fn start_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.start();
+    }
+
+    /// SIGTERM (graceful shutdown), then waits for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit on its own; its exit status, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin("statenode"))

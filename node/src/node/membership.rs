@@ -25,12 +25,28 @@ pub struct Plan {
 }
 
 enum Action {
+    /// Raft starts from the state on disk; nothing else to do.
+    Resume,
     /// Wait until every listed peer answers, then initialize with all of them.
     Initialize(Vec<(NodeId, String)>),
     /// Ask the leader (found through this peer address) to add this node.
     Join(String),
-    /// A member of an existing cluster with empty storage: the leader will replicate to it.
+    /// A member of the first configuration, made by a peer that got this very process's
+    /// Hello: the leader will replicate to it.
     Wait,
+}
+
+/// What a node knows about itself before Raft starts.
+pub struct Stored {
+    /// The id its disk holds.
+    pub id: Option<NodeId>,
+    /// The id of the lost member this node replaced, if it was started as a replacement.
+    pub replaced: Option<NodeId>,
+    /// Whether it has Raft state (a vote, log entries, a snapshot): such a node is a
+    /// member already and starts Raft at once, without asking anyone.
+    pub has_state: bool,
+    /// The peer address of a join that had not finished when the node stopped.
+    pub joining: Option<String>,
 }
 
 /// A fresh id for a node that must not reuse an old one; below 2^53 so JSON keeps it exact.
@@ -39,48 +55,107 @@ fn fresh_id() -> NodeId {
     crate::raft::rt::rng().gen_range(1000..(1u64 << 53))
 }
 
-/// Decides this node's id and how it enters the cluster; `stored` is the id its disk holds.
+/// Decides this node's id and how it enters the cluster.
 pub async fn plan(
     config: &Config,
     role: &Role,
     channels: &Arc<PeerChannels>,
-    stored: Option<NodeId>,
+    stored: &Stored,
     incarnation: u64,
 ) -> anyhow::Result<Plan> {
     let given = (config.id != 0).then_some(config.id);
-    if let (Some(s), Some(g)) = (stored, given) {
-        anyhow::ensure!(s == g, "data dir {} belongs to node {s}, not {g}", config.data_dir.display());
+    if let (Some(s), Some(g)) = (stored.id, given) {
+        anyhow::ensure!(
+            s == g || stored.replaced == Some(g),
+            "data dir {} belongs to node {s}, not {g}",
+            config.data_dir.display()
+        );
+    }
+    if stored.has_state {
+        let id = stored.id.or(given).unwrap_or(1);
+        let action = match &stored.joining {
+            Some(via) => Action::Join(via.clone()),
+            None => Action::Resume,
+        };
+        return Ok(Plan { id, action });
     }
     let me = config.peer_advertise();
     match role {
         Role::Join { seed } => {
             crate::config::check_addr(seed)?;
-            let id = stored.or(given).unwrap_or_else(fresh_id);
+            let id = given.unwrap_or_else(fresh_id);
+            let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
+            let Some(status) = cluster_at(channels, seed, deadline).await else {
+                anyhow::bail!("no member answered at {seed} within {:?}", config.bootstrap_timeout);
+            };
+            let id = enter_existing(config, id, &me, incarnation, &status)?.unwrap_or(id);
             Ok(Plan { id, action: Action::Join(seed.clone()) })
         }
         Role::Serve => {
             let peers = config.parsed_peers()?;
-            let id = stored.or(given).unwrap_or(1);
+            let id = given.unwrap_or(1);
             if peers.len() <= 1 {
                 return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]) });
             }
             let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
-            match find_cluster(channels, &others).await {
-                // A peer bootstrapped with this very process in its first configuration (it
-                // got our Hello): we are a pristine member; the leader will replicate to us.
-                Some((_, s)) if s.members.iter().any(|m| m.id == id && m.incarnation == incarnation) => {
-                    Ok(Plan { id, action: Action::Wait })
-                }
-                Some((addr, _)) if config.memory => {
-                    let id = fresh_id();
-                    tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");
-                    Ok(Plan { id, action: Action::Join(addr) })
-                }
-                Some(_) => Ok(Plan { id, action: Action::Wait }),
+            let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
+            match find_cluster(channels, &others, deadline).await? {
+                Some((addr, status)) => match enter_existing(config, id, &me, incarnation, &status)? {
+                    None => Ok(Plan { id, action: Action::Wait }),
+                    Some(new_id) => Ok(Plan { id: new_id, action: Action::Join(addr) }),
+                },
                 None => Ok(Plan { id, action: Action::Initialize(peers) }),
             }
         }
     }
+}
+
+/// How a node with no data enters a running cluster: `None` to wait for replication (a
+/// peer bootstrapped with this very process), else the id to join under. A cluster that
+/// still lists this node (its id, or its address) had it as a member before its data was
+/// lost: it must not come back as its old self, having forgotten its votes and the writes
+/// it acknowledged (Raft §5.2, §5.4). It joins under a new id, and the leader removes the
+/// old entry once the new one caught up — in memory mode always, in disk mode only when the
+/// operator says so with `--replace-lost-member`.
+fn enter_existing(
+    config: &Config,
+    id: NodeId,
+    me: &str,
+    incarnation: u64,
+    status: &ClusterStatus,
+) -> anyhow::Result<Option<NodeId>> {
+    if status.members.iter().any(|m| m.id == id && m.incarnation == incarnation) {
+        return Ok(None);
+    }
+    let old = status.members.iter().find(|m| m.id == id || m.peer_addr == me);
+    if config.memory {
+        let id = fresh_id();
+        tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");
+        return Ok(Some(id));
+    }
+    let Some(old) = old else {
+        tracing::info!(id, "a cluster already runs and does not list this node: joining it");
+        return Ok(Some(id));
+    };
+    if config.replace_lost_member {
+        let new = fresh_id();
+        tracing::warn!(
+            old = old.id,
+            new,
+            "replacing lost member: joining under a new id; the old entry goes once caught up"
+        );
+        return Ok(Some(new));
+    }
+    anyhow::bail!(
+        "this node's data is gone ({} holds no Raft state), but the cluster still lists it as member {} at {}: \
+         it must not rejoin as its old self (it forgot its votes and the writes it acknowledged). \
+         Start it with --replace-lost-member to join under a new id (the old entry is removed once the new \
+         one has caught up), or remove the old member first (statenode leave --id {}) — see docs/operations.md",
+        config.data_dir.display(),
+        old.id,
+        old.peer_addr,
+        old.id
+    )
 }
 
 async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Duration) -> anyhow::Result<PeerReply> {
@@ -91,33 +166,81 @@ async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Du
 
 /// Whether the listed peers already form a cluster: waits until either some peer reports
 /// a membership (the cluster exists: returns it) or every peer answered as pristine (a
-/// first bootstrap: returns `None`). Unreachable peers are asked again, so a node cut off
-/// from its peers never mistakes a running cluster for a new one.
-pub async fn find_cluster(channels: &PeerChannels, addrs: &[String]) -> Option<(String, ClusterStatus)> {
+/// first bootstrap: returns `None`). Unreachable peers are asked again until `deadline`, so
+/// a node cut off from its peers never mistakes a running cluster for a new one.
+pub async fn find_cluster(
+    channels: &PeerChannels,
+    addrs: &[String],
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Option<(String, ClusterStatus)>> {
     loop {
-        let mut answered = 0;
+        let mut silent = Vec::new();
         for addr in addrs {
             match ask(channels, addr, &PeerRequest::Status, Duration::from_secs(1)).await {
-                Ok(PeerReply::Status(s)) if !s.members.is_empty() => return Some((addr.clone(), s)),
-                Ok(_) => answered += 1,
-                Err(e) => tracing::debug!(addr, error = %e, "peer did not answer"),
+                Ok(PeerReply::Status(s)) if !s.members.is_empty() => return Ok(Some((addr.clone(), s))),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(addr, error = %e, "peer did not answer");
+                    silent.push(addr.as_str());
+                }
             }
         }
-        if answered == addrs.len() {
-            return None;
+        if silent.is_empty() {
+            return Ok(None);
         }
-        tracing::info!(answered, expected = addrs.len(), "waiting for the other peers to answer");
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "this node has no data and peers {silent:?} did not answer in time: a first bootstrap needs \
+                 every --peers member up, and a node joining a running cluster needs one member to answer"
+            );
+        }
+        tracing::info!(waiting_for = ?silent, "no data yet: waiting for the other peers to answer");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// Runs the plan's action in the background of a pristine node.
-pub async fn form(plan: Plan, raft: Raft, channels: Arc<PeerChannels>, me: NodeInfo, stop: watch::Receiver<bool>) {
+/// The cluster status a member at `addr` reports, asked until `deadline`.
+async fn cluster_at(channels: &PeerChannels, addr: &str, deadline: tokio::time::Instant) -> Option<ClusterStatus> {
+    while tokio::time::Instant::now() < deadline {
+        match ask(channels, addr, &PeerRequest::Status, Duration::from_secs(2)).await {
+            Ok(PeerReply::Status(s)) if !s.members.is_empty() => return Some(s),
+            _ => {
+                tracing::info!(addr, "waiting for a member to answer");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    None
+}
+
+impl Plan {
+    /// The peer address of the join this plan makes, to record until it finished.
+    pub fn joins_via(&self) -> Option<&str> {
+        match &self.action {
+            Action::Join(via) => Some(via),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the plan's action in the background; `joined` runs once a join has finished.
+pub async fn form(
+    plan: Plan,
+    raft: Raft,
+    channels: Arc<PeerChannels>,
+    me: NodeInfo,
+    stop: watch::Receiver<bool>,
+    joined: impl FnOnce(),
+) {
     let result = match plan.action {
+        Action::Resume => {
+            tracing::info!(id = plan.id, "starting from the state on disk");
+            Ok(())
+        }
         Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
-        Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await,
+        Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await.map(|()| joined()),
         Action::Wait => {
-            tracing::info!("empty storage in an existing cluster: waiting for the leader to replicate");
+            tracing::info!("a member of the first configuration: waiting for the leader to replicate");
             Ok(())
         }
     };
@@ -223,5 +346,5 @@ pub async fn join_cluster(
             }
         }
     }
-    Ok(())
+    anyhow::bail!("stopped before the join finished")
 }

@@ -29,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 pub mod dev;
 mod membership;
 
-pub use membership::{find_cluster, join_cluster, Role};
+pub use membership::{find_cluster, join_cluster, Role, Stored};
 
 /// The connections a node serves, accepted by the caller's network (port 0 in tests,
 /// turmoil in simulation).
@@ -67,6 +67,12 @@ pub struct Node {
 
 /// Stored next to the raft log so a data dir never runs under another id.
 const NODE_ID_KEY: &str = "node_id";
+/// The lost member's id this node replaced (`--replace-lost-member`): its `--id` still names
+/// the old one (a StatefulSet ordinal), and that is not a mismatch.
+const REPLACED_KEY: &str = "replaced_id";
+/// The peer address a join goes through, kept until the join finished, so a node stopped
+/// half-way (a learner) finishes it when it starts again.
+const JOINING_KEY: &str = "joining_via";
 
 impl Node {
     /// Starts a node. `role` says whether it bootstraps (serve) or joins (join).
@@ -75,15 +81,15 @@ impl Node {
         let hub = Arc::new(EventHub::new(DEFAULT_HISTORY, 1));
         let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
         let (log, sm_disk) = open_disks(&config, &io)?;
-        let stored = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
+        let stored = read_stored(log.as_ref())?;
         let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
         let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let started: Started = Arc::default();
-        let peer = PeerService { started: started.clone(), id: stored.unwrap_or(config.id), me: me.clone() };
+        let peer = PeerService { started: started.clone(), id: stored.id.unwrap_or(config.id), me: me.clone() };
         let mut tasks = vec![tokio::spawn(serve_peer(listeners.peer, peer, stop_rx.clone()))];
-        let plan = match membership::plan(&config, &role, &channels, stored, incarnation).await {
+        let plan = match membership::plan(&config, &role, &channels, &stored, incarnation).await {
             Ok(plan) => plan,
             Err(e) => {
                 let _ = stop.send(true);
@@ -91,10 +97,9 @@ impl Node {
             }
         };
         let id = plan.id;
-        if stored.is_none() && sm_disk.is_some() {
-            log.set_raw_meta(NODE_ID_KEY, &id.to_le_bytes())?;
+        if sm_disk.is_some() {
+            record_plan(log.as_ref(), &stored, &plan, config.id)?;
         }
-        let pristine = log.meta(LogMeta::Vote)?.is_none() && log.last()?.is_none();
         let sm = match sm_disk {
             Some(d) => SmStore::disk(d, hub)?,
             None => SmStore::memory(hub),
@@ -119,9 +124,17 @@ impl Node {
         let max_election = Duration::from_millis(config.raft.election_max_ms);
         tasks.push(tokio::spawn(break_election_ties(raft.clone(), max_election, stop_rx.clone())));
         tracing::info!(id, %me, memory = config.memory, "node started");
-        if pristine {
-            tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx)));
-        }
+        let joined = {
+            let log = weak_log.clone();
+            move || {
+                if let Some(log) = log.upgrade() {
+                    if let Err(e) = log.set_raw_meta(JOINING_KEY, b"") {
+                        tracing::warn!(error = %e, "could not record the finished join");
+                    }
+                }
+            }
+        };
+        tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx, joined)));
         Ok(Node { handle, raft, stop, tasks, log: weak_log })
     }
 
@@ -152,6 +165,32 @@ impl Node {
 
 fn decode_id(b: &[u8]) -> anyhow::Result<NodeId> {
     Ok(u64::from_le_bytes(b.try_into().context("corrupt node id record")?))
+}
+
+/// What the disk says about this node before Raft starts.
+fn read_stored(log: &dyn LogBackend) -> anyhow::Result<Stored> {
+    let id = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
+    let replaced = log.raw_meta(REPLACED_KEY)?.map(|b| decode_id(&b)).transpose()?;
+    let joining = log.raw_meta(JOINING_KEY)?.filter(|v| !v.is_empty());
+    let joining = joining.map(|v| String::from_utf8(v).context("corrupt join record")).transpose()?;
+    let has_state =
+        log.meta(LogMeta::Vote)?.is_some() || log.last()?.is_some() || log.meta(LogMeta::LastPurged)?.is_some();
+    Ok(Stored { id, replaced, has_state, joining })
+}
+
+/// Disk mode: remembers the id (and the lost member it replaces, and a join in progress)
+/// before Raft writes anything under it.
+fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &membership::Plan, given: NodeId) -> anyhow::Result<()> {
+    if stored.id.is_none() {
+        if given != 0 && given != plan.id {
+            log.set_raw_meta(REPLACED_KEY, &given.to_le_bytes())?;
+        }
+        log.set_raw_meta(NODE_ID_KEY, &plan.id.to_le_bytes())?;
+    }
+    if let (Some(via), None) = (plan.joins_via(), &stored.joining) {
+        log.set_raw_meta(JOINING_KEY, via.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
