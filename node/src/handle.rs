@@ -3,20 +3,18 @@
 use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
 use crate::io::Clock;
-use crate::kv::{Command, CommandResult, Entry, Event, Op, TxnOp};
+use crate::kv::{Command, CommandResult, Entry, Op, TxnOp};
 use crate::metrics::Metrics;
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::types::{NodeId, NodeInfo};
 use crate::raft::Fail;
 use crate::store::SmStore;
-use crate::watch::{HubMsg, Start};
+pub use crate::watch::{EventStream, WatchItem};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
@@ -93,16 +91,6 @@ pub enum PeerReply {
     Members(Vec<Member>),
     Status(ClusterStatus),
     Hello(NodeId, NodeInfo),
-}
-
-/// One item of a watch stream.
-#[derive(Clone, Debug)]
-pub enum WatchItem {
-    Event(Arc<Event>),
-    /// History is gone: re-read the state, then events continue from `next`.
-    Resync {
-        next: u64,
-    },
 }
 
 #[derive(Clone)]
@@ -204,22 +192,7 @@ impl NodeHandle {
 
     /// Every applied change under `prefix` on this node, from `from_revision` if given.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> EventStream {
-        let (start, rx) = self.inner.sm.hub().subscribe(from_revision);
-        let min_revision = from_revision.unwrap_or(0);
-        let mut s = EventStream { prefix, backlog: VecDeque::new(), rx, handle: self.clone(), last: 0, min_revision };
-        match start {
-            Start::From(events) => {
-                let first = events.first().map(|e| e.revision);
-                tracing::debug!(node = self.id(), ?from_revision, backlog = events.len(), ?first, "watch starts");
-                s.backlog.extend(events.into_iter().map(WatchItem::Event));
-            }
-            Start::Resync { next, events } => {
-                tracing::debug!(node = self.id(), ?from_revision, next, backlog = events.len(), "watch resyncs");
-                s.backlog.push_back(WatchItem::Resync { next });
-                s.backlog.extend(events.into_iter().map(WatchItem::Event));
-            }
-        }
-        s
+        EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id())
     }
 
     pub async fn status(&self) -> ClusterStatus {
@@ -429,52 +402,4 @@ fn never_sent(status: &tonic::Status) -> bool {
 /// A reply of the wrong kind for its request: a bug, never the caller's fault.
 fn unexpected(reply: PeerReply) -> Error {
     Error::internal(format!("unexpected reply {reply:?}"))
-}
-
-/// A watch: the backlog first, then live events; filtered by prefix.
-pub struct EventStream {
-    prefix: Bytes,
-    backlog: VecDeque<WatchItem>,
-    rx: broadcast::Receiver<HubMsg>,
-    handle: NodeHandle,
-    /// Revision of the last event delivered, to resume after falling behind.
-    last: u64,
-    /// Nothing older is delivered: a watcher resuming at a node that is still catching up
-    /// must not see, again, events it already had from another node.
-    min_revision: u64,
-}
-
-impl EventStream {
-    pub async fn next(&mut self) -> Option<WatchItem> {
-        loop {
-            let item = match self.backlog.pop_front() {
-                Some(item) => item,
-                None => match self.rx.recv().await {
-                    Ok(HubMsg::Event(e)) => WatchItem::Event(e),
-                    Ok(HubMsg::Reset { next }) => {
-                        tracing::debug!(node = self.handle.id(), next, "watch: state replaced, resync");
-                        WatchItem::Resync { next }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        tracing::debug!(node = self.handle.id(), last = self.last, "watch lagged");
-                        // Fell behind the live channel: resume from history, or resync.
-                        let fresh = self.handle.watch(self.prefix.clone(), Some(self.last + 1));
-                        self.backlog = fresh.backlog;
-                        self.rx = fresh.rx;
-                        continue;
-                    }
-                },
-            };
-            match &item {
-                WatchItem::Event(e) if !e.key.starts_with(&self.prefix) || e.revision < self.min_revision => continue,
-                WatchItem::Event(e) => self.last = e.revision,
-                WatchItem::Resync { next } => {
-                    self.last = next.saturating_sub(1);
-                    self.min_revision = self.min_revision.max(*next);
-                }
-            }
-            return Some(item);
-        }
-    }
 }

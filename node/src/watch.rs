@@ -1,6 +1,7 @@
 //! Applied-change fan-out for watchers on this node, with a bounded history for resuming.
 
 use crate::kv::Event;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -41,7 +42,13 @@ pub enum Start {
 
 impl EventHub {
     pub fn new(capacity: usize, next_revision: u64) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self::with_live_capacity(capacity, capacity, next_revision)
+    }
+
+    /// A hub whose live channel holds `live` events before a slow watcher falls behind
+    /// (and resumes from the `capacity` events of history).
+    pub fn with_live_capacity(capacity: usize, live: usize, next_revision: u64) -> Self {
+        let (tx, _) = broadcast::channel(live.max(1));
         let inner = Mutex::new(History { events: VecDeque::new(), complete_from: next_revision });
         Self { inner, tx, capacity }
     }
@@ -90,13 +97,127 @@ impl EventHub {
     }
 }
 
+/// One item of a watch stream.
+#[derive(Clone, Debug)]
+pub enum WatchItem {
+    Event(Arc<Event>),
+    /// History is gone: re-read the state, then events continue from `next`.
+    Resync {
+        next: u64,
+    },
+}
+
+/// A watch: the backlog first, then live events; filtered by prefix.
+pub struct EventStream {
+    prefix: Bytes,
+    backlog: VecDeque<WatchItem>,
+    rx: broadcast::Receiver<HubMsg>,
+    hub: Arc<EventHub>,
+    /// The node serving the watch, for logs.
+    node: u64,
+    /// Where the stream stands in the hub's sequence: the revision of the last event taken
+    /// (delivered or filtered out) and how many events of that revision were taken. One
+    /// revision can carry several events (a transaction, a bulk write, an expiry sweep), so
+    /// a watcher that falls behind resumes inside it, not after it.
+    last: u64,
+    taken_at_last: usize,
+    /// Nothing older is delivered: a watcher resuming at a node that is still catching up
+    /// must not see, again, events it already had from another node.
+    min_revision: u64,
+}
+
+impl EventStream {
+    pub fn new(hub: Arc<EventHub>, prefix: Bytes, from_revision: Option<u64>, node: u64) -> Self {
+        let (start, rx) = hub.subscribe(from_revision);
+        let min_revision = from_revision.unwrap_or(0);
+        let backlog = backlog(start, node, from_revision);
+        Self { prefix, backlog, rx, hub, node, last: 0, taken_at_last: 0, min_revision }
+    }
+
+    pub async fn next(&mut self) -> Option<WatchItem> {
+        loop {
+            let item = match self.backlog.pop_front() {
+                Some(item) => item,
+                None => match self.rx.recv().await {
+                    Ok(HubMsg::Event(e)) => WatchItem::Event(e),
+                    Ok(HubMsg::Reset { next }) => {
+                        tracing::debug!(node = self.node, next, "watch: state replaced, resync");
+                        WatchItem::Resync { next }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.resume();
+                        continue;
+                    }
+                },
+            };
+            match &item {
+                WatchItem::Event(e) => {
+                    if e.revision == self.last {
+                        self.taken_at_last += 1;
+                    } else {
+                        (self.last, self.taken_at_last) = (e.revision, 1);
+                    }
+                    if !e.key.starts_with(&self.prefix) || e.revision < self.min_revision {
+                        continue;
+                    }
+                }
+                WatchItem::Resync { next } => {
+                    (self.last, self.taken_at_last) = (next.saturating_sub(1), 0);
+                    self.min_revision = self.min_revision.max(*next);
+                }
+            }
+            return Some(item);
+        }
+    }
+
+    /// Fell behind the live channel: resume from history at the exact event after the last
+    /// one taken, or resync when that history is gone.
+    fn resume(&mut self) {
+        tracing::debug!(node = self.node, last = self.last, taken = self.taken_at_last, "watch lagged");
+        let from = self.last.max(1);
+        let (start, rx) = self.hub.subscribe(Some(from));
+        let mut backlog = backlog(start, self.node, Some(from));
+        if matches!(backlog.front(), Some(WatchItem::Event(_))) {
+            let mut skip = self.taken_at_last;
+            backlog.retain(|item| match item {
+                WatchItem::Event(e) if e.revision == self.last && skip > 0 => {
+                    skip -= 1;
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.backlog = backlog;
+        self.rx = rx;
+    }
+}
+
+fn backlog(start: Start, node: u64, from: Option<u64>) -> VecDeque<WatchItem> {
+    match start {
+        Start::From(events) => {
+            let first = events.first().map(|e| e.revision);
+            tracing::debug!(node, ?from, backlog = events.len(), ?first, "watch starts");
+            events.into_iter().map(WatchItem::Event).collect()
+        }
+        Start::Resync { next, events } => {
+            tracing::debug!(node, ?from, next, backlog = events.len(), "watch resyncs");
+            std::iter::once(WatchItem::Resync { next }).chain(events.into_iter().map(WatchItem::Event)).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kv::{EventKind, Hlc};
 
     fn ev(revision: u64) -> Event {
-        let key = bytes::Bytes::from(format!("k{revision}"));
+        ev_key(revision, &format!("k{revision}"))
+    }
+
+    fn ev_key(revision: u64, key: &str) -> Event {
+        let key = bytes::Bytes::from(key.to_string());
         Event {
             revision,
             key,
@@ -133,5 +254,28 @@ mod tests {
         let (Start::Resync { next, events }, _) = hub.subscribe(Some(2)) else { panic!("expected a resync") };
         assert_eq!(next, 5);
         assert_eq!(revisions(&events), (5..=20).collect::<Vec<_>>());
+    }
+
+    /// A watcher that falls behind in the middle of a multi-key revision gets the rest of
+    /// that revision, then everything after it (item 5 of issue 8: it resumed from the next
+    /// revision and silently lost the tail).
+    #[tokio::test]
+    async fn a_lagging_watcher_resumes_inside_a_multi_key_revision() {
+        let hub = Arc::new(EventHub::with_live_capacity(1024, 4, 1));
+        let mut w = EventStream::new(hub.clone(), Bytes::new(), None, 1);
+        hub.publish(vec![ev_key(10, "a"), ev_key(10, "b"), ev_key(10, "c")]);
+        let Some(WatchItem::Event(first)) = w.next().await else { panic!("an event") };
+        assert_eq!((first.revision, &first.key[..]), (10, &b"a"[..]));
+        hub.publish((11..=30).map(ev).collect()); // overflows the live channel
+        let mut got = Vec::new();
+        while got.len() < 22 {
+            match w.next().await {
+                Some(WatchItem::Event(e)) => got.push((e.revision, String::from_utf8_lossy(&e.key).into_owned())),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut want = vec![(10, "b".to_string()), (10, "c".to_string())];
+        want.extend((11..=30).map(|r| (r, format!("k{r}"))));
+        assert_eq!(got, want);
     }
 }

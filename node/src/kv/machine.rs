@@ -197,12 +197,20 @@ impl Apply<'_> {
         }
     }
 
-    /// Checks every condition against the state before the transaction, then applies all.
+    /// Checks every condition in order, each against the state the ops before it leave
+    /// (two ops on one key see each other), then applies all — or nothing.
     fn txn(&mut self, ops: &[TxnOp]) -> Outcome {
         for op in ops {
             self.expire_key(op.key());
         }
-        let checks: Vec<OpResult> = ops.iter().map(|o| self.precheck(o)).collect();
+        let mut after: BTreeMap<&Bytes, Option<Entry>> = BTreeMap::new();
+        let mut checks = Vec::with_capacity(ops.len());
+        for op in ops {
+            let current = after.get(op.key()).cloned().unwrap_or_else(|| self.sm.keys.get(op.key()).cloned());
+            let (result, next) = self.precheck(op, current);
+            checks.push(result);
+            after.insert(op.key(), next);
+        }
         if let Some(failed) = checks.iter().position(|r| {
             !matches!(
                 r,
@@ -216,19 +224,32 @@ impl Apply<'_> {
         Outcome::Txn { succeeded: true, failed: None, results }
     }
 
-    /// What `item` would answer, without changing anything.
-    fn precheck(&self, op: &TxnOp) -> OpResult {
-        let (key, fencing) = match op {
-            TxnOp::Put(p) => (&p.key, p.fencing),
-            TxnOp::Delete(d) => (&d.key, d.fencing),
+    /// What `item` would answer against `current`, and the key's state after it, without
+    /// changing anything.
+    fn precheck(&self, op: &TxnOp, current: Option<Entry>) -> (OpResult, Option<Entry>) {
+        let (key_fencing, token) = (current.as_ref().and_then(|e| e.fencing), op_fencing(op));
+        let fencing = match check_fencing(current.as_ref(), token) {
+            Ok(f) => f,
+            Err(r) => return (OpResult::Rejected(r), current),
         };
-        let current = self.sm.keys.get(key);
-        if let Err(r) = check_fencing(current, fencing) {
-            return OpResult::Rejected(r);
-        }
         match op {
-            TxnOp::Put(p) => OpResult::Put { applied: put_allowed(current, p), meta: None },
-            TxnOp::Delete(d) => OpResult::Delete(delete_outcome(current, &d.condition)),
+            TxnOp::Put(p) if put_allowed(current.as_ref(), p) => {
+                let create_revision = current.as_ref().map_or(self.revision, |e| e.create_revision);
+                let entry = Entry {
+                    value: p.value.clone(),
+                    revision: self.revision,
+                    create_revision,
+                    version: self.sm.last_version,
+                    expires_at_ms: None,
+                    fencing: fencing.or(key_fencing),
+                };
+                (OpResult::Put { applied: true, meta: None }, Some(entry))
+            }
+            TxnOp::Put(_) => (OpResult::Put { applied: false, meta: None }, current),
+            TxnOp::Delete(d) => match delete_outcome(current.as_ref(), &d.condition) {
+                DeleteOutcome::Deleted => (OpResult::Delete(DeleteOutcome::Deleted), None),
+                other => (OpResult::Delete(other), current),
+            },
         }
     }
 
@@ -300,6 +321,13 @@ impl Apply<'_> {
     fn event(&mut self, key: &Bytes, kind: EventKind, value: Bytes, version: Hlc, expired: bool) {
         let revision = self.revision;
         self.events.push(Event { revision, key: key.clone(), kind, value, version, expired });
+    }
+}
+
+fn op_fencing(op: &TxnOp) -> Option<Hlc> {
+    match op {
+        TxnOp::Put(p) => p.fencing,
+        TxnOp::Delete(d) => d.fencing,
     }
 }
 

@@ -147,6 +147,35 @@ fn txn_is_all_or_nothing() {
     assert!(ev.iter().all(|e| e.revision == 3));
 }
 
+/// Two ops on one key: each condition sees the ops before it (item 4 of issue 8: the second
+/// put-if-absent was checked against the state before the transaction and "succeeded"
+/// without applying).
+#[test]
+fn txn_ops_on_one_key_see_each_other() {
+    let mut sm = StateMachine::default();
+    let nx = |v: &str| {
+        let mut p = put("k", v);
+        p.condition = PutCondition::IfAbsent;
+        TxnOp::Put(p)
+    };
+    let (r, ev) = sm.apply(1, &cmd(0, Op::Txn(vec![nx("a"), nx("b")])));
+    assert!(matches!(r.outcome, Outcome::Txn { succeeded: false, failed: Some(1), .. }), "{r:?}");
+    assert!(ev.is_empty());
+    assert!(sm.get(b"k", 0).is_none(), "nothing applied");
+    // Put then put-if-revision of that put: the second sees the first's revision.
+    let mut second = put("k", "2");
+    second.condition = PutCondition::IfRevision(2);
+    let (r, _) = sm.apply(2, &cmd(0, Op::Txn(vec![TxnOp::Put(put("k", "1")), TxnOp::Put(second)])));
+    assert!(matches!(r.outcome, Outcome::Txn { succeeded: true, .. }), "{r:?}");
+    assert_eq!(sm.get(b"k", 0).unwrap().value, b("2"));
+    // Delete then put-if-absent succeeds; delete twice reports the second as not found.
+    let (r, _) = sm.apply(3, &cmd(0, Op::Txn(vec![TxnOp::Delete(del("k")), nx("3")])));
+    assert!(matches!(r.outcome, Outcome::Txn { succeeded: true, .. }), "{r:?}");
+    let (r, _) = sm.apply(4, &cmd(0, Op::Txn(vec![TxnOp::Delete(del("k")), TxnOp::Delete(del("k"))])));
+    let Outcome::Txn { succeeded: true, results, .. } = r.outcome else { panic!("{r:?}") };
+    assert_eq!(results[1], OpResult::Delete(DeleteOutcome::NotFound));
+}
+
 #[test]
 fn retried_write_is_answered_not_reapplied() {
     let mut sm = StateMachine::default();

@@ -1,10 +1,10 @@
 //! The state machine in `sm.redb`: keys, dedup windows and metadata, written per apply batch.
 
 use super::redb_log::io_err;
-use super::sm_disk::{Changes, Loaded, SmDisk};
+use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use crate::kv::dedup::DedupTable;
 use crate::kv::StateMachine;
-use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
+use crate::raft::types::SnapshotMeta;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::io;
@@ -83,8 +83,7 @@ impl SmDisk for RedbSm {
         txn.commit().map_err(io_err)
     }
 
-    /// Replaces the whole state (snapshot install).
-    fn replace(&self, sm: &StateMachine, last_applied: Option<LogId>, membership: &StoredMembership) -> io::Result<()> {
+    fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let txn = self.db.begin_write().map_err(io_err)?;
         txn.delete_table(KV).map_err(io_err)?;
         txn.delete_table(DEDUP).map_err(io_err)?;
@@ -98,9 +97,11 @@ impl SmDisk for RedbSm {
                 dd.insert(*id, enc(w)?.as_slice()).map_err(io_err)?;
             }
             let mut m = txn.open_table(META).map_err(io_err)?;
-            m.insert("last_applied", enc(&last_applied)?.as_slice()).map_err(io_err)?;
-            m.insert("membership", enc(membership)?.as_slice()).map_err(io_err)?;
+            m.insert("last_applied", enc(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
+            m.insert("membership", enc(&meta.last_membership)?.as_slice()).map_err(io_err)?;
             m.insert("last_version", enc(&sm.last_version())?.as_slice()).map_err(io_err)?;
+            m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
+            m.insert("snapshot_data", data).map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }
@@ -109,6 +110,11 @@ impl SmDisk for RedbSm {
         let txn = self.db.begin_write().map_err(io_err)?;
         {
             let mut m = txn.open_table(META).map_err(io_err)?;
+            let kept: Option<SnapshotMeta> =
+                m.get("snapshot_meta").map_err(io_err)?.map(|v| dec(v.value())).transpose()?;
+            if !is_newer(meta, kept.as_ref()) {
+                return Ok(());
+            }
             m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
             m.insert("snapshot_data", data).map_err(io_err)?;
         }

@@ -1,6 +1,6 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
-use super::sm_disk::{Changes, Loaded, SmDisk};
+use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::EventHub;
@@ -144,7 +144,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
             };
             let meta =
                 SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone(), snapshot_id };
-            st.snapshot = Some((meta.clone(), data.clone()));
+            if is_newer(&meta, st.snapshot.as_ref().map(|(m, _)| m)) {
+                st.snapshot = Some((meta.clone(), data.clone()));
+            }
             (meta, data)
         };
         if let Some(disk) = &self.shared.disk {
@@ -190,8 +192,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
             blocking(disk, move |disk| {
-                disk.replace(&kv, m.last_log_id, &m.last_membership)?;
-                disk.save_snapshot(&m, &d)?;
+                disk.install(&kv, &m, &d)?;
                 Ok(kv)
             })
             .await

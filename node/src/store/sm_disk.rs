@@ -29,14 +29,23 @@ pub struct Loaded {
 /// Durable state-machine storage: every method returns once its effect is durable.
 pub trait SmDisk: Send + Sync + 'static {
     fn persist(&self, c: &Changes) -> io::Result<()>;
-    /// Replaces the whole state (snapshot install).
-    fn replace(&self, sm: &StateMachine, last_applied: Option<LogId>, membership: &StoredMembership) -> io::Result<()>;
+    /// Replaces the whole state with an installed snapshot and keeps the snapshot, in one
+    /// durable step: a crash never leaves the state of one point with the snapshot of
+    /// another (older than the log's purge point).
+    fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()>;
+    /// Keeps a snapshot this node built, unless a newer one is already kept (an install
+    /// may finish while a build of an older state is still writing).
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()>;
     fn load(&self) -> io::Result<Loaded>;
     /// Whether calls block on real I/O (and so belong on the blocking pool).
     fn blocking(&self) -> bool {
         false
     }
+}
+
+/// Whether `meta` may replace the `kept` snapshot: it covers at least as much of the log.
+pub fn is_newer(meta: &SnapshotMeta, kept: Option<&SnapshotMeta>) -> bool {
+    kept.is_none_or(|k| meta.last_log_id >= k.last_log_id)
 }
 
 /// The in-memory twin of `sm.redb`.
@@ -76,18 +85,22 @@ impl SmDisk for MemSmDisk {
         Ok(())
     }
 
-    fn replace(&self, sm: &StateMachine, last_applied: Option<LogId>, membership: &StoredMembership) -> io::Result<()> {
+    fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let mut g = self.inner.lock().expect("poisoned");
         g.keys = sm.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
         g.clients = sm.dedup().windows().map(|(id, w)| (*id, w.clone())).collect();
-        g.last_applied = last_applied;
-        g.membership = membership.clone();
+        g.last_applied = meta.last_log_id;
+        g.membership = meta.last_membership.clone();
         g.last_version = sm.last_version();
+        g.snapshot = Some((meta.clone(), data.to_vec()));
         Ok(())
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        self.inner.lock().expect("poisoned").snapshot = Some((meta.clone(), data.to_vec()));
+        let mut g = self.inner.lock().expect("poisoned");
+        if is_newer(meta, g.snapshot.as_ref().map(|(m, _)| m)) {
+            g.snapshot = Some((meta.clone(), data.to_vec()));
+        }
         Ok(())
     }
 
