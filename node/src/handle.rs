@@ -3,7 +3,7 @@
 use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
 use crate::io::Clock;
-use crate::kv::{Command, CommandResult, Entry, Op, TxnOp};
+use crate::kv::{ClientRef, Command, CommandResult, Entry, Op, TxnOp};
 use crate::metrics::Metrics;
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{decode, encode, PeerChannels};
@@ -107,6 +107,28 @@ struct Inner {
     me: NodeInfo,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// `(client_id, seq)` for writes that arrive without one (Dapr, native HTTP): a write
+    /// this node retries after a leader failed mid-way is then answered from the state
+    /// machine's dedup table instead of applied twice.
+    own_refs: OwnRefs,
+    /// One expiry proposal at a time for linearizable reads that find a key due.
+    expiring: tokio::sync::Mutex<()>,
+}
+
+/// This node's own client ids: a random base, a new id every `EPOCH` writes (so one id's
+/// results never overflow the dedup window however many writes are in flight).
+struct OwnRefs {
+    base: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl OwnRefs {
+    const EPOCH: u64 = 16;
+
+    fn next(&self) -> ClientRef {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ClientRef { client_id: self.base.wrapping_add(n / Self::EPOCH), seq: n % Self::EPOCH + 1 }
+    }
 }
 
 impl NodeHandle {
@@ -119,7 +141,10 @@ impl NodeHandle {
         clock: Clock,
     ) -> Self {
         let metrics = Arc::default();
-        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock, metrics }) }
+        let base = rand::Rng::gen(&mut crate::raft::rt::rng());
+        let own_refs = OwnRefs { base, next: Default::default() };
+        let expiring = Default::default();
+        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring }) }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -153,8 +178,11 @@ impl NodeHandle {
         &self.inner.sm
     }
 
-    pub async fn write(&self, cmd: Command) -> Result<CommandResult> {
+    pub async fn write(&self, mut cmd: Command) -> Result<CommandResult> {
         self.validate(&cmd)?;
+        if cmd.client.is_none() && !matches!(cmd.op, Op::Expire) {
+            cmd.client = Some(self.inner.own_refs.next());
+        }
         match self.route(PeerRequest::Write(cmd)).await? {
             PeerReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
@@ -257,7 +285,7 @@ impl NodeHandle {
             Ok(reply) => Ok(reply),
             Err(Fail::Forward(Some((id, node)))) if id != self.id() => self.forward(id, &node, forward_copy).await,
             Err(Fail::Forward(_)) => Err(Retry::Safe(Error::unavailable("no leader elected"))),
-            Err(Fail::Err(e @ Error::Unavailable { .. })) => Err(Retry::Safe(e)),
+            Err(Fail::Err(e @ Error::Unavailable { .. })) if dedup_safe(&forward_copy) => Err(Retry::Safe(e)),
             Err(Fail::Err(e)) => Err(Retry::No(e)),
         }
     }
@@ -274,10 +302,12 @@ impl NodeHandle {
             }
             PeerRequest::Read(keys) => {
                 c.read_barrier().await?;
+                self.expire_due_first().await?;
                 Ok(PeerReply::Read(self.local_read(&keys)))
             }
             PeerRequest::List(q) => {
                 c.read_barrier().await?;
+                self.expire_due_first().await?;
                 Ok(PeerReply::List(self.local_list(&q)))
             }
             PeerRequest::Join { id, node } => Ok(PeerReply::Members(c.join(id, node).await?)),
@@ -294,8 +324,11 @@ impl NodeHandle {
         req: PeerRequest,
     ) -> std::result::Result<PeerReply, Retry> {
         let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
-        // Reads change nothing: any failure may be retried. A write only when it never left.
+        // Reads change nothing, and a write carrying `(client_id, seq)` is deduplicated by
+        // the state machine: trying either again is safe even when the outcome is unknown.
         let is_write = matches!(req, PeerRequest::Write(_));
+        let safe = dedup_safe(&req);
+        let unknown = |e: Error| if safe { Retry::Safe(e) } else { Retry::No(e) };
         let mut client =
             self.inner.peers.client(&leader.peer_addr).map_err(|e| Retry::Safe(unavailable(e.to_string())))?;
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
@@ -307,7 +340,7 @@ impl NodeHandle {
             _ = self.inner.consensus.leader_moved_from(leader_id) => {
                 let reason = "leader changed while the request was forwarded; outcome unknown";
                 return Err(if is_write {
-                    Retry::No(Error::Timeout(reason.into()))
+                    unknown(Error::Timeout(reason.into()))
                 } else {
                     Retry::Safe(unavailable(reason.into()))
                 });
@@ -323,18 +356,37 @@ impl NodeHandle {
                 return Err(Retry::Safe(unavailable(format!("leader unreachable: {}", status.message()))))
             }
             // The write may have reached the leader: its outcome is unknown.
-            Ok(Err(status)) if is_write => return Err(Retry::No(Error::Timeout(status.message().to_string()))),
+            Ok(Err(status)) if is_write => return Err(unknown(Error::Timeout(status.message().to_string()))),
             Ok(Err(status)) => return Err(Retry::Safe(unavailable(status.message().to_string()))),
-            Err(_) if is_write => return Err(Retry::No(Error::Timeout("forwarded write timed out".into()))),
+            Err(_) if is_write => return Err(unknown(Error::Timeout("forwarded write timed out".into()))),
             Err(_) => return Err(Retry::Safe(unavailable("forwarded request timed out".into()))),
         };
         match decode::<Result<PeerReply>>(&reply) {
             Ok(Ok(r)) => Ok(r),
-            // The leader refused before doing anything (it stepped down): safe to retry.
-            Ok(Err(e @ Error::Unavailable { .. })) => Err(Retry::Safe(e)),
+            // The leader refused (not the leader any more: the entry was never proposed, or
+            // was truncated uncommitted) or stopped with the write in flight (then only a
+            // deduplicated write may go again).
+            Ok(Err(e @ Error::Unavailable { .. })) if safe => Err(Retry::Safe(e)),
+            Ok(Err(e @ Error::Unavailable { .. })) => Err(Retry::No(e)),
             Ok(Err(e)) => Err(Retry::No(e)),
             Err(e) => Err(Retry::No(Error::internal(e))),
         }
+    }
+
+    /// On the leader, before a linearizable read: a key whose TTL ran out by this node's
+    /// clock is expired through the log first, so no later leader (whose clock may be
+    /// behind) can serve it again once a read has reported it gone.
+    async fn expire_due_first(&self) -> std::result::Result<(), Fail> {
+        let due = |now: u64| self.inner.sm.read().kv.next_expiry().is_some_and(|t| t <= now);
+        if !due(self.now_ms()) {
+            return Ok(());
+        }
+        let _one = self.inner.expiring.lock().await;
+        let now = self.now_ms();
+        if due(now) {
+            self.inner.consensus.write(Command { client: None, now_ms: now, op: Op::Expire }).await?;
+        }
+        Ok(())
     }
 
     fn local_read(&self, keys: &[Bytes]) -> Vec<Option<Entry>> {
@@ -371,6 +423,12 @@ impl NodeHandle {
             Op::Expire => Ok(()),
         }
     }
+}
+
+/// Whether a request may be served again after an attempt of unknown outcome: reads, and
+/// writes the state machine deduplicates by `(client_id, seq)` (every write `write` sends).
+fn dedup_safe(req: &PeerRequest) -> bool {
+    !matches!(req, PeerRequest::Write(c) if c.client.is_none())
 }
 
 /// A failed attempt, and whether trying again is safe.

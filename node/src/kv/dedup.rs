@@ -23,10 +23,15 @@ pub struct ClientWindow {
     floor: u64,
     /// Log index of the client's last write, for least-recently-used eviction.
     last_revision: u64,
+    /// State-machine clock of the client's last write: kept at least `RETAIN_MS` after it.
+    last_ms: u64,
 }
 
-/// Per-client windows, bounded in clients and in results per client. Eviction depends
-/// only on log indices, so every replica evicts the same entries.
+/// Per-client windows, bounded in results per client; beyond `max_clients`, clients idle
+/// for `RETAIN_MS` are forgotten, least recently active first. A client active more
+/// recently is never forgotten, however many there are: its retry must find its results.
+/// Eviction depends only on the log (indices and the leader clock it carries), so every
+/// replica evicts the same entries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupTable {
     clients: BTreeMap<u64, ClientWindow>,
@@ -46,6 +51,9 @@ impl Default for DedupTable {
 pub const DEFAULT_MAX_CLIENTS: usize = 4096;
 /// Results remembered per client: bounds the writes one client may have in flight.
 pub const DEFAULT_WINDOW: usize = 256;
+/// How long a client's results outlive its last write: longer than any retry may come
+/// (clients and forwarding nodes give up on a write within their request deadline).
+pub const RETAIN_MS: u64 = 60_000;
 
 impl DedupTable {
     pub fn new(max_clients: usize, window: usize) -> Self {
@@ -63,14 +71,15 @@ impl DedupTable {
         }
     }
 
-    /// Remembers a result; returns the client evicted to make room, if any.
-    pub fn record(&mut self, client: ClientRef, result: CommandResult) -> Option<u64> {
+    /// Remembers a result at state-machine time `now_ms`; returns the clients forgotten.
+    pub fn record(&mut self, client: ClientRef, result: CommandResult, now_ms: u64) -> Vec<u64> {
         let revision = result.revision;
         let w = self.clients.entry(client.client_id).or_default();
         if w.last_revision != 0 {
             self.lru.remove(&w.last_revision);
         }
         w.last_revision = revision;
+        w.last_ms = now_ms;
         w.results.insert(client.seq, result);
         while w.results.len() > self.window {
             if let Some((seq, _)) = w.results.pop_first() {
@@ -78,12 +87,18 @@ impl DedupTable {
             }
         }
         self.lru.insert(revision, client.client_id);
-        if self.clients.len() > self.max_clients {
-            let (_, evicted) = self.lru.pop_first()?;
-            self.clients.remove(&evicted);
-            return Some(evicted);
+        let mut evicted = Vec::new();
+        while self.clients.len() > self.max_clients {
+            let Some((_, &oldest)) = self.lru.first_key_value() else { break };
+            // Least recently active first: if this one is still retained, all are.
+            if self.clients[&oldest].last_ms.saturating_add(RETAIN_MS) > now_ms {
+                break;
+            }
+            self.lru.pop_first();
+            self.clients.remove(&oldest);
+            evicted.push(oldest);
         }
-        None
+        evicted
     }
 
     pub fn window_of(&self, client_id: u64) -> Option<&ClientWindow> {
@@ -126,7 +141,7 @@ mod tests {
     fn answers_a_retry_from_memory() {
         let mut t = DedupTable::new(4, 2);
         assert_eq!(t.check(c(1, 1)), Seen::New);
-        t.record(c(1, 1), res(10));
+        t.record(c(1, 1), res(10), 0);
         assert_eq!(t.check(c(1, 1)), Seen::Applied(&res(10)));
     }
 
@@ -134,7 +149,7 @@ mod tests {
     fn window_forgets_old_seqs_explicitly() {
         let mut t = DedupTable::new(4, 2);
         for (seq, rev) in [(1, 10), (2, 11), (3, 12)] {
-            t.record(c(1, seq), res(rev));
+            t.record(c(1, seq), res(rev), 0);
         }
         assert_eq!(t.check(c(1, 1)), Seen::Forgotten);
         assert_eq!(t.check(c(1, 2)), Seen::Applied(&res(11)));
@@ -142,14 +157,33 @@ mod tests {
     }
 
     #[test]
-    fn evicts_least_recently_active_client() {
+    fn evicts_least_recently_active_idle_client() {
         let mut t = DedupTable::new(2, 2);
-        t.record(c(1, 1), res(1));
-        t.record(c(2, 1), res(2));
-        t.record(c(1, 2), res(3));
-        assert_eq!(t.record(c(3, 1), res(4)), Some(2));
+        t.record(c(1, 1), res(1), 0);
+        t.record(c(2, 1), res(2), 0);
+        t.record(c(1, 2), res(3), RETAIN_MS);
+        assert_eq!(t.record(c(3, 1), res(4), RETAIN_MS), vec![2]);
         assert_eq!(t.len(), 2);
         assert_eq!(t.check(c(2, 1)), Seen::New);
         assert!(matches!(t.check(c(1, 2)), Seen::Applied(_)));
+    }
+
+    /// A burst of new clients never pushes out a client whose retry may still come (item 6
+    /// of issue 8: eviction forgot a client that had just written, floor and all, so its
+    /// retry applied twice).
+    #[test]
+    fn a_recent_client_survives_a_burst_of_new_ones() {
+        let mut t = DedupTable::new(4, 2);
+        for seq in 1..=3 {
+            t.record(c(1, seq), res(seq), 1_000);
+        }
+        for id in 2..100 {
+            t.record(c(id, 1), res(id + 10), 2_000);
+        }
+        assert_eq!(t.check(c(1, 3)), Seen::Applied(&res(3)), "the retry is answered from memory");
+        assert_eq!(t.check(c(1, 1)), Seen::Forgotten, "the floor is kept");
+        // Once idle past the retention, clients go (least recently active first).
+        let evicted = t.record(c(500, 1), res(500), 2_000 + RETAIN_MS);
+        assert!(evicted.contains(&1) && t.len() <= 4, "{evicted:?} {}", t.len());
     }
 }

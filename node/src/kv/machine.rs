@@ -52,6 +52,11 @@ pub struct StateMachine {
     expiry: BTreeSet<(u64, Bytes)>,
     /// The last version issued: new versions always exceed it.
     last_version: Hlc,
+    /// The highest leader clock an applied command carried. Time in the state machine never
+    /// goes back: commands apply at `max(their clock, this)`, and reads never judge TTLs
+    /// below it, whatever the serving node's clock says (a failover to a node whose clock
+    /// is behind must not bring back a key that already expired).
+    clock_ms: u64,
     dedup: DedupTable,
     dirty: Dirty,
 }
@@ -60,6 +65,8 @@ impl StateMachine {
     /// Applies the command at log index `revision`.
     pub fn apply(&mut self, revision: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
         let mut events = Vec::new();
+        self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        let now_ms = self.clock_ms;
         if let Some(client) = cmd.client {
             match self.dedup.check(client) {
                 Seen::Applied(r) => return (r.clone(), events),
@@ -70,13 +77,12 @@ impl StateMachine {
                 Seen::New => {}
             }
         }
-        let mut cx = Apply { sm: self, revision, now_ms: cmd.now_ms, events: &mut events };
+        let mut cx = Apply { sm: self, revision, now_ms, events: &mut events };
         let outcome = cx.op(&cmd.op);
         let result = CommandResult { revision, outcome };
         if let Some(client) = cmd.client {
-            if let Some(evicted) = self.dedup.record(client, result.clone()) {
-                self.dirty.clients.insert(evicted);
-            }
+            let evicted = self.dedup.record(client, result.clone(), now_ms);
+            self.dirty.clients.extend(evicted);
             self.dirty.clients.insert(client.client_id);
         }
         (result, events)
@@ -84,11 +90,13 @@ impl StateMachine {
 
     /// The live entry for `key` at `now_ms`.
     pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let now_ms = now_ms.max(self.clock_ms);
         self.keys.get(key).filter(|e| e.is_live(now_ms))
     }
 
     /// Up to `limit` live entries under `prefix`, strictly after `after`.
     pub fn list(&self, prefix: &[u8], after: &[u8], limit: usize, now_ms: u64) -> Vec<(Bytes, Entry)> {
+        let now_ms = now_ms.max(self.clock_ms);
         let start = if after.is_empty() || after < prefix {
             Bound::Included(Bytes::copy_from_slice(prefix))
         } else {
@@ -120,6 +128,10 @@ impl StateMachine {
         self.last_version
     }
 
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
     pub fn dedup(&self) -> &DedupTable {
         &self.dedup
     }
@@ -138,10 +150,15 @@ impl StateMachine {
     }
 
     /// Rebuilds a state machine from stored parts (disk or snapshot).
-    pub fn from_parts(keys: impl IntoIterator<Item = (Bytes, Entry)>, last_version: Hlc, dedup: DedupTable) -> Self {
+    pub fn from_parts(
+        keys: impl IntoIterator<Item = (Bytes, Entry)>,
+        last_version: Hlc,
+        clock_ms: u64,
+        dedup: DedupTable,
+    ) -> Self {
         let keys: BTreeMap<Bytes, Entry> = keys.into_iter().collect();
         let expiry = keys.iter().filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone()))).collect();
-        Self { keys, expiry, last_version, dedup, dirty: Dirty::default() }
+        Self { keys, expiry, last_version, clock_ms, dedup, dirty: Dirty::default() }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"SNKV";
-const FORMAT: u16 = 1;
+/// 2: the state-machine clock, and each dedup client's last write time.
+const FORMAT: u16 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Body {
     keys: Vec<(Bytes, Entry)>,
     last_version: Hlc,
+    clock_ms: u64,
     dedup: DedupTable,
 }
 
@@ -22,7 +24,7 @@ struct Body {
 pub enum SnapshotError {
     #[error("not a statenode snapshot")]
     BadMagic,
-    #[error("snapshot format {0} is newer than this build understands ({FORMAT})")]
+    #[error("snapshot format {0} is not the one this build understands ({FORMAT})")]
     UnknownFormat(u16),
     #[error("corrupt snapshot: {0}")]
     Corrupt(#[from] bincode::Error),
@@ -32,6 +34,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
     let body = Body {
         keys: sm.entries().map(|(k, e)| (k.clone(), e.clone())).collect(),
         last_version: sm.last_version(),
+        clock_ms: sm.clock_ms(),
         dedup: sm.dedup().clone(),
     };
     let mut out = Vec::with_capacity(64);
@@ -50,5 +53,5 @@ pub fn decode(data: &[u8]) -> Result<StateMachine, SnapshotError> {
         return Err(SnapshotError::UnknownFormat(format));
     }
     let body: Body = bincode::deserialize(&data[6..])?;
-    Ok(StateMachine::from_parts(body.keys, body.last_version, body.dedup))
+    Ok(StateMachine::from_parts(body.keys, body.last_version, body.clock_ms, body.dedup))
 }

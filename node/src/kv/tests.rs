@@ -176,6 +176,26 @@ fn txn_ops_on_one_key_see_each_other() {
     assert_eq!(results[1], OpResult::Delete(DeleteOutcome::NotFound));
 }
 
+/// Time in the state machine never goes back: once the log carried a leader clock past a
+/// key's expiry, no node serves the key, whatever its own clock says (item 7 of issue 8:
+/// after a failover to a node whose clock was behind, an expired key came back).
+#[test]
+fn expiry_judged_by_the_highest_applied_clock() {
+    let mut sm = StateMachine::default();
+    let mut p = put("k", "v");
+    p.ttl_ms = Some(100);
+    sm.apply(1, &cmd(1_000, Op::Put(p)));
+    sm.apply(2, &cmd(1_200, Op::Put(put("other", "x"))));
+    assert!(sm.get(b"k", 500).is_none(), "a node whose clock reads 500 must not serve it");
+    assert!(sm.list(b"", b"", 10, 500).iter().all(|(k, _)| k != "k"));
+    // A later leader whose clock is behind applies at the log's time, not its own.
+    let mut late = put("t", "v");
+    late.ttl_ms = Some(100);
+    sm.apply(3, &cmd(900, Op::Put(late)));
+    assert_eq!(sm.get(b"t", 0).unwrap().expires_at_ms, Some(1_300));
+    assert_eq!(sm.clock_ms(), 1_200);
+}
+
 #[test]
 fn retried_write_is_answered_not_reapplied() {
     let mut sm = StateMachine::default();

@@ -83,12 +83,12 @@ pub async fn plan(
     match role {
         Role::Join { seed } => {
             crate::config::check_addr(seed)?;
-            let id = given.unwrap_or_else(fresh_id);
+            let id = stored.id.or(given).unwrap_or_else(fresh_id);
             let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
             let Some(status) = cluster_at(channels, seed, deadline).await else {
                 anyhow::bail!("no member answered at {seed} within {:?}", config.bootstrap_timeout);
             };
-            let id = enter_existing(config, id, &me, incarnation, &status)?.unwrap_or(id);
+            let id = enter_existing(config, id, &me, incarnation, &status, stored)?.unwrap_or(id);
             Ok(Plan { id, action: Action::Join(seed.clone()) })
         }
         Role::Serve => {
@@ -100,7 +100,7 @@ pub async fn plan(
             let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
             let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
             match find_cluster(channels, &others, deadline).await? {
-                Some((addr, status)) => match enter_existing(config, id, &me, incarnation, &status)? {
+                Some((addr, status)) => match enter_existing(config, id, &me, incarnation, &status, stored)? {
                     None => Ok(Plan { id, action: Action::Wait }),
                     Some(new_id) => Ok(Plan { id: new_id, action: Action::Join(addr) }),
                 },
@@ -123,6 +123,7 @@ fn enter_existing(
     me: &str,
     incarnation: u64,
     status: &ClusterStatus,
+    stored: &Stored,
 ) -> anyhow::Result<Option<NodeId>> {
     if status.members.iter().any(|m| m.id == id && m.incarnation == incarnation) {
         return Ok(None);
@@ -138,7 +139,8 @@ fn enter_existing(
         return Ok(Some(id));
     };
     if config.replace_lost_member {
-        let new = fresh_id();
+        // A replacement stopped before it got any state keeps the id it already recorded.
+        let new = stored.id.filter(|s| *s != id).unwrap_or_else(fresh_id);
         tracing::warn!(
             old = old.id,
             new,

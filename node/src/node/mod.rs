@@ -181,6 +181,9 @@ fn read_stored(log: &dyn LogBackend) -> anyhow::Result<Stored> {
 /// Disk mode: remembers the id (and the lost member it replaces, and a join in progress)
 /// before Raft writes anything under it.
 fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &membership::Plan, given: NodeId) -> anyhow::Result<()> {
+    if let Some(s) = stored.id.filter(|s| *s != plan.id) {
+        anyhow::bail!("data dir belongs to node {s}, but the plan runs it as node {}", plan.id);
+    }
     if stored.id.is_none() {
         if given != 0 && given != plan.id {
             log.set_raw_meta(REPLACED_KEY, &given.to_le_bytes())?;

@@ -49,6 +49,7 @@ impl SmDisk for RedbSm {
             ("last_applied", enc(&c.last_applied)?),
             ("membership", enc(&c.membership)?),
             ("last_version", enc(&c.last_version)?),
+            ("clock_ms", enc(&c.clock_ms)?),
         ];
         let keys =
             c.keys.iter().map(|(k, e)| Ok((k, e.as_ref().map(enc).transpose()?))).collect::<io::Result<Vec<_>>>()?;
@@ -100,6 +101,7 @@ impl SmDisk for RedbSm {
             m.insert("last_applied", enc(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
             m.insert("membership", enc(&meta.last_membership)?.as_slice()).map_err(io_err)?;
             m.insert("last_version", enc(&sm.last_version())?.as_slice()).map_err(io_err)?;
+            m.insert("clock_ms", enc(&sm.clock_ms())?.as_slice()).map_err(io_err)?;
             m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
             m.insert("snapshot_data", data).map_err(io_err)?;
         }
@@ -130,6 +132,7 @@ impl SmDisk for RedbSm {
         let last_applied = get("last_applied")?.map(|b| dec(&b)).transpose()?.flatten();
         let membership = get("membership")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
         let last_version = get("last_version")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+        let clock_ms = get("clock_ms")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
         let snapshot = match (get("snapshot_meta")?, get("snapshot_data")?) {
             (Some(meta), Some(data)) => Some((dec(&meta)?, data)),
             _ => None,
@@ -144,7 +147,7 @@ impl SmDisk for RedbSm {
             let (id, w) = row.map_err(io_err)?;
             dedup.insert_window(id.value(), dec(w.value())?);
         }
-        let kv = StateMachine::from_parts(keys, last_version, dedup);
+        let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup);
         Ok(Loaded { kv, last_applied, membership, snapshot })
     }
 }

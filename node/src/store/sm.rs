@@ -115,6 +115,7 @@ impl SmStore {
             last_applied: st.last_applied,
             membership: st.membership.clone(),
             last_version: st.kv.last_version(),
+            clock_ms: st.kv.clock_ms(),
         });
         (results, events, changes)
     }

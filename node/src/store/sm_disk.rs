@@ -16,6 +16,7 @@ pub struct Changes {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub last_version: Hlc,
+    pub clock_ms: u64,
 }
 
 /// What a restart reads back.
@@ -61,6 +62,7 @@ struct MemSm {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     last_version: Hlc,
+    clock_ms: u64,
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
@@ -82,6 +84,7 @@ impl SmDisk for MemSmDisk {
         g.last_applied = c.last_applied;
         g.membership = c.membership.clone();
         g.last_version = c.last_version;
+        g.clock_ms = c.clock_ms;
         Ok(())
     }
 
@@ -92,6 +95,7 @@ impl SmDisk for MemSmDisk {
         g.last_applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
         g.last_version = sm.last_version();
+        g.clock_ms = sm.clock_ms();
         g.snapshot = Some((meta.clone(), data.to_vec()));
         Ok(())
     }
@@ -110,7 +114,7 @@ impl SmDisk for MemSmDisk {
         for (id, w) in &g.clients {
             dedup.insert_window(*id, w.clone());
         }
-        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, dedup);
+        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, dedup);
         Ok(Loaded { kv, last_applied: g.last_applied, membership: g.membership.clone(), snapshot: g.snapshot.clone() })
     }
 }
