@@ -8,23 +8,60 @@
 use crate::history::{History, Kind, Op, Outcome, Seen};
 use std::collections::{BTreeMap, HashSet};
 
-/// The register state of one key: its value, if present.
-type State = Option<String>;
+/// The register state of one key: its value, if present, and whether that value has a TTL
+/// (it may disappear at any moment — but once seen gone, it never comes back).
+type State = Option<(String, bool)>;
 
-/// Applies `op` to `state` if the observed outcome is possible there.
+/// Applies `op` to `state` if the observed outcome is possible there. An op that observes
+/// a TTL value gone (a get of nothing, a delete of nothing) expires it at that point.
 fn step(state: &State, op: &Op) -> Option<State> {
+    let value = state.as_ref().map(|(v, _)| v);
+    let may_be_gone = state.as_ref().is_none_or(|(_, ttl)| *ttl);
     match (&op.kind, &op.outcome) {
-        (Kind::Put(v), Outcome::Put { applied: true, .. }) | (Kind::Put(v), Outcome::Unknown) => Some(Some(v.clone())),
-        (Kind::Put(_), _) => None,
-        (Kind::PutIfAbsent(v), Outcome::Put { applied: true, .. }) => state.is_none().then(|| Some(v.clone())),
+        (Kind::Put(v), Outcome::Put { applied: true, .. }) | (Kind::Put(v), Outcome::Unknown) => {
+            Some(Some((v.clone(), false)))
+        }
+        (Kind::PutTtl(v, _), Outcome::Put { applied: true, .. }) | (Kind::PutTtl(v, _), Outcome::Unknown) => {
+            Some(Some((v.clone(), true)))
+        }
+        (Kind::Put(_) | Kind::PutTtl(..), _) => None,
+        (Kind::PutIfAbsent(v), Outcome::Put { applied: true, .. }) => may_be_gone.then(|| Some((v.clone(), false))),
         (Kind::PutIfAbsent(_), Outcome::Put { applied: false, .. }) => state.is_some().then(|| state.clone()),
-        (Kind::PutIfAbsent(v), Outcome::Unknown) => Some(if state.is_none() { Some(v.clone()) } else { state.clone() }),
+        (Kind::PutIfAbsent(v), Outcome::Unknown) => {
+            Some(if state.is_none() { Some((v.clone(), false)) } else { state.clone() })
+        }
         (Kind::Delete, Outcome::Delete { deleted: true }) => state.is_some().then_some(None),
-        (Kind::Delete, Outcome::Delete { deleted: false }) => state.is_none().then_some(None),
+        (Kind::Delete, Outcome::Delete { deleted: false }) => may_be_gone.then_some(None),
         (Kind::Delete, Outcome::Unknown) => Some(None),
-        (Kind::Get, Outcome::Get(r)) => (state.as_ref() == r.as_ref().map(|r| &r.value)).then(|| state.clone()),
+        (Kind::Get, Outcome::Get(None)) => may_be_gone.then_some(None),
+        (Kind::Get, Outcome::Get(Some(r))) => (value == Some(&r.value)).then(|| state.clone()),
         _ => None,
     }
+}
+
+/// How late an expired value may still be read, past its TTL: clocks here are skewed by
+/// up to ±5 s per node, and the state-machine clock can run up to that far ahead.
+pub const EXPIRY_SLACK_US: u64 = 15_000_000;
+
+/// A value put with a TTL is never read long after its TTL ran out (by any node's clock).
+pub fn expired_never_returned(h: &History) -> Result<(), String> {
+    let ttl_puts: BTreeMap<&str, (u64, u64)> = h
+        .ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::PutTtl(v, ttl) => Some((v.as_str(), (o.invoke, *ttl))),
+            _ => None,
+        })
+        .collect();
+    for o in &h.ops {
+        let Outcome::Get(Some(r)) = &o.outcome else { continue };
+        if let Some(&(put_at, ttl)) = ttl_puts.get(r.value.as_str()) {
+            if o.invoke > put_at + ttl * 1000 + EXPIRY_SLACK_US {
+                return Err(format!("{o} returned a value whose {ttl} ms TTL ran out long before"));
+            }
+        }
+    }
+    Ok(())
 }
 
 const NIL: usize = usize::MAX;
@@ -398,6 +435,25 @@ mod tests {
         assert!(watch_complete(&h, &[ev(10, "x")]).is_err());
         // An explicit resync excuses the gap.
         watch_complete(&h, &[ev(10, "a"), Seen::Resync { next: 25 }, ev(30, "c")]).unwrap();
+    }
+
+    /// A TTL value may vanish at any point, but once seen gone it never comes back.
+    #[test]
+    fn ttl_values_may_vanish_but_never_return() {
+        let put_ok = || Outcome::Put { applied: true, revision: 1, version: String::new() };
+        let ttl = |v: &str, t0, t1| op(0, Kind::PutTtl(v.into(), 100), t0, Some(t1), put_ok());
+        let ok = [ttl("a", 0, 1), get(Some("a"), 2, 3), get(None, 4, 5), get(None, 6, 7)];
+        check(&ok).unwrap();
+        let back = [ttl("a", 0, 1), get(None, 2, 3), get(Some("a"), 4, 5)];
+        assert!(check(&back).is_err(), "an expired value came back");
+        let plain = [put("a", 0, 1), get(None, 2, 3)];
+        assert!(check(&plain).is_err(), "a value without TTL does not vanish");
+        let mut h = History::default();
+        h.push(ttl("a", 0, 1));
+        h.push(get(Some("a"), 100_000, 100_001));
+        expired_never_returned(&h).unwrap();
+        h.push(get(Some("a"), 20_000_000, 20_000_001));
+        assert!(expired_never_returned(&h).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     Put(String),
+    /// A put whose value expires after this many milliseconds.
+    PutTtl(String, u64),
     /// NX: put only if absent.
     PutIfAbsent(String),
     Delete,
@@ -110,7 +112,8 @@ pub enum Seen {
 pub async fn perform(c: &Client, client_no: usize, key: String, kind: Kind, now: impl Fn() -> u64) -> Op {
     let invoke = now();
     let outcome = match &kind {
-        Kind::Put(v) | Kind::PutIfAbsent(v) => {
+        Kind::Put(v) | Kind::PutIfAbsent(v) | Kind::PutTtl(v, _) => {
+            let ttl_ms = if let Kind::PutTtl(_, t) = kind { t } else { 0 };
             let condition = if matches!(kind, Kind::PutIfAbsent(_)) {
                 pb::PutCondition::PutIfAbsent
             } else {
@@ -120,6 +123,7 @@ pub async fn perform(c: &Client, client_no: usize, key: String, kind: Kind, now:
                 key: key.clone().into(),
                 value: v.clone().into(),
                 condition: condition as i32,
+                ttl_ms,
                 ..Default::default()
             };
             match c.put(req).await {

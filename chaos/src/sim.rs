@@ -108,6 +108,8 @@ fn node_config(i: usize, n: usize, memory: bool) -> Config {
     // Low thresholds so snapshots, purges and snapshot installs happen in every run.
     c.raft.snapshot_threshold = 40;
     c.raft.keep_after_snapshot = 10;
+    // Small chunks: an install takes many round trips, so leaders change in the middle of one.
+    c.raft.snapshot_chunk_bytes = 512;
     c.limits.request_timeout = Duration::from_secs(2);
     // A node restarted with an empty disk follows the documented lost-disk procedure.
     c.replace_lost_member = true;
@@ -200,13 +202,23 @@ async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Resu
     let end = cfg.duration.as_micros() as u64;
     while now_us() < end {
         n += 1;
-        let key = format!("k{}", rng.gen_range(0..cfg.keys));
         let value = format!("c{no}-{n}");
-        let kind = match rng.gen_range(0..100) {
-            0..45 => Kind::Put(value),
-            45..55 => Kind::PutIfAbsent(value),
-            55..65 => Kind::Delete,
-            _ => Kind::Get,
+        // One op in eight goes to the TTL keys: puts that expire within 0.1–1.5 s.
+        let (key, kind) = if rng.gen_range(0..8) == 0 {
+            let kind = match rng.gen_range(0..100) {
+                0..40 => Kind::PutTtl(value, rng.gen_range(100..1500)),
+                40..50 => Kind::Delete,
+                _ => Kind::Get,
+            };
+            (format!("t{}", rng.gen_range(0..2)), kind)
+        } else {
+            let kind = match rng.gen_range(0..100) {
+                0..45 => Kind::Put(value),
+                45..55 => Kind::PutIfAbsent(value),
+                55..65 => Kind::Delete,
+                _ => Kind::Get,
+            };
+            (format!("k{}", rng.gen_range(0..cfg.keys)), kind)
         };
         perform(&c, &shared, no, key, kind).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
@@ -218,8 +230,9 @@ async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Resu
 async fn verifier(cfg: SimConfig, shared: SharedRef) -> turmoil::Result {
     tokio::time::sleep(cfg.duration + Duration::from_secs(2)).await;
     let c = client(&endpoints(cfg.nodes), cfg.seed ^ 0xfeed, Duration::from_secs(30));
-    for k in 0..cfg.keys {
-        perform(&c, &shared, usize::MAX, format!("k{k}"), Kind::Get).await;
+    let keys = (0..cfg.keys).map(|k| format!("k{k}")).chain((0..2).map(|k| format!("t{k}")));
+    for key in keys {
+        perform(&c, &shared, usize::MAX, key, Kind::Get).await;
     }
     shared.borrow_mut().done = true;
     Ok(())
@@ -300,6 +313,8 @@ enum Heal {
     Bounce(String),
     /// Restart these nodes at once.
     BounceMany(Vec<String>),
+    /// Not a heal: cut the leader off (while a restarted node installs a snapshot).
+    IsolateLeader,
     Release(String, Vec<String>),
     Latency,
 }
@@ -316,6 +331,8 @@ struct Driver {
     /// `(host, old id)` of nodes that lost their disk, until the old id left the membership:
     /// until then the old member counts as down (losing a quorum's disks loses data).
     replacing: Vec<(String, u64)>,
+    /// Crashed nodes whose disk was replaced by an empty one.
+    wiped: Vec<String>,
     pending: Vec<(Duration, Heal)>,
     log: Vec<String>,
     /// Memory mode: when the last crashed node came back (its replacement must join first).
@@ -470,6 +487,7 @@ impl Driver {
         sim.crash(victim.as_str());
         let i = self.names.iter().position(|n| n == &victim).expect("node");
         *self.disks[i].lock().expect("disk slot") = Some(fresh_disk());
+        self.wiped.push(victim.clone());
         self.crashed.push(victim.clone());
         self.note(t, format!("crash {victim} and lose its disk"));
         let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
@@ -500,6 +518,13 @@ impl Driver {
             }
             Heal::Bounce(name) => self.restart(sim, t, &[name]),
             Heal::BounceMany(names) => self.restart(sim, t, &names),
+            Heal::IsolateLeader => {
+                let leader = self.shared.borrow().leader.clone();
+                if let Some(leader) = leader {
+                    let rest = self.others(std::slice::from_ref(&leader));
+                    self.partition(sim, t, vec![leader], rest, "isolate leader after a restart");
+                }
+            }
             Heal::Release(v, rest) => {
                 for o in &rest {
                     sim.release(v.as_str(), o.as_str());
@@ -515,17 +540,21 @@ impl Driver {
 
     fn restart(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, names: &[String]) {
         for name in names {
-            let i = self.names.iter().position(|n| n == name).expect("node");
-            let wiped =
-                self.disks[i].lock().expect("disk slot").as_ref().is_none_or(|d| d.log.last().ok().flatten().is_none());
-            if wiped {
+            if self.cfg.memory || self.wiped.contains(name) {
                 self.note_lost_disk(t, name);
             }
+            self.wiped.retain(|w| w != name);
             sim.bounce(name.as_str());
         }
         self.crashed.retain(|c| !names.contains(c) || self.dead.contains(c));
         self.last_bounce = t;
         self.note(t, format!("restart {names:?}"));
+        // A restarted node that lags past the purge point gets a snapshot: half the time,
+        // the leader is cut off while it streams.
+        if self.rng.gen_bool(0.5) {
+            let at = t + Duration::from_millis(self.rng.gen_range(20..400));
+            self.pending.push((at, Heal::IsolateLeader));
+        }
     }
 
     /// Membership changes under load: the spare joins, later leaves, then is stopped.
@@ -604,6 +633,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         crashed: Vec::new(),
         dead: Vec::new(),
         replacing: Vec::new(),
+        wiped: Vec::new(),
         pending: Vec::new(),
         log: Vec::new(),
         last_bounce: Duration::ZERO,
@@ -650,6 +680,7 @@ fn check(shared: &Shared, faults: Vec<String>) -> Result<Report, Failure> {
     let fail = |message: String, timeline: Vec<String>| Failure { message, timeline, faults: faults.clone() };
     checker::linearizable(h).map_err(|v| fail(v.message, v.timeline))?;
     checker::versions_monotonic(h).map_err(|m| fail(m, Vec::new()))?;
+    checker::expired_never_returned(h).map_err(|m| fail(m, Vec::new()))?;
     checker::one_leader_per_term(&shared.claims).map_err(|m| fail(m, Vec::new()))?;
     checker::watch_complete(h, &shared.watched).map_err(|m| fail(m, Vec::new()))?;
     checker::no_amnesia(&shared.lost_disks, &shared.identities).map_err(|m| fail(m, Vec::new()))?;

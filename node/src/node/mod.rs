@@ -205,7 +205,7 @@ fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
         install_snapshot_timeout: 2_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_threshold),
         max_in_snapshot_log_to_keep: c.raft.keep_after_snapshot,
-        snapshot_max_chunk_size: 1024 * 1024,
+        snapshot_max_chunk_size: c.raft.snapshot_chunk_bytes,
         // Entries per AppendEntries: as many as fit one peer message at the largest request.
         max_payload_entries: (MAX_PEER_MESSAGE / (c.limits.max_request_bytes + 64 * 1024)).clamp(1, 300) as u64,
         ..Default::default()
