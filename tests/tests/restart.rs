@@ -130,3 +130,39 @@ async fn wiped_disk_never_rejoins_as_its_old_self() {
     c.wait_leader(None, Duration::from_secs(20)).await;
     assert_eq!(single_client(&grpc3).status().await.unwrap().id, new_id);
 }
+
+/// Node 3's disk is wiped and it is started as a lone node (no `--peers`): it forms a
+/// cluster of its own. Its old cluster's leader keeps sending it Raft messages; they must be
+/// refused (another cluster), or the lone node would be pulled back in as an amnesiac node 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_that_bootstraps_alone_is_never_pulled_back() {
+    let _g = serial().await;
+    let mut c = TestCluster::start(3, false).await;
+    let client = c.client();
+    let acked = write_keys(&client, "before", 20).await;
+    c.node(3).kill9();
+    let data = c.dir.path().join("n3");
+    std::fs::remove_dir_all(&data).unwrap();
+    let (peer, grpc) = (c.nodes[2].peer.clone(), c.nodes[2].grpc.clone());
+    let mut args = vec!["serve".to_string()];
+    args.extend(TestCluster::node_args(3, &peer, &grpc, &data, false));
+    let lone = statenode_e2e::Proc::spawn(3, args, c.dir.path().join("n3-lone.log"), peer, grpc.clone());
+    let probe = single_client(&grpc);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.status().await.map_or(true, |s| s.leader_id != 3) {
+        assert!(Instant::now() < deadline, "the lone node never led itself\n{}", lone.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old leader retries every 200 ms or so: give it time to try many times.
+    for _ in 0..30 {
+        let s = probe.status().await.unwrap();
+        let ids: Vec<u64> = s.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [3], "the lone node was pulled into its old cluster\n{}", lone.log_tail());
+        let got = probe.get("before-0000", pb::Consistency::Stale).await.unwrap();
+        assert!(got.is_none(), "the old cluster replicated into the lone node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The old cluster carries on without it.
+    let two = client_of(&[c.nodes[0].grpc.clone(), c.nodes[1].grpc.clone()]);
+    assert_all_readable(&two, &acked, "the old cluster").await;
+}

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::handle::{ClusterStatus, PeerReply, PeerRequest};
+use crate::raft::identity::ClusterIdent;
 use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::types::{NodeId, NodeInfo, Raft};
 use std::collections::BTreeMap;
@@ -230,6 +231,7 @@ pub async fn form(
     plan: Plan,
     raft: Raft,
     channels: Arc<PeerChannels>,
+    ident: Arc<ClusterIdent>,
     me: NodeInfo,
     stop: watch::Receiver<bool>,
     joined: impl FnOnce(),
@@ -239,7 +241,7 @@ pub async fn form(
             tracing::info!(id = plan.id, "starting from the state on disk");
             Ok(())
         }
-        Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
+        Action::Initialize(peers) => initialize(&raft, &channels, &ident, plan.id, &me, peers, stop).await,
         Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await.map(|()| joined()),
         Action::Wait => {
             tracing::info!("a member of the first configuration: waiting for the leader to replicate");
@@ -254,6 +256,7 @@ pub async fn form(
 async fn initialize(
     raft: &Raft,
     channels: &PeerChannels,
+    ident: &ClusterIdent,
     id: NodeId,
     me: &NodeInfo,
     peers: Vec<(NodeId, String)>,
@@ -283,6 +286,9 @@ async fn initialize(
         }
     }
     tracing::info!(?members, "all expected peers answered; initializing");
+    if ident.get().is_none() {
+        ident.set(ClusterIdent::of_members(&members))?;
+    }
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),

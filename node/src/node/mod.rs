@@ -8,6 +8,7 @@ use crate::handle::NodeHandle;
 use crate::io::{tcp_incoming, Incoming, Io};
 use crate::kv::{Command, Op};
 use crate::raft::consensus::{break_election_ties, Consensus};
+use crate::raft::identity::ClusterIdent;
 use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
 use crate::raft::server::{PeerService, Started};
 use crate::raft::types::{NodeId, NodeInfo, Raft};
@@ -82,12 +83,14 @@ impl Node {
         let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
         let (log, sm_disk) = open_disks(&config, &io)?;
         let stored = read_stored(log.as_ref())?;
+        let ident = ClusterIdent::load(log.clone())?;
         let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
         let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let started: Started = Arc::default();
-        let peer = PeerService { started: started.clone(), id: stored.id.unwrap_or(config.id), me: me.clone() };
+        let id = stored.id.unwrap_or(config.id);
+        let peer = PeerService { started: started.clone(), ident: ident.clone(), id, me: me.clone() };
         let mut tasks = vec![tokio::spawn(serve_peer(listeners.peer, peer, stop_rx.clone()))];
         let plan = match membership::plan(&config, &role, &channels, &stored, incarnation).await {
             Ok(plan) => plan,
@@ -105,7 +108,7 @@ impl Node {
             None => SmStore::memory(hub),
         };
         let weak_log = Arc::downgrade(&log);
-        let network = Network { channels: channels.clone() };
+        let network = Network { channels: channels.clone(), ident: ident.clone() };
         let raft = Raft::new(id, Arc::new(raft_config(&config)?), network, LogStore::new(log), sm.clone())
             .await
             .context("start raft")?;
@@ -134,7 +137,8 @@ impl Node {
                 }
             }
         };
-        tasks.push(tokio::spawn(membership::form(plan, raft.clone(), channels, me, stop_rx, joined)));
+        let form = membership::form(plan, raft.clone(), channels, ident, me, stop_rx, joined);
+        tasks.push(tokio::spawn(form));
         Ok(Node { handle, raft, stop, tasks, log: weak_log })
     }
 

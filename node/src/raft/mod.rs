@@ -3,6 +3,7 @@
 
 pub mod barrier;
 pub mod consensus;
+pub mod identity;
 pub mod network;
 pub mod rt;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The Raft network over tonic: one cached channel per peer, a deadline on every RPC,
 //! payloads bincode-encoded inside `bytes` fields.
 
+use super::identity::{ClusterIdent, CLUSTER_HEADER};
 use super::types::{NodeId, NodeInfo, TypeConfig};
 use crate::io::Dialer;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -64,13 +65,14 @@ pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, bincode::Error> {
 #[derive(Clone)]
 pub struct Network {
     pub channels: Arc<PeerChannels>,
+    pub ident: Arc<ClusterIdent>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConn {
-        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
+        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone(), ident: self.ident.clone() }
     }
 }
 
@@ -78,6 +80,7 @@ pub struct PeerConn {
     target: NodeId,
     addr: String,
     channels: Arc<PeerChannels>,
+    ident: Arc<ClusterIdent>,
 }
 
 #[derive(Clone, Copy)]
@@ -104,6 +107,9 @@ impl PeerConn {
         // The receiver checks it is the node this message is for: a new process at a
         // reused address must not answer (or vote) for the member that lived there.
         blob.metadata_mut().insert(TARGET_HEADER, self.target.into());
+        if let Some(cluster) = self.ident.get() {
+            blob.metadata_mut().insert(CLUSTER_HEADER, cluster.into());
+        }
         let fut = async {
             match rpc {
                 Rpc::Append => client.append_entries(blob).await,

@@ -3,6 +3,7 @@
 //! It starts before the node has decided its id and started Raft, so peers deciding how to
 //! form the cluster can already ask "are you part of a cluster?" (a starting node says no).
 
+use super::identity::{ClusterIdent, CLUSTER_HEADER};
 use super::network::{decode, encode, TARGET_HEADER};
 use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
@@ -19,6 +20,8 @@ pub type Started = Arc<OnceLock<(Raft, NodeHandle)>>;
 
 pub struct PeerService {
     pub started: Started,
+    /// Raft messages from another cluster are refused.
+    pub ident: Arc<ClusterIdent>,
     /// The configured id and addresses, answered while starting.
     pub id: NodeId,
     pub me: NodeInfo,
@@ -38,10 +41,13 @@ impl PeerService {
         let me = handle.id();
         let target =
             req.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        match target {
-            Some(t) if t != me => Err(Status::unavailable(format!("this is node {me}, not node {t}"))),
-            _ => Ok(raft),
+        if let Some(t) = target.filter(|t| *t != me) {
+            return Err(Status::unavailable(format!("this is node {me}, not node {t}")));
         }
+        let cluster = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).map(|v| v.parse::<u64>());
+        let cluster = cluster.transpose().map_err(|_| Status::invalid_argument("bad cluster id"))?;
+        self.ident.admit(cluster).map_err(Status::failed_precondition)?;
+        Ok(raft)
     }
 
     /// What a node that has not started Raft yet can say.
