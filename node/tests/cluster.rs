@@ -210,3 +210,47 @@ async fn data_dir_refuses_another_node_id() {
     let err = Node::start(config(2, &dir, &p, &g, 100), l, Role::Serve, Io::real()).await.err().expect("must refuse");
     assert!(err.to_string().contains("belongs to node 1"), "{err:#}");
 }
+
+/// Writes that carry no `(client_id, seq)` (Dapr, native HTTP) are in flight through a
+/// follower when the leader shuts down gracefully: openraft fails its pending writes after
+/// they were replicated, the follower retries them at the new leader, and the old entries
+/// commit too. Each write must still apply once (item 3 of issue 8: a create-only write
+/// applied, then its retry found the key taken and reported a conflict — a false failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_the_leader_stopped_applies_once() {
+    let mut c = Cluster::start(3, 5000).await;
+    let f = c.follower().await;
+    let leader = c.wait_leader().await;
+    let handle = c.handle(f);
+    let create = |i: usize| {
+        let mut cmd = put(&format!("once-{i}"), &format!("w{i}"));
+        if let Op::Put(p) = &mut cmd.op {
+            p.condition = PutCondition::IfAbsent;
+        }
+        cmd
+    };
+    let writers: Vec<_> = (0..200)
+        .map(|i| {
+            let (h, cmd) = (handle.clone(), create(i));
+            tokio::spawn(async move { (i, h.write(cmd).await) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let li = (0..c.nodes.len()).find(|i| c.handle(*i).id() == leader).unwrap();
+    c.nodes.remove(li).shutdown().await;
+    let mut false_conflicts = Vec::new();
+    for w in writers {
+        let (i, r) = w.await.unwrap();
+        let Ok(r) = r else { continue };
+        let applied =
+            matches!(r.outcome, statenode::kv::Outcome::Op(statenode::kv::OpResult::Put { applied: true, .. }));
+        if !applied {
+            let now = handle.read(format!("once-{i}").as_bytes(), Consistency::Linearizable).await.unwrap();
+            if now.is_some_and(|e| e.value == format!("w{i}").as_bytes()) {
+                false_conflicts.push(i);
+            }
+        }
+    }
+    assert!(false_conflicts.is_empty(), "writes that applied but reported a conflict: {false_conflicts:?}");
+    c.stop().await;
+}
