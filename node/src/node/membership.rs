@@ -136,6 +136,8 @@ fn enter_existing(
         return Ok(Some(id));
     }
     let Some(old) = old else {
+        // Under the id the data dir already recorded, if an earlier attempt got that far.
+        let id = stored.id.unwrap_or(id);
         tracing::info!(id, "a cluster already runs and does not list this node: joining it");
         return Ok(Some(id));
     };
