@@ -108,6 +108,8 @@ pub struct RaftTuning {
     pub snapshot_threshold: u64,
     /// Entries kept behind a snapshot for followers that lag a little.
     pub keep_after_snapshot: u64,
+    /// How often the leader looks for keys whose TTL ran out (and proposes their expiry).
+    pub ttl_reap_ms: u64,
     /// Bytes per InstallSnapshot message.
     pub snapshot_chunk_bytes: u64,
 }
@@ -177,6 +179,7 @@ impl Default for RaftTuning {
             election_max_ms: 800,
             snapshot_threshold: 5000,
             keep_after_snapshot: 1000,
+            ttl_reap_ms: 250,
             snapshot_chunk_bytes: 1024 * 1024,
         }
     }
@@ -316,6 +319,9 @@ impl RaftTuning {
         }
         if self.snapshot_threshold == 0 {
             return Err(Error::invalid("raft.snapshot_threshold must be at least 1"));
+        }
+        if self.ttl_reap_ms == 0 {
+            return Err(Error::invalid("raft.ttl_reap_ms must be positive"));
         }
         if !(256..=64 * 1024 * 1024).contains(&self.snapshot_chunk_bytes) {
             return Err(Error::invalid("raft.snapshot_chunk_bytes must be between 256 B and 64 MiB"));

@@ -123,7 +123,8 @@ impl Node {
             tasks.push(tokio::spawn(crate::http::serve(http, state, stop_rx.clone())));
         }
         tasks.push(tokio::spawn(count_leader_changes(handle.clone(), stop_rx.clone())));
-        tasks.push(tokio::spawn(reap_expired(handle.clone(), stop_rx.clone())));
+        let reap_every = Duration::from_millis(config.raft.ttl_reap_ms);
+        tasks.push(tokio::spawn(reap_expired(handle.clone(), reap_every, stop_rx.clone())));
         let max_election = Duration::from_millis(config.raft.election_max_ms);
         tasks.push(tokio::spawn(break_election_ties(raft.clone(), max_election, stop_rx.clone())));
         tracing::info!(id, %me, memory = config.memory, "node started");
@@ -287,9 +288,9 @@ async fn count_leader_changes(handle: NodeHandle, mut stop: watch::Receiver<bool
     }
 }
 
-/// On the leader, proposes `Expire` whenever a key is due, checking every 250 ms.
-async fn reap_expired(handle: NodeHandle, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+/// On the leader, proposes `Expire` whenever a key is due, checking every `every`.
+async fn reap_expired(handle: NodeHandle, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
