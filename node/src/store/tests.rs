@@ -44,17 +44,9 @@ mod restart {
     use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
     fn entry(index: u64, key: &str) -> Entry {
-        let op = Op::Put(Put {
-            key: key.as_bytes().to_vec().into(),
-            value: b"v".to_vec().into(),
-            ttl_ms: None,
-            condition: PutCondition::Always,
-            fencing: None,
-            client_ts: None,
-        });
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command { client: None, now_ms: 1, op }),
+            payload: EntryPayload::Normal(Command { client: None, now_ms: 1, op: entry_op(key) }),
         }
     }
 
