@@ -336,6 +336,8 @@ struct Driver {
     replacing: Vec<(String, u64)>,
     /// Crashed nodes whose disk was replaced by an empty one.
     wiped: Vec<String>,
+    /// Every fault is healed: no new ones.
+    healed: bool,
     pending: Vec<(Duration, Heal)>,
     log: Vec<String>,
     /// Memory mode: when the last crashed node came back (its replacement must join first).
@@ -522,7 +524,7 @@ impl Driver {
             Heal::Bounce(name) => self.restart(sim, t, &[name]),
             Heal::BounceMany(names) => self.restart(sim, t, &names),
             Heal::IsolateLeader => {
-                let leader = self.shared.borrow().leader.clone();
+                let leader = self.shared.borrow().leader.clone().filter(|_| !self.healed);
                 if let Some(leader) = leader {
                     let rest = self.others(std::slice::from_ref(&leader));
                     self.partition(sim, t, vec![leader], rest, "isolate leader after a restart");
@@ -553,8 +555,8 @@ impl Driver {
         self.last_bounce = t;
         self.note(t, format!("restart {names:?}"));
         // A restarted node that lags past the purge point gets a snapshot: half the time,
-        // the leader is cut off while it streams.
-        if self.rng.gen_bool(0.5) {
+        // the leader is cut off while it streams (not once everything is healed).
+        if self.rng.gen_bool(0.5) && !self.healed {
             let at = t + Duration::from_millis(self.rng.gen_range(20..400));
             self.pending.push((at, Heal::IsolateLeader));
         }
@@ -637,6 +639,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
         dead: Vec::new(),
         replacing: Vec::new(),
         wiped: Vec::new(),
+        healed: false,
         pending: Vec::new(),
         log: Vec::new(),
         last_bounce: Duration::ZERO,
@@ -668,6 +671,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, Failure> {
             next_fault = t + Duration::from_millis(d.rng.gen_range(300..2000));
         }
         if t >= fault_end && !healed {
+            d.healed = true;
             d.heal_due(&mut sim, t, true);
             d.note(t, "all faults healed".into());
             healed = true;

@@ -73,6 +73,8 @@ pub enum PeerRequest {
     Join {
         id: NodeId,
         node: NodeInfo,
+        /// A lost member this node replaces: removed once the new one is a voter.
+        replaces: Option<NodeId>,
     },
     Leave {
         id: NodeId,
@@ -199,7 +201,7 @@ impl NodeHandle {
             self.inner.limits.check_key(k)?;
         }
         if c == Consistency::Stale {
-            return Ok(self.local_read(keys));
+            return Ok(self.local_read(keys, self.now_ms()));
         }
         match self.route(PeerRequest::Read(keys.to_vec())).await? {
             PeerReply::Read(r) => Ok(r),
@@ -210,7 +212,7 @@ impl NodeHandle {
     pub async fn list(&self, mut q: ListQuery, c: Consistency) -> Result<ListPage> {
         self.inner.limits.check_list(&mut q)?;
         if c == Consistency::Stale {
-            return Ok(self.local_list(&q));
+            return Ok(self.local_list(&q, self.now_ms()));
         }
         match self.route(PeerRequest::List(q)).await? {
             PeerReply::List(p) => Ok(p),
@@ -233,7 +235,7 @@ impl NodeHandle {
         }
         crate::config::check_addr(&node.peer_addr)?;
         crate::config::check_addr(&node.grpc_addr)?;
-        match self.route(PeerRequest::Join { id, node }).await? {
+        match self.route(PeerRequest::Join { id, node, replaces: None }).await? {
             PeerReply::Members(m) => Ok(m),
             other => Err(unexpected(other)),
         }
@@ -302,15 +304,15 @@ impl NodeHandle {
             }
             PeerRequest::Read(keys) => {
                 c.read_barrier().await?;
-                self.expire_due_first().await?;
-                Ok(PeerReply::Read(self.local_read(&keys)))
+                let now = self.expire_due_first().await?;
+                Ok(PeerReply::Read(self.local_read(&keys, now)))
             }
             PeerRequest::List(q) => {
                 c.read_barrier().await?;
-                self.expire_due_first().await?;
-                Ok(PeerReply::List(self.local_list(&q)))
+                let now = self.expire_due_first().await?;
+                Ok(PeerReply::List(self.local_list(&q, now)))
             }
-            PeerRequest::Join { id, node } => Ok(PeerReply::Members(c.join(id, node).await?)),
+            PeerRequest::Join { id, node, replaces } => Ok(PeerReply::Members(c.join(id, node, replaces).await?)),
             PeerRequest::Leave { id } => Ok(PeerReply::Members(c.leave(id).await?)),
             PeerRequest::Status => Ok(PeerReply::Status(c.status())),
             PeerRequest::Hello => Ok(PeerReply::Hello(self.id(), self.inner.me.clone())),
@@ -375,28 +377,32 @@ impl NodeHandle {
 
     /// On the leader, before a linearizable read: a key whose TTL ran out by this node's
     /// clock is expired through the log first, so no later leader (whose clock may be
-    /// behind) can serve it again once a read has reported it gone.
-    async fn expire_due_first(&self) -> std::result::Result<(), Fail> {
-        let due = |now: u64| self.inner.sm.read().kv.next_expiry().is_some_and(|t| t <= now);
-        if !due(self.now_ms()) {
-            return Ok(());
+    /// behind) can serve it again once a read has reported it gone. Returns the time the
+    /// read is to judge TTLs at: nothing due by then is left unexpired in the log.
+    async fn expire_due_first(&self) -> std::result::Result<u64, Fail> {
+        let now = self.now_ms();
+        if !self.due(now) {
+            return Ok(now);
         }
         let _one = self.inner.expiring.lock().await;
-        let now = self.now_ms();
-        if due(now) {
+        if self.due(now) {
             self.inner.consensus.write(Command { client: None, now_ms: now, op: Op::Expire }).await?;
         }
-        Ok(())
+        Ok(now)
     }
 
-    fn local_read(&self, keys: &[Bytes]) -> Vec<Option<Entry>> {
-        let now = self.now_ms();
+    /// Whether some key's TTL ran out by `now` (or by the state machine's own clock).
+    pub(crate) fn due(&self, now: u64) -> bool {
+        let st = self.inner.sm.read();
+        st.kv.next_expiry().is_some_and(|t| t <= now.max(st.kv.clock_ms()))
+    }
+
+    fn local_read(&self, keys: &[Bytes], now: u64) -> Vec<Option<Entry>> {
         let st = self.inner.sm.read();
         keys.iter().map(|k| st.kv.get(k, now).cloned()).collect()
     }
 
-    fn local_list(&self, q: &ListQuery) -> ListPage {
-        let now = self.now_ms();
+    fn local_list(&self, q: &ListQuery, now: u64) -> ListPage {
         let st = self.inner.sm.read();
         let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
         let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();

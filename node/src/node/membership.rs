@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::handle::{ClusterStatus, PeerReply, PeerRequest};
-use crate::raft::identity::ClusterIdent;
 use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::types::{NodeId, NodeInfo, Raft};
 use std::collections::BTreeMap;
@@ -23,6 +22,8 @@ pub enum Role {
 pub struct Plan {
     pub id: NodeId,
     action: Action,
+    /// The lost member a join replaces, to be removed once this node is a voter.
+    replaces: Option<NodeId>,
 }
 
 enum Action {
@@ -78,7 +79,7 @@ pub async fn plan(
             Some(via) => Action::Join(via.clone()),
             None => Action::Resume,
         };
-        return Ok(Plan { id, action });
+        return Ok(Plan { id, action, replaces: stored.replaced });
     }
     let me = config.peer_advertise();
     match role {
@@ -89,35 +90,44 @@ pub async fn plan(
             let Some(status) = cluster_at(channels, seed, deadline).await else {
                 anyhow::bail!("no member answered at {seed} within {:?}", config.bootstrap_timeout);
             };
-            let id = enter_existing(config, id, &me, incarnation, &status, stored)?.unwrap_or(id);
-            Ok(Plan { id, action: Action::Join(seed.clone()) })
+            let (id, replaces) = match enter_existing(config, id, &me, incarnation, &status, stored)? {
+                Enter::Wait => (id, None),
+                Enter::Join { id, replaces } => (id, replaces),
+            };
+            Ok(Plan { id, action: Action::Join(seed.clone()), replaces })
         }
         Role::Serve => {
             let peers = config.parsed_peers()?;
             let id = given.unwrap_or(1);
             if peers.len() <= 1 {
-                return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]) });
+                return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]), replaces: None });
             }
             let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
             let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
             match find_cluster(channels, &others, deadline).await? {
                 Some((addr, status)) => match enter_existing(config, id, &me, incarnation, &status, stored)? {
-                    None => Ok(Plan { id, action: Action::Wait }),
-                    Some(new_id) => Ok(Plan { id: new_id, action: Action::Join(addr) }),
+                    Enter::Wait => Ok(Plan { id, action: Action::Wait, replaces: None }),
+                    Enter::Join { id, replaces } => Ok(Plan { id, action: Action::Join(addr), replaces }),
                 },
-                None => Ok(Plan { id, action: Action::Initialize(peers) }),
+                None => Ok(Plan { id, action: Action::Initialize(peers), replaces: None }),
             }
         }
     }
 }
 
-/// How a node with no data enters a running cluster: `None` to wait for replication (a
-/// peer bootstrapped with this very process), else the id to join under. A cluster that
-/// still lists this node (its id, or its address) had it as a member before its data was
-/// lost: it must not come back as its old self, having forgotten its votes and the writes
-/// it acknowledged (Raft §5.2, §5.4). It joins under a new id, and the leader removes the
-/// old entry once the new one caught up — in memory mode always, in disk mode only when the
-/// operator says so with `--replace-lost-member`.
+/// How a node with no Raft state enters a running cluster.
+enum Enter {
+    /// A peer bootstrapped with this very process: the leader will replicate to it.
+    Wait,
+    /// Join under `id`; the leader removes the lost member it `replaces` once it is a voter.
+    Join { id: NodeId, replaces: Option<NodeId> },
+}
+
+/// A cluster that still lists this node (its id, or its address) had it as a member
+/// before its data was lost: it must not come back as its old self, having forgotten its
+/// votes and the writes it acknowledged (Raft §5.2, §5.4). It joins under a new id, and the
+/// leader removes the old entry once the new one caught up — in memory mode always, in disk
+/// mode only when the operator says so with `--replace-lost-member`.
 fn enter_existing(
     config: &Config,
     id: NodeId,
@@ -125,31 +135,37 @@ fn enter_existing(
     incarnation: u64,
     status: &ClusterStatus,
     stored: &Stored,
-) -> anyhow::Result<Option<NodeId>> {
+) -> anyhow::Result<Enter> {
     if status.members.iter().any(|m| m.id == id && m.incarnation == incarnation) {
-        return Ok(None);
+        return Ok(Enter::Wait);
     }
     let old = status.members.iter().find(|m| m.id == id || m.peer_addr == me);
     if config.memory {
         let id = fresh_id();
         tracing::info!(id, "memory mode: a cluster already runs; joining it as a new member");
-        return Ok(Some(id));
+        return Ok(Enter::Join { id, replaces: old.map(|o| o.id) });
     }
     let Some(old) = old else {
         // Under the id the data dir already recorded, if an earlier attempt got that far.
         let id = stored.id.unwrap_or(id);
         tracing::info!(id, "a cluster already runs and does not list this node: joining it");
-        return Ok(Some(id));
+        return Ok(Enter::Join { id, replaces: None });
     };
+    // The data dir recorded this very member's id and holds no Raft state: it never voted
+    // nor acknowledged an entry (both are durable first). It is that member, still blank
+    // (it stopped before its first vote or append); the join finishes what was begun.
+    if stored.id == Some(old.id) {
+        return Ok(Enter::Join { id: old.id, replaces: None });
+    }
     if config.replace_lost_member {
         // A replacement stopped before it got any state keeps the id it already recorded.
-        let new = stored.id.filter(|s| *s != id).unwrap_or_else(fresh_id);
+        let new = stored.id.unwrap_or_else(fresh_id);
         tracing::warn!(
             old = old.id,
             new,
             "replacing lost member: joining under a new id; the old entry goes once caught up"
         );
-        return Ok(Some(new));
+        return Ok(Enter::Join { id: new, replaces: Some(old.id) });
     }
     anyhow::bail!(
         "this node's data is gone ({} holds no Raft state), but the cluster still lists it as member {} at {}: \
@@ -226,6 +242,14 @@ impl Plan {
             _ => None,
         }
     }
+
+    /// The first configuration this plan forms, if it forms one.
+    pub fn initial_peers(&self) -> Option<&[(NodeId, String)]> {
+        match &self.action {
+            Action::Initialize(peers) => Some(peers),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the plan's action in the background; `joined` runs once a join has finished.
@@ -233,7 +257,6 @@ pub async fn form(
     plan: Plan,
     raft: Raft,
     channels: Arc<PeerChannels>,
-    ident: Arc<ClusterIdent>,
     me: NodeInfo,
     stop: watch::Receiver<bool>,
     joined: impl FnOnce(),
@@ -243,8 +266,11 @@ pub async fn form(
             tracing::info!(id = plan.id, "starting from the state on disk");
             Ok(())
         }
-        Action::Initialize(peers) => initialize(&raft, &channels, &ident, plan.id, &me, peers, stop).await,
-        Action::Join(via) => join_cluster(&channels, &raft, &via, plan.id, &me, stop).await.map(|()| joined()),
+        Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
+        Action::Join(via) => {
+            let (id, replaces) = (plan.id, plan.replaces);
+            join_cluster(&channels, &raft, &via, (id, replaces), &me, stop).await.map(|()| joined())
+        }
         Action::Wait => {
             tracing::info!("a member of the first configuration: waiting for the leader to replicate");
             Ok(())
@@ -258,7 +284,6 @@ pub async fn form(
 async fn initialize(
     raft: &Raft,
     channels: &PeerChannels,
-    ident: &ClusterIdent,
     id: NodeId,
     me: &NodeInfo,
     peers: Vec<(NodeId, String)>,
@@ -288,9 +313,6 @@ async fn initialize(
         }
     }
     tracing::info!(?members, "all expected peers answered; initializing");
-    if ident.get().is_none() {
-        ident.set(ClusterIdent::of_members(&members))?;
-    }
     match raft.initialize(members).await {
         Ok(()) => Ok(()),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
@@ -317,14 +339,16 @@ async fn with_progress<T>(raft: &Raft, fut: impl std::future::Future<Output = T>
 }
 
 /// Asks the leader, found through `via`, to add this node; retries until it is a voter.
+/// `who` is this node's id and the lost member it replaces, if any.
 pub async fn join_cluster(
     channels: &PeerChannels,
     raft: &Raft,
     via: &str,
-    id: NodeId,
+    who: (NodeId, Option<NodeId>),
     me: &NodeInfo,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let (id, replaces) = who;
     let deadline = Duration::from_secs(180);
     let mut attempt = 0u32;
     while !*stop.borrow() {
@@ -341,7 +365,7 @@ pub async fn join_cluster(
             continue;
         };
         tracing::info!(id, leader, "asking the leader to add this node (learner, then voter once caught up)");
-        let req = PeerRequest::Join { id, node: me.clone() };
+        let req = PeerRequest::Join { id, node: me.clone(), replaces };
         let reply = with_progress(raft, ask(channels, &leader, &req, deadline)).await;
         match reply {
             Ok(PeerReply::Members(m)) => {

@@ -103,6 +103,11 @@ impl Node {
         if sm_disk.is_some() {
             record_plan(log.as_ref(), &stored, &plan, config.id)?;
         }
+        // A node that forms a cluster knows its id before it takes any Raft message, so it
+        // never adopts another cluster's (a wiped member forming a cluster of its own).
+        if let Some(peers) = plan.initial_peers() {
+            ident.set(ClusterIdent::of_peers(peers))?;
+        }
         let sm = match sm_disk {
             Some(d) => SmStore::disk(d, hub)?,
             None => SmStore::memory(hub),
@@ -138,7 +143,7 @@ impl Node {
                 }
             }
         };
-        let form = membership::form(plan, raft.clone(), channels, ident, me, stop_rx, joined);
+        let form = membership::form(plan, raft.clone(), channels, me, stop_rx, joined);
         tasks.push(tokio::spawn(form));
         Ok(Node { handle, raft, stop, tasks, log: weak_log })
     }
@@ -296,8 +301,7 @@ async fn reap_expired(handle: NodeHandle, every: Duration, mut stop: watch::Rece
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let due = handle.sm().read().kv.next_expiry().is_some_and(|t| t <= handle.now_ms());
-        if due && handle.consensus().raft.current_leader().await == Some(handle.id()) {
+        if handle.due(handle.now_ms()) && handle.consensus().raft.current_leader().await == Some(handle.id()) {
             if let Err(e) = handle.write(Command { client: None, now_ms: 0, op: Op::Expire }).await {
                 tracing::debug!(error = %e, "expire proposal failed");
             }

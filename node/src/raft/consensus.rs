@@ -38,34 +38,36 @@ impl Consensus {
         self.barrier.wait().await
     }
 
-    /// Adds `id` as a learner, waits until it caught up, then promotes it to voter.
-    /// A member already at the same address under another id (a memory-mode node that
-    /// restarted) is removed afterwards.
-    pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<Vec<Member>, Fail> {
+    /// Adds `id` as a learner, waits until it caught up, then promotes it to voter. The
+    /// members it replaces — any other id at the same address (a memory-mode node that
+    /// restarted), and `replaces` (a lost member, named by the replacement) — are removed
+    /// afterwards, also when a retried join finds `id` a voter already.
+    pub async fn join(&self, id: NodeId, node: NodeInfo, replaces: Option<NodeId>) -> Result<Vec<Member>, Fail> {
         let _serial = self.membership.lock().await;
         self.raft.ensure_linearizable().await.map_err(Fail::from_read)?;
         let status = self.status();
-        if let Some(m) = status.members.iter().find(|m| m.id == id) {
-            if m.peer_addr != node.peer_addr {
-                let msg = format!("node {id} is already a member at {}; remove it first", m.peer_addr);
-                return Err(Error::invalid(msg).into());
-            }
-            if m.voter {
-                return Ok(status.members);
-            }
+        let stale: BTreeSet<NodeId> = status
+            .members
+            .iter()
+            .filter(|m| m.id != id && (m.peer_addr == node.peer_addr || Some(m.id) == replaces))
+            .map(|m| m.id)
+            .collect();
+        let member = status.members.iter().find(|m| m.id == id);
+        if let Some(m) = member.filter(|m| m.peer_addr != node.peer_addr) {
+            let msg = format!("node {id} is already a member at {}; remove it first", m.peer_addr);
+            return Err(Error::invalid(msg).into());
         }
-        let stale: BTreeSet<NodeId> =
-            status.members.iter().filter(|m| m.id != id && m.peer_addr == node.peer_addr).map(|m| m.id).collect();
-        let deadline = Duration::from_secs(120);
-        let add = self.raft.add_learner(id, node, true);
-        tokio::time::timeout(deadline, add)
-            .await
-            .map_err(|_| Error::Timeout("learner did not catch up in time".into()))?
-            .map_err(Fail::from_write)?;
-        let ids: BTreeSet<NodeId> = [id].into();
-        self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(Fail::from_write)?;
+        if !member.is_some_and(|m| m.voter) {
+            let add = self.raft.add_learner(id, node, true);
+            tokio::time::timeout(Duration::from_secs(120), add)
+                .await
+                .map_err(|_| Error::Timeout("learner did not catch up in time".into()))?
+                .map_err(Fail::from_write)?;
+            let ids: BTreeSet<NodeId> = [id].into();
+            self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(Fail::from_write)?;
+        }
         if !stale.is_empty() {
-            tracing::info!(?stale, new = id, "replacing members at the same address");
+            tracing::info!(?stale, new = id, "removing the members this node replaces");
             self.remove(stale).await?;
         }
         Ok(self.status().members)

@@ -1,12 +1,11 @@
-//! Which cluster a node belongs to. The id is derived when the cluster is first formed,
+//! Which cluster a node belongs to. The id is derived from the first configuration,
 //! stored next to the log, and carried on every Raft message; a node takes no Raft message
 //! from another cluster. Without it, a member whose disk was wiped and which then formed a
 //! cluster of its own (started without `--peers`) would be pulled back into its old cluster
 //! by the old leader — as an amnesiac under its old id — or disrupt it.
 
-use super::types::{NodeId, NodeInfo};
+use super::types::NodeId;
 use crate::store::LogBackend;
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,14 +30,17 @@ impl ClusterIdent {
         Some(self.id.load(Ordering::SeqCst)).filter(|id| *id != 0)
     }
 
-    /// The id of a cluster formed with these members: every node that initializes it
-    /// computes the same one (the members' process incarnations make it unique).
-    pub fn of_members(members: &BTreeMap<NodeId, NodeInfo>) -> u64 {
+    /// The id of a cluster whose first configuration is `peers` (ids and peer addresses):
+    /// every node that forms it computes the same one from its own flags, before it takes
+    /// any message, and again after a restart. (A cluster formed anew with the very same ids
+    /// and addresses gets the same id — it replaces one whose members all lost their data.)
+    pub fn of_peers(peers: &[(NodeId, String)]) -> u64 {
+        let mut sorted: Vec<&(NodeId, String)> = peers.iter().collect();
+        sorted.sort();
         // FNV-1a: stable across builds, unlike std's hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (id, n) in members {
-            let parts = [&id.to_le_bytes()[..], n.peer_addr.as_bytes(), &n.incarnation.to_le_bytes()];
-            for b in parts.into_iter().flatten() {
+        for (id, addr) in sorted {
+            for b in id.to_le_bytes().iter().chain(addr.as_bytes()).chain(b"\n") {
                 h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
             }
         }
@@ -72,11 +74,6 @@ mod tests {
     use super::*;
     use crate::store::MemLog;
 
-    fn members(incarnation: u64) -> BTreeMap<NodeId, NodeInfo> {
-        let n = |a: &str| NodeInfo { peer_addr: a.into(), grpc_addr: String::new(), incarnation };
-        [(1, n("a:1")), (2, n("b:1"))].into()
-    }
-
     #[test]
     fn adopts_once_then_refuses_strangers() {
         let log: Arc<dyn LogBackend> = Arc::new(MemLog::default());
@@ -90,8 +87,11 @@ mod tests {
     }
 
     #[test]
-    fn the_same_members_give_the_same_id() {
-        assert_eq!(ClusterIdent::of_members(&members(5)), ClusterIdent::of_members(&members(5)));
-        assert_ne!(ClusterIdent::of_members(&members(5)), ClusterIdent::of_members(&members(6)));
+    fn the_same_first_configuration_gives_the_same_id() {
+        let peers = |v: &[(u64, &str)]| v.iter().map(|(i, a)| (*i, a.to_string())).collect::<Vec<_>>();
+        let abc = ClusterIdent::of_peers(&peers(&[(1, "a:1"), (2, "b:1"), (3, "c:1")]));
+        assert_eq!(abc, ClusterIdent::of_peers(&peers(&[(3, "c:1"), (1, "a:1"), (2, "b:1")])));
+        assert_ne!(abc, ClusterIdent::of_peers(&peers(&[(3, "c:1")])), "a member alone is another cluster");
+        assert_ne!(abc, ClusterIdent::of_peers(&peers(&[(1, "a:1"), (2, "b:1"), (3, "d:1")])));
     }
 }
