@@ -29,7 +29,8 @@ fn check(c: SimConfig) {
 /// after a snapshot install (2), a watch repeating events when resumed on a lagging node
 /// (36, 42), a watch resuming before a node's history dropping the events it still kept (447),
 /// a quorum restarted with the rest down waiting for them forever (28, 30), a node with a
-/// wiped disk rejoining as its old self (8) and losing acknowledged writes that way (38).
+/// wiped disk rejoining as its old self (8) and losing acknowledged writes that way (38), a
+/// watch sent back by a resync to a snapshot older than where it already was (854).
 #[test]
 fn regression_seeds() {
     let seeds = [
@@ -46,6 +47,7 @@ fn regression_seeds() {
         (30, 5, false),
         (8, 3, false),
         (38, 3, false),
+        (854, 3, false),
     ];
     for (seed, nodes, memory) in seeds {
         check(cfg(seed, nodes, memory));

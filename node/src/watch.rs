@@ -162,6 +162,10 @@ impl EventStream {
                         continue;
                     }
                 }
+                // The state was replaced at a point this stream has already passed (a node
+                // still catching up, watched from a later revision): nothing is missing, and a
+                // resync to an older revision would send the watcher back.
+                WatchItem::Resync { next } if *next <= self.min_revision.max(self.last) => continue,
                 WatchItem::Resync { next } => {
                     (self.last, self.taken_at_last) = (next.saturating_sub(1), 0);
                     self.min_revision = self.min_revision.max(*next);
@@ -277,5 +281,24 @@ mod tests {
         let mut want = vec![(10, "b".to_string()), (10, "c".to_string())];
         want.extend((11..=30).map(|r| (r, format!("k{r}"))));
         assert_eq!(got, want);
+    }
+
+    /// A watch from a revision the node has not reached yet, on a node that then installs a
+    /// snapshot older than that revision: no resync (it would send the watcher back), just
+    /// the events from the asked revision on (chaos seed 854: "watch went back").
+    #[tokio::test]
+    async fn a_snapshot_behind_the_watch_start_is_no_resync() {
+        let hub = Arc::new(EventHub::new(1024, 1));
+        let mut w = EventStream::new(hub.clone(), Bytes::new(), Some(391), 1);
+        hub.reset(361); // a snapshot at 360 installed on the catching-up node
+        hub.publish((361..=395).map(ev).collect());
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            match w.next().await {
+                Some(WatchItem::Event(e)) => got.push(e.revision),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, [391, 392, 393, 394, 395]);
     }
 }
