@@ -434,6 +434,16 @@ impl Driver {
     }
 
     fn crash(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        self.crash_one(sim, t, false);
+    }
+
+    /// Disk mode: a node crashes and comes back with an empty disk (memory mode: a crash).
+    fn lose_disk(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
+        self.crash_one(sim, t, !self.cfg.memory);
+    }
+
+    /// Crashes one node that is up, if a quorum stays up; `wipe` replaces its disk too.
+    fn crash_one(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration, wipe: bool) {
         let max_down = (self.names.len() - 1) / 2;
         // Memory mode keeps data only while a quorum stays up: one node at a time, and
         // only once the last one's replacement had time to join.
@@ -446,7 +456,14 @@ impl Driver {
         let victim = up[self.rng.gen_range(0..up.len())].clone();
         sim.crash(victim.as_str());
         self.crashed.push(victim.clone());
-        self.note(t, format!("crash {victim}"));
+        if wipe {
+            let i = self.names.iter().position(|n| n == &victim).expect("node");
+            *self.disks[i].lock().expect("disk slot") = Some(fresh_disk());
+            self.wiped.push(victim.clone());
+            self.note(t, format!("crash {victim} and lose its disk"));
+        } else {
+            self.note(t, format!("crash {victim}"));
+        }
         let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
         self.pending.push((heal_at, Heal::Bounce(victim)));
     }
@@ -478,25 +495,6 @@ impl Driver {
         self.note(t, format!("{what}: {victims:?}"));
         let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
         self.pending.push((heal_at, Heal::BounceMany(back)));
-    }
-
-    /// Disk mode: a node crashes and comes back with an empty disk.
-    fn lose_disk(&mut self, sim: &mut turmoil::Sim<'_>, t: Duration) {
-        let max_down = (self.names.len() - 1) / 2;
-        let down = self.down();
-        if self.cfg.memory || down.len() >= max_down {
-            return self.crash(sim, t);
-        }
-        let up: Vec<String> = self.others(&down);
-        let victim = up[self.rng.gen_range(0..up.len())].clone();
-        sim.crash(victim.as_str());
-        let i = self.names.iter().position(|n| n == &victim).expect("node");
-        *self.disks[i].lock().expect("disk slot") = Some(fresh_disk());
-        self.wiped.push(victim.clone());
-        self.crashed.push(victim.clone());
-        self.note(t, format!("crash {victim} and lose its disk"));
-        let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
-        self.pending.push((heal_at, Heal::Bounce(victim)));
     }
 
     /// Records that `name` restarts without its data, under whatever id it last reported.

@@ -229,12 +229,14 @@ impl NodeHandle {
         self.inner.consensus.status()
     }
 
-    pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<Vec<Member>> {
+    /// Adds node `id`, reachable at these peer and client addresses (admin join).
+    pub async fn join(&self, id: NodeId, peer_addr: String, grpc_addr: String) -> Result<Vec<Member>> {
         if id == 0 {
             return Err(Error::invalid("node id must be at least 1"));
         }
-        crate::config::check_addr(&node.peer_addr)?;
-        crate::config::check_addr(&node.grpc_addr)?;
+        crate::config::check_addr(&peer_addr)?;
+        crate::config::check_addr(&grpc_addr)?;
+        let node = NodeInfo { peer_addr, grpc_addr, incarnation: 0 };
         match self.route(PeerRequest::Join { id, node, replaces: None }).await? {
             PeerReply::Members(m) => Ok(m),
             other => Err(unexpected(other)),

@@ -3,7 +3,6 @@
 use super::convert::member;
 use super::status;
 use crate::handle::NodeHandle;
-use crate::raft::types::NodeInfo;
 use statenode_proto::v1 as pb;
 use statenode_proto::v1::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
@@ -38,8 +37,7 @@ impl Cluster for ClusterService {
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let r = req.into_inner();
-        let node = NodeInfo { peer_addr: r.peer_addr, grpc_addr: r.grpc_addr, incarnation: 0 };
-        let members = self.handle.join(r.id, node).await.map_err(status)?;
+        let members = self.handle.join(r.id, r.peer_addr, r.grpc_addr).await.map_err(status)?;
         Ok(Response::new(pb::JoinResponse { members: members.into_iter().map(member).collect() }))
     }
 

@@ -6,7 +6,6 @@ use super::{json, query_pairs, read_body, text, unescape, HttpState};
 use crate::error::Error;
 use crate::handle::{Consistency, ListQuery, WatchItem};
 use crate::kv::{Command, Delete, DeleteCondition, DeleteOutcome, Entry, Op, OpResult, Outcome, Put, PutCondition};
-use crate::raft::types::NodeInfo;
 use axum::body::Body;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -378,8 +377,7 @@ async fn join(state: &HttpState, body: Body) -> Reply {
             .map(str::to_string)
             .ok_or_else(|| Error::invalid(format!("\"{name}\" is required")))
     };
-    let node = NodeInfo { peer_addr: addr("peer_addr")?, grpc_addr: addr("grpc_addr")?, incarnation: 0 };
-    let members = state.handle().join(id, node).await?;
+    let members = state.handle().join(id, addr("peer_addr")?, addr("grpc_addr")?).await?;
     Ok(json(StatusCode::OK, &json!({ "members": members.iter().map(member_json).collect::<Vec<_>>() })))
 }
 
