@@ -10,7 +10,6 @@ use crate::io::Incoming;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use hyper::body::Incoming as HyperBody;
 use hyper::http::{header, HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
@@ -66,7 +65,7 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&state, req.map(Body::new)).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)
@@ -79,10 +78,11 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
     conns.abort_all();
 }
 
-async fn handle(state: Arc<HttpState>, req: Request<HyperBody>) -> Response {
+/// Answers one request, as the server does for each one it reads: routing, the token
+/// check, metrics. Tests call it directly, without a socket.
+pub async fn respond(state: &HttpState, req: Request<Body>) -> Response {
     let start = Instant::now();
-    let req = req.map(Body::new);
-    let (route, resp) = route(&state, req).await;
+    let (route, resp) = route(state, req).await;
     state.handle().metrics().observe("http", route, resp.status().as_u16(), start.elapsed());
     resp
 }
