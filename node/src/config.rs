@@ -1,7 +1,7 @@
 //! One `Config`: defaults < TOML file < `STATENODE_*` environment < flags; `validate()`.
 
+use crate::api::ListQuery;
 use crate::error::{Error, Result};
-use crate::handle::ListQuery;
 use crate::kv::Put;
 use serde::Deserialize;
 use std::path::PathBuf;

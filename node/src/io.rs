@@ -63,10 +63,7 @@ pub fn tcp_incoming(l: TcpListener) -> Incoming {
     }))
 }
 
-/// Makes lazily-connecting gRPC channels to `host:port` addresses.
-pub trait Dialer: Send + Sync + 'static {
-    fn channel(&self, addr: &str) -> Result<Channel, String>;
-}
+pub use crate::raft::network::Dialer;
 
 /// Real TCP.
 pub struct TcpDialer;
@@ -110,4 +107,9 @@ impl Io {
     pub fn real() -> Self {
         Self { dialer: Arc::new(TcpDialer), clock: system_clock(), disk: None }
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone): a server's shutdown signal.
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

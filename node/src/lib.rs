@@ -1,9 +1,12 @@
 //! statenode: a Raft-replicated key/value state cluster.
 //!
-//! Layout (see ARCHITECTURE.md): `kv` is the deterministic state machine, `store` keeps
-//! it and the Raft log (redb or memory), `raft` is the openraft glue, `handle` is the one
-//! narrow API the front doors (`http`, `grpc`) use; `dapr` is Dapr's state API over it, `node` wires everything together.
+//! Layout (see ARCHITECTURE.md): `kv` is the deterministic state machine, `raft` the
+//! openraft glue and membership, `store` keeps the state machine and the Raft log (redb or
+//! memory), `handle` is the one narrow API the front doors (`http`, `grpc`) use, speaking
+//! `api`'s types; `dapr` is Dapr's state API over it; `node` wires everything together.
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dapr;
 pub mod error;

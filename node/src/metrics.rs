@@ -1,7 +1,7 @@
 //! Prometheus metrics: requests and latency per front door, route and status, plus the
 //! node's Raft state. Rendered in the text exposition format by `/metrics`.
 
-use crate::handle::ClusterStatus;
+use crate::api::ClusterStatus;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,19 +99,19 @@ impl Metrics {
 /// A tower layer for the client gRPC server: counts every call by method and status (the
 /// `grpc-status` of a trailers-only answer, else OK) and its time to the response head.
 #[derive(Clone)]
-pub struct GrpcLayer(pub crate::NodeHandle);
+pub struct GrpcLayer(pub std::sync::Arc<Metrics>);
 
 impl<S> tower::Layer<S> for GrpcLayer {
     type Service = GrpcMetrics<S>;
     fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, handle: self.0.clone() }
+        GrpcMetrics { inner, metrics: self.0.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    handle: crate::NodeHandle,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -134,7 +134,7 @@ where
     fn call(&mut self, req: hyper::http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
         let start = std::time::Instant::now();
-        let handle = self.handle.clone();
+        let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
@@ -146,7 +146,7 @@ where
                 let unknown = code == tonic::Code::Unimplemented
                     && resp.headers().get("grpc-message").is_none_or(|m| m.is_empty());
                 let route = if unknown { "unknown" } else { path.trim_start_matches('/') };
-                handle.metrics().observe("grpc", route, format!("{code:?}"), start.elapsed());
+                metrics.observe("grpc", route, format!("{code:?}"), start.elapsed());
             }
             r
         })

@@ -3,7 +3,7 @@
 use statenode::config::Config;
 use statenode::handle::Consistency;
 use statenode::io::Io;
-use statenode::kv::{Command, Op, Put, PutCondition};
+use statenode::kv::{Put, PutCondition};
 use statenode::{Listeners, Node, NodeHandle, Role};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -86,25 +86,24 @@ impl Cluster {
     }
 }
 
-fn put(key: &str, value: &str) -> Command {
-    let op = Op::Put(Put {
+fn put(key: &str, value: &str) -> Put {
+    Put {
         key: key.as_bytes().to_vec().into(),
         value: value.as_bytes().to_vec().into(),
         ttl_ms: None,
         condition: PutCondition::Always,
         fencing: None,
         client_ts: None,
-    });
-    Command { client: None, now_ms: 0, op }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_forwards_writes_and_reads_once() {
     let c = Cluster::start(3, 5000).await;
     let f = c.handle(c.follower().await);
-    let r = f.write(put("k", "v")).await.unwrap();
+    let r = f.put(put("k", "v"), None).await.unwrap();
     assert!(r.revision > 0);
-    let e = f.read(b"k", Consistency::Linearizable).await.unwrap().unwrap();
+    let e = f.get(b"k", Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(&e.value[..], b"v");
     assert_eq!(e.revision, r.revision);
     c.stop().await;
@@ -120,7 +119,7 @@ async fn concurrent_reads_never_miss_an_acknowledged_write() {
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let w = tokio::spawn(async move {
         for i in 1..=150u64 {
-            writer.write(put("reg", &i.to_string())).await.unwrap();
+            writer.put(put("reg", &i.to_string()), None).await.unwrap();
             tx.send_replace(i);
         }
     });
@@ -132,7 +131,7 @@ async fn concurrent_reads_never_miss_an_acknowledged_write() {
             let mut reads = 0;
             loop {
                 let acked = *rx.borrow();
-                let got = h.read(b"reg", Consistency::Linearizable).await.unwrap();
+                let got = h.get(b"reg", Consistency::Linearizable).await.unwrap();
                 let got: u64 = got.map_or(0, |e| std::str::from_utf8(&e.value).unwrap().parse().unwrap());
                 assert!(got >= acked, "read returned {got} after {acked} was acknowledged");
                 reads += 1;
@@ -163,7 +162,7 @@ async fn late_joiner_catches_up_through_snapshot() {
     let h = c.handle(0);
     let mut last = 0;
     for i in 0..120 {
-        last = h.write(put(&format!("k{i}"), &i.to_string())).await.unwrap().revision;
+        last = h.put(put(&format!("k{i}"), &i.to_string()), None).await.unwrap().revision;
     }
     assert!(h.status().await.purged_index > 0, "the leader's log should be purged after snapshots");
     let (l, p, g) = bind().await;
@@ -190,7 +189,7 @@ async fn late_joiner_catches_up_through_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for i in [0, 57, 119] {
-        let e = h4.read(format!("k{i}").as_bytes(), Consistency::Stale).await.unwrap();
+        let e = h4.get(format!("k{i}").as_bytes(), Consistency::Stale).await.unwrap();
         assert_eq!(e.map(|e| e.value), Some(i.to_string().into()), "k{i} on the late joiner");
     }
     let members = h.leave(4).await.unwrap();
@@ -223,16 +222,14 @@ async fn a_write_retried_after_the_leader_stopped_applies_once() {
     let leader = c.wait_leader().await;
     let handle = c.handle(f);
     let create = |i: usize| {
-        let mut cmd = put(&format!("once-{i}"), &format!("w{i}"));
-        if let Op::Put(p) = &mut cmd.op {
-            p.condition = PutCondition::IfAbsent;
-        }
-        cmd
+        let mut p = put(&format!("once-{i}"), &format!("w{i}"));
+        p.condition = PutCondition::IfAbsent;
+        p
     };
     let writers: Vec<_> = (0..200)
         .map(|i| {
             let (h, cmd) = (handle.clone(), create(i));
-            tokio::spawn(async move { (i, h.write(cmd).await) })
+            tokio::spawn(async move { (i, h.put(cmd, None).await) })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -242,10 +239,8 @@ async fn a_write_retried_after_the_leader_stopped_applies_once() {
     for w in writers {
         let (i, r) = w.await.unwrap();
         let Ok(r) = r else { continue };
-        let applied =
-            matches!(r.outcome, statenode::kv::Outcome::Op(statenode::kv::OpResult::Put { applied: true, .. }));
-        if !applied {
-            let now = handle.read(format!("once-{i}").as_bytes(), Consistency::Linearizable).await.unwrap();
+        if !r.applied {
+            let now = handle.get(format!("once-{i}").as_bytes(), Consistency::Linearizable).await.unwrap();
             if now.is_some_and(|e| e.value == format!("w{i}").as_bytes()) {
                 false_conflicts.push(i);
             }

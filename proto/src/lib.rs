@@ -28,3 +28,17 @@ pub mod google {
         tonic::include_proto!("google.rpc");
     }
 }
+
+/// Header and metadata names that node and clients share, spelled once.
+pub mod headers {
+    /// The API token, on every client request when the server requires one (Dapr's name).
+    pub const API_TOKEN: &str = "dapr-api-token";
+    /// The Dapr app id a request speaks for (key prefixes by app id).
+    pub const APP_ID: &str = "dapr-app-id";
+    /// On an unavailable reply: the client (gRPC) address of the leader, when known.
+    pub const LEADER: &str = "x-statenode-leader";
+    /// On a Raft RPC: the node id it is meant for.
+    pub const TARGET: &str = "x-statenode-target";
+    /// On a Raft RPC: the sender's cluster id.
+    pub const CLUSTER: &str = "x-statenode-cluster";
+}

@@ -19,6 +19,9 @@ pub struct DaprError {
     pub resource: Option<String>,
     /// The field named in a `google.rpc.BadRequest`.
     pub field: Option<String>,
+    /// The state operation that failed, when one did (a transaction reports its items'
+    /// save and delete errors as its own).
+    pub op: Option<StateOp>,
 }
 
 /// The state operation an error came from: it picks the error code and message prefix.
@@ -33,9 +36,67 @@ pub enum StateOp {
     Query,
 }
 
+impl StateOp {
+    /// The legacy error code of a failure during this operation.
+    fn code(self) -> &'static str {
+        match self {
+            StateOp::Save => "ERR_STATE_SAVE",
+            StateOp::Get => "ERR_STATE_GET",
+            StateOp::BulkGet => "ERR_STATE_BULK_GET",
+            StateOp::Delete => "ERR_STATE_DELETE",
+            StateOp::BulkDelete => "ERR_STATE_BULK_DELETE",
+            StateOp::Transaction => "ERR_STATE_TRANSACTION",
+            StateOp::Query => "ERR_STATE_QUERY",
+        }
+    }
+}
+
 impl DaprError {
-    pub fn new(http: u16, grpc: Code, code: &'static str, message: impl Into<String>) -> Self {
-        Self { http, grpc, code, message: message.into(), reason: None, resource: None, field: None }
+    fn new(http: u16, grpc: Code, code: &'static str, message: impl Into<String>) -> Self {
+        Self { http, grpc, code, message: message.into(), reason: None, resource: None, field: None, op: None }
+    }
+
+    /// A failure of `op` detected before the store was asked.
+    fn of(op: StateOp, http: u16, grpc: Code, message: impl Into<String>) -> Self {
+        Self { op: Some(op), ..Self::new(http, grpc, op.code(), message) }
+    }
+
+    /// A save or delete without a key (gRPC; the HTTP door words it as a malformed body).
+    pub fn empty_key(op: StateOp) -> Self {
+        let e = Self::of(op, 400, Code::InvalidArgument, "state key cannot be empty");
+        Self { reason: Some(e.code), ..e }
+    }
+
+    /// A gRPC save with `contentType: application/json` whose value is not JSON.
+    pub fn not_json(detail: impl std::fmt::Display) -> Self {
+        Self::of(StateOp::Save, 400, Code::InvalidArgument, format!("value is not JSON: {detail}"))
+    }
+
+    /// A concurrency option daprd does not know.
+    pub fn bad_concurrency(op: StateOp, store: &str, given: &str) -> Self {
+        let message = format!("failed saving state in state store {store}: unrecognized concurrency model '{given}'");
+        Self::of(op, 500, Code::Internal, message)
+    }
+
+    /// A request body over the size limit.
+    pub fn body_too_large(detail: impl Into<String>) -> Self {
+        Self::new(413, Code::ResourceExhausted, "ERR_MALFORMED_REQUEST", detail)
+    }
+
+    /// Any other path: daprd hands it to service invocation, which needs an app id.
+    pub fn no_route() -> Self {
+        let message = "failed getting app id either from the URL path or the header dapr-app-id";
+        Self::new(404, Code::NotFound, "ERR_DIRECT_INVOKE", message)
+    }
+
+    /// `healthz?appid=` naming another app.
+    pub fn app_id_mismatch() -> Self {
+        Self::new(500, Code::FailedPrecondition, "ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")
+    }
+
+    /// `healthz/outbound` while this node knows no leader.
+    pub fn outbound_not_ready() -> Self {
+        Self::new(500, Code::Unavailable, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
     }
 
     pub fn malformed(message: impl Into<String>) -> Self {
@@ -89,15 +150,12 @@ impl DaprError {
         e
     }
 
-    pub fn unauthorized(message: &str) -> Self {
-        Self::new(401, Code::Unauthenticated, "ERR_API_TOKEN", message)
-    }
-
     /// A save or delete error met while building a transaction: Dapr reports it as the
     /// transaction's failure (500 / INTERNAL).
     pub fn in_transaction(mut self) -> Self {
-        if matches!(self.code, "ERR_STATE_SAVE" | "ERR_STATE_DELETE") {
-            self.code = "ERR_STATE_TRANSACTION";
+        if matches!(self.op, Some(StateOp::Save | StateOp::Delete)) {
+            self.op = Some(StateOp::Transaction);
+            self.code = StateOp::Transaction.code();
             self.http = 500;
             self.grpc = Code::Internal;
         }
@@ -122,18 +180,14 @@ impl DaprError {
             }
             other => other.to_string(),
         };
-        let (code, message) = match op {
-            StateOp::Save => ("ERR_STATE_SAVE", format!("failed saving state in state store {store}: {detail}")),
-            StateOp::Get => ("ERR_STATE_GET", format!("fail to get {key} from state store {store}: {detail}")),
-            StateOp::BulkGet => ("ERR_STATE_BULK_GET", detail),
-            StateOp::Delete => ("ERR_STATE_DELETE", format!("failed deleting state with key {key}: {detail}")),
-            StateOp::BulkDelete => {
-                ("ERR_STATE_BULK_DELETE", format!("failed deleting state in state store {store}: {detail}"))
-            }
-            StateOp::Transaction => {
-                ("ERR_STATE_TRANSACTION", format!("error while executing state transaction: {detail}"))
-            }
-            StateOp::Query => ("ERR_STATE_QUERY", format!("state store {store} query failed: {detail}")),
+        let message = match op {
+            StateOp::Save => format!("failed saving state in state store {store}: {detail}"),
+            StateOp::Get => format!("fail to get {key} from state store {store}: {detail}"),
+            StateOp::BulkGet => detail,
+            StateOp::Delete => format!("failed deleting state with key {key}: {detail}"),
+            StateOp::BulkDelete => format!("failed deleting state in state store {store}: {detail}"),
+            StateOp::Transaction => format!("error while executing state transaction: {detail}"),
+            StateOp::Query => format!("state store {store} query failed: {detail}"),
         };
         let conflict = matches!(err, Error::ConditionFailed(_) | Error::FencingRejected(_));
         let (http, grpc) = match err {
@@ -147,9 +201,9 @@ impl DaprError {
             Error::Unauthorized => (401, Code::Unauthenticated),
             _ => (500, Code::Internal),
         };
-        let mut e = Self::new(http, grpc, code, message);
+        let mut e = Self::of(op, http, grpc, message);
         if op != StateOp::BulkGet {
-            e.reason = Some(code);
+            e.reason = Some(e.code);
         }
         e
     }
@@ -182,7 +236,7 @@ impl DaprError {
 
     /// The gRPC status, with `google.rpc` details in `grpc-status-details-bin` when Dapr
     /// sends them (the Python SDK reads the ErrorInfo reason as the error code).
-    pub fn status(&self) -> tonic::Status {
+    fn status(&self) -> tonic::Status {
         use prost::Message;
         use statenode_proto::google::rpc;
         let Some(reason) = self.reason else {
@@ -206,5 +260,11 @@ impl DaprError {
         details.push(any("ErrorInfo", info.encode_to_vec()));
         let status = rpc::Status { code: self.grpc as i32, message: self.message.clone(), details };
         tonic::Status::with_details(self.grpc, self.message.clone(), status.encode_to_vec().into())
+    }
+}
+
+impl From<DaprError> for tonic::Status {
+    fn from(e: DaprError) -> tonic::Status {
+        e.status()
     }
 }

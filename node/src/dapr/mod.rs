@@ -9,10 +9,8 @@ pub use error::{DaprError, StateOp};
 
 use crate::config::{Config, StoreConfig};
 use crate::error::Error;
-use crate::handle::{Consistency, ListQuery, NodeHandle};
-use crate::kv::{
-    Command, Delete, DeleteCondition, DeleteOutcome, Entry, Op, OpResult, Outcome, Put, PutCondition, TxnOp,
-};
+use crate::handle::{BatchDone, Consistency, ListQuery, NodeHandle};
+use crate::kv::{Delete, DeleteCondition, DeleteOutcome, Entry, Put, PutCondition, TxnOp};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -261,10 +259,6 @@ impl Scope<'_> {
         Ok(Delete { key, condition, fencing: None })
     }
 
-    async fn write(&self, op: Op) -> Result<Outcome, Error> {
-        Ok(self.handle().write(Command { client: None, now_ms: 0, op }).await?.outcome)
-    }
-
     /// Saves `items`. One item is one write; several are one log entry applied item by
     /// item (Dapr's bulk save: items succeed or fail on their own).
     pub async fn save(&self, items: &[SaveItem]) -> Result<(), DaprError> {
@@ -273,19 +267,16 @@ impl Scope<'_> {
             [] => Ok(()),
             [item] => {
                 let put = self.put(item)?;
-                let outcome = self.write(Op::Put(put)).await.map_err(|e| self.write_error(op, &item.key, e))?;
-                match single(outcome) {
-                    Some(OpResult::Put { applied: true, .. }) => Ok(()),
-                    Some(OpResult::Put { applied: false, .. }) => {
-                        Err(DaprError::etag_mismatch(op, &self.store.name, &item.key))
-                    }
-                    other => Err(self.write_error(op, &item.key, unexpected(other))),
+                let done = self.handle().put(put, None).await.map_err(|e| self.write_error(op, &item.key, e))?;
+                if !done.applied {
+                    return Err(DaprError::etag_mismatch(op, &self.store.name, &item.key));
                 }
+                Ok(())
             }
             items => {
                 let puts = items.iter().map(|i| self.put(i).map(TxnOp::Put)).collect::<Result<Vec<_>, _>>()?;
-                let outcome = self.write(Op::Batch(puts)).await.map_err(|e| self.write_error(op, "", e))?;
-                self.batch_result(op, items.iter().map(|i| i.key.as_str()), outcome)
+                let done = self.handle().batch(puts, None).await.map_err(|e| self.write_error(op, "", e))?;
+                self.batch_result(op, items.iter().map(|i| i.key.as_str()), done)
             }
         }
     }
@@ -294,14 +285,11 @@ impl Scope<'_> {
     pub async fn delete_one(&self, item: &DeleteItem) -> Result<(), DaprError> {
         let op = StateOp::Delete;
         let del = self.delete(item)?;
-        let outcome = self.write(Op::Delete(del)).await.map_err(|e| self.write_error(op, &item.key, e))?;
-        match single(outcome) {
-            Some(OpResult::Delete(DeleteOutcome::Deleted | DeleteOutcome::NotFound)) => Ok(()),
-            Some(OpResult::Delete(DeleteOutcome::ConditionFailed)) => {
-                Err(DaprError::etag_mismatch(op, &self.store.name, &item.key))
-            }
-            other => Err(self.write_error(op, &item.key, unexpected(other))),
+        let done = self.handle().delete(del, None).await.map_err(|e| self.write_error(op, &item.key, e))?;
+        if done.outcome == DeleteOutcome::ConditionFailed {
+            return Err(DaprError::etag_mismatch(op, &self.store.name, &item.key));
         }
+        Ok(())
     }
 
     /// Deletes several keys, each on its own, in one log entry (gRPC DeleteBulkState).
@@ -311,30 +299,19 @@ impl Scope<'_> {
         }
         let op = StateOp::BulkDelete;
         let dels = items.iter().map(|i| self.delete(i).map(TxnOp::Delete)).collect::<Result<Vec<_>, _>>()?;
-        let outcome = self.write(Op::Batch(dels)).await.map_err(|e| self.write_error(op, "", e))?;
-        self.batch_result(op, items.iter().map(|i| i.key.as_str()), outcome)
+        let done = self.handle().batch(dels, None).await.map_err(|e| self.write_error(op, "", e))?;
+        self.batch_result(op, items.iter().map(|i| i.key.as_str()), done)
     }
 
-    /// Per-item results of a bulk write: conflicts only → 409 / ABORTED, else 500.
+    /// A bulk write's conflicts: none → ok; else 409 / ABORTED naming the keys.
     fn batch_result<'k>(
         &self,
         op: StateOp,
         keys: impl Iterator<Item = &'k str>,
-        outcome: Outcome,
+        done: BatchDone,
     ) -> Result<(), DaprError> {
-        let Outcome::Batch(results) = outcome else {
-            return Err(self.write_error(op, "", unexpected(None)));
-        };
-        let failed: Vec<&str> = keys
-            .zip(&results)
-            .filter(|(_, r)| {
-                matches!(r, OpResult::Put { applied: false, .. } | OpResult::Delete(DeleteOutcome::ConditionFailed))
-            })
-            .map(|(k, _)| k)
-            .collect();
-        if let Some(bad) = results.iter().find(|r| matches!(r, OpResult::Rejected(_))) {
-            return Err(self.write_error(op, "", unexpected(Some(bad.clone()))));
-        }
+        let keys: Vec<&str> = keys.collect();
+        let failed: Vec<&str> = done.failed.iter().filter_map(|i| keys.get(*i).copied()).collect();
         if failed.is_empty() {
             return Ok(());
         }
@@ -360,23 +337,20 @@ impl Scope<'_> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaprError::in_transaction)?;
-        let outcome = self.write(Op::Txn(items)).await.map_err(|e| self.write_error(op, "", e))?;
-        match outcome {
-            Outcome::Txn { succeeded: true, .. } => Ok(()),
-            Outcome::Txn { failed, .. } => {
-                let key = failed.and_then(|i| ops.get(i as usize)).map_or("", |o| match o {
-                    TxnItem::Upsert(s) => s.key.as_str(),
-                    TxnItem::Delete(d) => d.key.as_str(),
-                });
-                Err(self.write_error(op, key, Error::ConditionFailed(format!("etag does not match key {key}"))))
-            }
-            other => Err(self.write_error(op, "", unexpected(single(other)))),
+        let done = self.handle().txn(items, None).await.map_err(|e| self.write_error(op, "", e))?;
+        if done.succeeded {
+            return Ok(());
         }
+        let key = done.failed.and_then(|i| ops.get(i as usize)).map_or("", |o| match o {
+            TxnItem::Upsert(s) => s.key.as_str(),
+            TxnItem::Delete(d) => d.key.as_str(),
+        });
+        Err(self.write_error(op, key, Error::ConditionFailed(format!("etag does not match key {key}"))))
     }
 
     pub async fn get(&self, key: &str, c: Consistency) -> Result<Got, DaprError> {
         let stored = self.key(key)?;
-        let entry = self.handle().read(&stored, c).await.map_err(|e| self.write_error(StateOp::Get, key, e))?;
+        let entry = self.handle().get(&stored, c).await.map_err(|e| self.write_error(StateOp::Get, key, e))?;
         Ok(Got::new(key.to_string(), entry))
     }
 
@@ -387,7 +361,7 @@ impl Scope<'_> {
         }
         let stored = keys.iter().map(|k| self.key(k)).collect::<Result<Vec<_>, _>>()?;
         let entries =
-            self.handle().read_many(&stored, c).await.map_err(|e| self.write_error(StateOp::BulkGet, "", e))?;
+            self.handle().get_many(&stored, c).await.map_err(|e| self.write_error(StateOp::BulkGet, "", e))?;
         Ok(keys.iter().cloned().zip(entries).map(|(k, e)| Got::new(k, e)).collect())
     }
 
@@ -411,17 +385,6 @@ impl Scope<'_> {
             }
         }
     }
-}
-
-fn single(outcome: Outcome) -> Option<OpResult> {
-    match outcome {
-        Outcome::Op(r) => Some(r),
-        _ => None,
-    }
-}
-
-fn unexpected(r: Option<OpResult>) -> Error {
-    Error::internal(format!("unexpected write result {r:?}"))
 }
 
 /// An etag as a revision; `None` when absent or empty. Every unparseable etag is a

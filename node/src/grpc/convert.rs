@@ -1,7 +1,8 @@
 //! Protobuf ↔ state-machine conversions for the native API.
 
 use crate::error::{Error, Result};
-use crate::kv::{self, ClientRef, DeleteCondition, Entry, Hlc, OpResult, PutCondition, Rejection};
+use crate::handle::{Consistency, Member};
+use crate::kv::{self, ClientRef, DeleteCondition, Entry, Hlc, PutCondition};
 use bytes::Bytes;
 use statenode_proto::v1 as pb;
 
@@ -16,6 +17,7 @@ pub fn key_value(key: Bytes, e: &Entry, with_value: bool) -> pb::KeyValue {
     }
 }
 
+/// A key as a write left it: its metadata, no value.
 pub fn meta_kv(key: Bytes, m: &kv::Meta) -> pb::KeyValue {
     pb::KeyValue {
         key,
@@ -25,6 +27,10 @@ pub fn meta_kv(key: Bytes, m: &kv::Meta) -> pb::KeyValue {
         version: m.version.to_string(),
         expires_at_ms: m.expires_at_ms.unwrap_or(0),
     }
+}
+
+pub fn members(ms: Vec<Member>) -> Vec<pb::Member> {
+    ms.into_iter().map(member).collect()
 }
 
 pub fn client(c: Option<pb::ClientRef>) -> Option<ClientRef> {
@@ -74,30 +80,14 @@ pub fn txn_op(op: pb::TxnOp) -> Result<kv::TxnOp> {
     }
 }
 
-/// Turns a deterministic refusal from `apply` into the error the caller sees.
-pub fn rejection(r: &OpResult) -> Result<()> {
-    match r {
-        OpResult::Rejected(Rejection::FencingRequired) => {
-            Err(Error::FencingRejected("a fencing token is required for this request".into()))
-        }
-        OpResult::Rejected(Rejection::FencingStale) => Err(Error::FencingRejected(
-            "the request fencing token is a lower version than the fencing token protecting the resource".into(),
-        )),
-        OpResult::Rejected(Rejection::DuplicateUnknown) => Err(Error::ConditionFailed(
-            "retried request is older than the deduplication window; its outcome is unknown".into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
-pub fn consistency(c: i32) -> Result<crate::handle::Consistency> {
+pub fn consistency(c: i32) -> Result<Consistency> {
     match pb::Consistency::try_from(c) {
-        Ok(pb::Consistency::Linearizable) => Ok(crate::handle::Consistency::Linearizable),
-        Ok(pb::Consistency::Stale) => Ok(crate::handle::Consistency::Stale),
+        Ok(pb::Consistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(pb::Consistency::Stale) => Ok(Consistency::Stale),
         Err(_) => Err(Error::invalid(format!("unknown consistency {c}"))),
     }
 }
 
-pub fn member(m: crate::handle::Member) -> pb::Member {
+pub fn member(m: Member) -> pb::Member {
     pb::Member { id: m.id, peer_addr: m.peer_addr, grpc_addr: m.grpc_addr, voter: m.voter, leader: m.leader }
 }

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use statenode_proto::dapr::proto::common::v1 as common;
 use statenode_proto::dapr::proto::runtime::v1 as rt;
 use statenode_proto::dapr::proto::runtime::v1::dapr_server::Dapr as DaprApi;
+use statenode_proto::headers::APP_ID;
+use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct DaprService {
@@ -18,10 +20,6 @@ pub struct DaprService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-fn app_id<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get("dapr-app-id").and_then(|v| v.to_str().ok()).map(str::to_string)
-}
 
 fn consistency(c: i32) -> Consistency {
     match common::state_options::StateConsistency::try_from(c) {
@@ -40,12 +38,7 @@ fn concurrency(o: &Option<common::StateOptions>) -> Concurrency {
 /// gRPC reports an empty key as Dapr's runtime does.
 fn require_key(key: &str, op: StateOp) -> Result<(), DaprError> {
     if key.is_empty() {
-        let mut e = DaprError::new(400, tonic::Code::InvalidArgument, "ERR_STATE_SAVE", "state key cannot be empty");
-        if op == StateOp::Delete {
-            e.code = "ERR_STATE_DELETE";
-        }
-        e.reason = Some(e.code);
-        return Err(e);
+        return Err(DaprError::empty_key(op));
     }
     Ok(())
 }
@@ -56,9 +49,7 @@ fn save_item(s: common::StateItem, normalise_json: bool) -> Result<SaveItem, Dap
     require_key(&s.key, StateOp::Save)?;
     let mut value = s.value;
     if normalise_json && s.metadata.get("contentType").is_some_and(|c| c == "application/json") {
-        let v: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
-            DaprError::new(400, tonic::Code::InvalidArgument, "ERR_STATE_SAVE", format!("value is not JSON: {e}"))
-        })?;
+        let v: serde_json::Value = serde_json::from_slice(&value).map_err(DaprError::not_json)?;
         value = Bytes::from(serde_json::to_vec(&v).expect("json value"));
     }
     Ok(SaveItem {
@@ -75,24 +66,44 @@ fn delete_item(s: common::StateItem) -> Result<DeleteItem, DaprError> {
     Ok(DeleteItem { concurrency: concurrency(&s.options), key: s.key, etag: s.etag.map(|e| e.value) })
 }
 
-/// Runs one call; a `DaprError` becomes its status, with Dapr's details.
-async fn reply<T>(f: impl std::future::Future<Output = Result<T, DaprError>>) -> Reply<T> {
-    f.await.map(Response::new).map_err(|e| e.status())
+/// A request that names a state store.
+trait StoreRequest: Send + 'static {
+    fn store_name(&self) -> &str;
 }
 
+macro_rules! store_requests {
+    ($($t:ty),*) => { $(impl StoreRequest for $t { fn store_name(&self) -> &str { &self.store_name } })* };
+}
+
+store_requests!(
+    rt::GetStateRequest,
+    rt::GetBulkStateRequest,
+    rt::SaveStateRequest,
+    rt::QueryStateRequest,
+    rt::DeleteStateRequest,
+    rt::DeleteBulkStateRequest,
+    rt::ExecuteStateTransactionRequest
+);
+
 impl DaprService {
-    fn scope(&self, store: &str, app: Option<String>) -> Result<Scope<'_>, DaprError> {
-        self.dapr.scope(store, app.as_deref())
+    /// Every state method: resolves the store the request names (for its `dapr-app-id`),
+    /// then runs `f`; a `DaprError` becomes its status, with Dapr's details.
+    async fn call<'s, R, T, Fut>(&'s self, req: Request<R>, f: impl FnOnce(Scope<'s>, R) -> Fut) -> Reply<T>
+    where
+        R: StoreRequest,
+        Fut: Future<Output = Result<T, DaprError>> + Send + 's,
+    {
+        let app = req.metadata().get(APP_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let r = req.into_inner();
+        let scope = self.dapr.scope(r.store_name(), app.as_deref())?;
+        Ok(Response::new(f(scope, r).await?))
     }
 }
 
 #[tonic::async_trait]
 impl DaprApi for DaprService {
     async fn get_state(&self, req: Request<rt::GetStateRequest>) -> Reply<rt::GetStateResponse> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             if r.key.is_empty() {
                 return Err(DaprError::malformed("state key cannot be empty"));
             }
@@ -107,10 +118,7 @@ impl DaprApi for DaprService {
     }
 
     async fn get_bulk_state(&self, req: Request<rt::GetBulkStateRequest>) -> Reply<rt::GetBulkStateResponse> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             let got = scope.get_bulk(&r.keys, Consistency::Linearizable).await?;
             let items = got
                 .into_iter()
@@ -128,10 +136,7 @@ impl DaprApi for DaprService {
     }
 
     async fn save_state(&self, req: Request<rt::SaveStateRequest>) -> Reply<()> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             let items = r.states.into_iter().map(|s| save_item(s, true)).collect::<Result<Vec<_>, _>>()?;
             scope.save(&items).await
         })
@@ -139,10 +144,7 @@ impl DaprApi for DaprService {
     }
 
     async fn query_state_alpha1(&self, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             let q = Query::parse(r.query.as_bytes()).map_err(|e| DaprError::query_failed(scope.name(), e))?;
             let page = q.run(scope.all(Consistency::Linearizable).await?);
             let results = page
@@ -161,10 +163,7 @@ impl DaprApi for DaprService {
     }
 
     async fn delete_state(&self, req: Request<rt::DeleteStateRequest>) -> Reply<()> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             require_key(&r.key, StateOp::Delete)?;
             let item = DeleteItem { concurrency: concurrency(&r.options), key: r.key, etag: r.etag.map(|e| e.value) };
             scope.delete_one(&item).await
@@ -173,10 +172,7 @@ impl DaprApi for DaprService {
     }
 
     async fn delete_bulk_state(&self, req: Request<rt::DeleteBulkStateRequest>) -> Reply<()> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             let items = r.states.into_iter().map(delete_item).collect::<Result<Vec<_>, _>>()?;
             scope.delete_bulk(&items).await
         })
@@ -184,10 +180,7 @@ impl DaprApi for DaprService {
     }
 
     async fn execute_state_transaction(&self, req: Request<rt::ExecuteStateTransactionRequest>) -> Reply<()> {
-        let app = app_id(&req);
-        let r = req.into_inner();
-        reply(async {
-            let scope = self.scope(&r.store_name, app)?;
+        self.call(req, |scope, r| async move {
             let mut ops = Vec::with_capacity(r.operations.len());
             for op in r.operations {
                 let item = op.request.unwrap_or_default();
@@ -225,7 +218,7 @@ impl DaprApi for DaprService {
 
     async fn set_metadata(&self, req: Request<rt::SetMetadataRequest>) -> Reply<()> {
         let r = req.into_inner();
-        self.dapr.set_extended(r.key, r.value).map_err(|e| e.status())?;
+        self.dapr.set_extended(r.key, r.value)?;
         Ok(Response::new(()))
     }
 }

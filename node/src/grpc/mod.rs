@@ -1,53 +1,82 @@
 //! tonic services for clients: Dapr's state methods, native KV and Cluster. Native errors
-//! become a Status in one place (`status`); Dapr's in `dapr::DaprError`.
+//! become a Status in one place (`From<Error> for Status`); Dapr's in `dapr::DaprError`.
 
 pub mod cluster;
 pub mod convert;
 pub mod dapr;
 pub mod kv;
 
+use crate::auth::{Denied, Token, TOKEN_HEADER};
+use crate::dapr::Dapr;
 use crate::error::Error;
+use crate::io::Incoming;
+use cluster::ClusterService;
+use dapr::DaprService;
+use kv::KvService;
+use statenode_proto::dapr::proto::runtime::v1::dapr_server::DaprServer;
+use statenode_proto::v1::cluster_server::ClusterServer;
+use statenode_proto::v1::kv_server::KvServer;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 
 /// Metadata key carrying the leader's client address on UNAVAILABLE.
-pub const LEADER_HEADER: &str = "x-statenode-leader";
+pub const LEADER_HEADER: &str = statenode_proto::headers::LEADER;
+
+/// Serves the client gRPC services on `incoming` until `stop`.
+pub async fn serve(incoming: Incoming, dapr: Dapr, token: Token, stop: watch::Receiver<bool>) {
+    let handle = dapr.handle().clone();
+    let max = handle.limits().max_request_bytes + 64 * 1024;
+    let auth = token_check(token);
+    let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
+    let metrics = crate::metrics::GrpcLayer(handle.metrics().clone());
+    let cluster = ClusterServer::new(ClusterService { handle });
+    let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
+    let r = tonic::transport::Server::builder()
+        .layer(metrics)
+        .add_service(InterceptedService::new(kv, auth.clone()))
+        .add_service(InterceptedService::new(cluster, auth.clone()))
+        .add_service(InterceptedService::new(dapr, auth))
+        .serve_with_incoming_shutdown(incoming, crate::io::stopped(stop))
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "grpc server failed");
+    }
+}
 
 /// Checks the `dapr-api-token` metadata when a token is configured (every client service).
-pub fn token_check(token: Option<String>) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
-    move |req| {
-        let Some(want) = &token else {
-            return Ok(req);
-        };
-        match req.metadata().get(crate::http::TOKEN_HEADER) {
-            None => Err(Status::unauthenticated("missing api token in request metadata")),
-            Some(v) if crate::http::constant_time_eq(v.as_bytes(), want.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("authentication error: api token mismatch")),
-        }
+fn token_check(token: Token) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |req| match token.check(req.metadata().get(TOKEN_HEADER).map(|v| v.as_bytes())) {
+        Ok(()) => Ok(req),
+        Err(Denied::Missing) => Err(Status::unauthenticated("missing api token in request metadata")),
+        Err(Denied::Mismatch) => Err(Status::unauthenticated("authentication error: api token mismatch")),
     }
 }
 
 /// The one Error → gRPC Status table.
-pub fn status(e: Error) -> Status {
-    let code = match &e {
-        Error::Unavailable { .. } => Code::Unavailable,
-        Error::ConditionFailed(_) | Error::FencingRejected(_) => Code::FailedPrecondition,
-        Error::NotFound(_) => Code::NotFound,
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::TooLarge(_) => Code::ResourceExhausted,
-        Error::Timeout(_) => Code::DeadlineExceeded,
-        Error::Unauthorized => Code::Unauthenticated,
-        Error::Internal(detail) => {
-            tracing::error!(%detail, "internal error");
-            return Status::internal("internal error");
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = match &e {
+            Error::Unavailable { .. } => Code::Unavailable,
+            Error::ConditionFailed(_) | Error::FencingRejected(_) => Code::FailedPrecondition,
+            Error::NotFound(_) => Code::NotFound,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Unauthorized => Code::Unauthenticated,
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                return Status::internal("internal error");
+            }
+        };
+        let mut s = Status::new(code, e.to_string());
+        if let Error::Unavailable { leader_hint: Some(h), .. } = &e {
+            if let Ok(v) = h.grpc_addr.parse() {
+                s.metadata_mut().insert(LEADER_HEADER, v);
+            }
         }
-    };
-    let mut s = Status::new(code, e.to_string());
-    if let Error::Unavailable { leader_hint: Some(h), .. } = &e {
-        if let Ok(v) = h.grpc_addr.parse() {
-            s.metadata_mut().insert(LEADER_HEADER, v);
-        }
+        s
     }
-    s
 }
 
 #[cfg(test)]
@@ -57,6 +86,7 @@ mod tests {
 
     #[test]
     fn every_error_has_one_code() {
+        let status = Status::from;
         let hint = Some(LeaderHint { id: 2, grpc_addr: "10.0.0.2:50001".into() });
         let s = status(Error::Unavailable { reason: "x".into(), leader_hint: hint });
         assert_eq!(s.code(), Code::Unavailable);

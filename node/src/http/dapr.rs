@@ -4,16 +4,18 @@
 use super::{bytes_json, empty, json, query_pairs, read_body, text, unescape, HttpState};
 use crate::dapr::query::{json_of, Query};
 use crate::dapr::{
-    Concurrency, DaprError, DeleteItem, Got, SaveItem, Scope, TxnItem, CAPABILITIES, RUNTIME_VERSION, STORE_TYPE,
+    Concurrency, DaprError, DeleteItem, Got, SaveItem, Scope, StateOp, TxnItem, CAPABILITIES, RUNTIME_VERSION,
+    STORE_TYPE,
 };
 use crate::handle::Consistency;
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 use hyper::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use statenode_proto::headers::APP_ID;
 use std::collections::BTreeMap;
 
 type Reply = Result<Response, DaprError>;
@@ -45,23 +47,17 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
             let key = key.to_string();
             ("dapr.delete", with_store(state, store, req, move |call| delete(call, key)).await)
         }
-        // daprd hands every other path to service invocation, which needs an app id.
-        _ => (
-            "dapr.unmatched",
-            Err(DaprError::new(
-                404,
-                tonic::Code::NotFound,
-                "ERR_DIRECT_INVOKE",
-                "failed getting app id either from the URL path or the header dapr-app-id",
-            )),
-        ),
+        _ => ("dapr.unmatched", Err(DaprError::no_route())),
     };
-    (name, reply.unwrap_or_else(|e| error(&e)))
+    (name, reply.unwrap_or_else(IntoResponse::into_response))
 }
 
-pub fn error(e: &DaprError) -> Response {
-    let status = StatusCode::from_u16(e.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &e.body())
+/// A Dapr error as daprd answers it over HTTP.
+impl IntoResponse for DaprError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json(status, &self.body())
+    }
 }
 
 /// A path parameter, unescaped like daprd (`url.QueryUnescape`); a bad escape is a
@@ -93,9 +89,7 @@ impl Call<'_> {
 
     async fn body(&mut self) -> Result<Bytes, DaprError> {
         let body = std::mem::replace(self.req.body_mut(), Body::empty());
-        read_body(body, self.max_body)
-            .await
-            .map_err(|e| DaprError::new(413, tonic::Code::ResourceExhausted, "ERR_MALFORMED_REQUEST", e))
+        read_body(body, self.max_body).await.map_err(DaprError::body_too_large)
     }
 }
 
@@ -109,7 +103,7 @@ where
         Ok(s) => s,
         Err(resp) => return Ok(resp),
     };
-    let app_id = req.headers().get("dapr-app-id").and_then(|v| v.to_str().ok());
+    let app_id = req.headers().get(APP_ID).and_then(|v| v.to_str().ok());
     let scope = state.dapr.scope(&store, app_id)?;
     let pairs = query_pairs(req.uri()).map_err(DaprError::malformed)?;
     let mut metadata = BTreeMap::new();
@@ -126,7 +120,7 @@ where
     f(Call { scope, req, params, metadata, max_body }).await
 }
 
-fn consistency(c: Option<&str>, op: crate::dapr::StateOp, store: &str) -> Result<Consistency, DaprError> {
+fn consistency(c: Option<&str>, op: StateOp, store: &str) -> Result<Consistency, DaprError> {
     match c {
         None | Some("" | "strong") => Ok(Consistency::Linearizable),
         Some("eventual") => Ok(Consistency::Stale),
@@ -139,16 +133,11 @@ fn consistency(c: Option<&str>, op: crate::dapr::StateOp, store: &str) -> Result
     }
 }
 
-fn concurrency(c: Option<&str>, op: crate::dapr::StateOp, store: &str) -> Result<Concurrency, DaprError> {
+fn concurrency(c: Option<&str>, op: StateOp, store: &str) -> Result<Concurrency, DaprError> {
     match c {
         None | Some("" | "last-write") => Ok(Concurrency::LastWrite),
         Some("first-write") => Ok(Concurrency::FirstWrite),
-        Some(other) => Err(DaprError::new(
-            500,
-            tonic::Code::Internal,
-            if op == crate::dapr::StateOp::Delete { "ERR_STATE_DELETE" } else { "ERR_STATE_SAVE" },
-            format!("failed saving state in state store {store}: unrecognized concurrency model '{other}'"),
-        )),
+        Some(other) => Err(DaprError::bad_concurrency(op, store, other)),
     }
 }
 
@@ -214,8 +203,8 @@ fn save_item(raw: &RawValue, query_md: &BTreeMap<String, String>, store: &str) -
         let o = fields(opts, "Go struct field SetRequest.options").map_err(DaprError::malformed)?;
         let conc = string_field(&o, "concurrency", "SetStateOption").map_err(DaprError::malformed)?;
         let cons = string_field(&o, "consistency", "SetStateOption").map_err(DaprError::malformed)?;
-        c = concurrency(conc.as_deref(), crate::dapr::StateOp::Save, store)?;
-        consistency(cons.as_deref(), crate::dapr::StateOp::Save, store)?;
+        c = concurrency(conc.as_deref(), StateOp::Save, store)?;
+        consistency(cons.as_deref(), StateOp::Save, store)?;
     }
     Ok(SaveItem { key, value, etag, metadata, concurrency: c })
 }
@@ -246,7 +235,7 @@ async fn get(call: Call<'_>, key: String) -> Reply {
         Ok(k) => k,
         Err(resp) => return Ok(resp),
     };
-    let c = consistency(call.param("consistency"), crate::dapr::StateOp::Get, call.scope.name())?;
+    let c = consistency(call.param("consistency"), StateOp::Get, call.scope.name())?;
     let got = call.scope.get(&key, c).await?;
     let Some(value) = got.value else {
         return Ok(empty(StatusCode::NO_CONTENT));
@@ -270,8 +259,8 @@ async fn delete(call: Call<'_>, key: String) -> Reply {
     };
     let store = call.scope.name();
     let etag = call.req.headers().get(header::IF_MATCH).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let concurrency = concurrency(call.param("concurrency"), crate::dapr::StateOp::Delete, store)?;
-    consistency(call.param("consistency"), crate::dapr::StateOp::Delete, store)?;
+    let concurrency = concurrency(call.param("concurrency"), StateOp::Delete, store)?;
+    consistency(call.param("consistency"), StateOp::Delete, store)?;
     call.scope.delete_one(&DeleteItem { key, etag, concurrency }).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -320,7 +309,7 @@ async fn bulk_get(mut call: Call<'_>) -> Reply {
         Some(k) => serde_json::from_str(k.get()).map_err(body_error)?,
         None => Vec::new(),
     };
-    let c = consistency(call.param("consistency"), crate::dapr::StateOp::BulkGet, call.scope.name())?;
+    let c = consistency(call.param("consistency"), StateOp::BulkGet, call.scope.name())?;
     let got = call.scope.get_bulk(&keys, c).await?;
     Ok(json(StatusCode::OK, &Value::Array(got.into_iter().map(item_json).collect())))
 }
@@ -373,7 +362,7 @@ async fn query(mut call: Call<'_>) -> Reply {
     let body = call.body().await?;
     let store = call.scope.name().to_string();
     let q = Query::parse(&body).map_err(|e| DaprError::query_failed(&store, e))?;
-    let c = consistency(call.param("consistency"), crate::dapr::StateOp::Query, &store)?;
+    let c = consistency(call.param("consistency"), StateOp::Query, &store)?;
     let page = q.run(call.scope.all(c).await?);
     if page.results.is_empty() {
         return Ok(empty(StatusCode::NO_CONTENT));
@@ -390,12 +379,7 @@ async fn query(mut call: Call<'_>) -> Reply {
 fn healthz(state: &HttpState, req: &Request<Body>) -> Reply {
     let pairs = query_pairs(req.uri()).map_err(DaprError::malformed)?;
     match pairs.iter().find(|(k, _)| k == "appid") {
-        Some((_, id)) if id != state.dapr.app_id() => Err(DaprError::new(
-            500,
-            tonic::Code::FailedPrecondition,
-            "ERR_HEALTH_APPID_NOT_MATCH",
-            "dapr app-id does not match",
-        )),
+        Some((_, id)) if id != state.dapr.app_id() => Err(DaprError::app_id_mismatch()),
         _ => Ok(empty(StatusCode::NO_CONTENT)),
     }
 }
@@ -405,12 +389,7 @@ async fn outbound(state: &HttpState) -> Reply {
     if state.handle().status().await.leader_id.is_some() {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
-        Err(DaprError::new(
-            500,
-            tonic::Code::Unavailable,
-            "ERR_OUTBOUND_HEALTH_NOT_READY",
-            "dapr outbound is not ready",
-        ))
+        Err(DaprError::outbound_not_ready())
     }
 }
 

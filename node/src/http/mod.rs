@@ -5,6 +5,7 @@
 pub mod dapr;
 pub mod native;
 
+use crate::auth::{Token, TOKEN_HEADER};
 use crate::dapr::Dapr;
 use crate::io::Incoming;
 use axum::body::Body;
@@ -18,13 +19,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
-/// Header carrying the API token, when one is configured.
-pub const TOKEN_HEADER: &str = "dapr-api-token";
-
 /// What every HTTP request handler shares.
 pub struct HttpState {
     pub dapr: Dapr,
-    pub token: Option<String>,
+    pub token: Token,
 }
 
 impl HttpState {
@@ -89,24 +87,17 @@ pub async fn respond(state: &HttpState, req: Request<Body>) -> Response {
 
 async fn route(state: &HttpState, req: Request<Body>) -> (&'static str, Response) {
     let path = clean(req.uri().path());
-    if let Some(token) = &state.token {
-        let exempt = req.method() == Method::GET
-            && matches!(path.as_str(), "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" | "/metrics");
-        let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
-        if !exempt && !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
-            return ("unauthorized", text(StatusCode::UNAUTHORIZED, "invalid api token"));
-        }
+    let exempt = req.method() == Method::GET
+        && matches!(path.as_str(), "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" | "/metrics");
+    let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+    if !exempt && state.token.check(given).is_err() {
+        return ("unauthorized", text(StatusCode::UNAUTHORIZED, "invalid api token"));
     }
     if path.starts_with("/v1.0/") || path.starts_with("/v1.0-alpha1/") {
         dapr::route(state, &path, req).await
     } else {
         native::route(state, &path, req).await
     }
-}
-
-/// Compares secrets without stopping at the first differing byte.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Go's `path.Clean` on the escaped path: `//a/./b/../c/` → `/a/c`.
@@ -223,12 +214,5 @@ mod tests {
         for bad in ["%", "%2", "%zz", "a%g1", "%%"] {
             assert!(unescape(bad, true).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn compares_tokens() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
     }
 }

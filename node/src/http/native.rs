@@ -4,8 +4,8 @@
 
 use super::{json, query_pairs, read_body, text, unescape, HttpState};
 use crate::error::Error;
-use crate::handle::{Consistency, ListQuery, WatchItem};
-use crate::kv::{Command, Delete, DeleteCondition, DeleteOutcome, Entry, Op, OpResult, Outcome, Put, PutCondition};
+use crate::handle::{Consistency, ListQuery, Member, PutDone, WatchItem};
+use crate::kv::{Delete, DeleteCondition, DeleteOutcome, Entry, EventKind, Put, PutCondition};
 use axum::body::Body;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,8 +16,8 @@ use hyper::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-/// Header carrying the leader's HTTP-reachable gRPC address on 503.
-pub const LEADER_HEADER: &str = "x-statenode-leader";
+/// Header carrying the leader's client (gRPC) address on 503.
+pub const LEADER_HEADER: &str = statenode_proto::headers::LEADER;
 const KV_PREFIX: &str = "/v1/kv/";
 
 type Reply = Result<Response, Error>;
@@ -33,7 +33,7 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
             Method::DELETE => ("kv.delete", kv_delete(state, &raw_key, &parts).await),
             _ => ("kv.method", Ok(method_not_allowed())),
         };
-        return (name, reply.unwrap_or_else(error));
+        return (name, reply.unwrap_or_else(IntoResponse::into_response));
     }
     let (parts, body) = req.into_parts();
     let (name, reply): (&'static str, Reply) = match (path, &m) {
@@ -50,7 +50,7 @@ pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'stat
         | ("/v1/cluster/join" | "/v1/cluster/leave", _) => ("method", Ok(method_not_allowed())),
         _ => ("unmatched", Err(Error::NotFound(format!("no route for {path}")))),
     };
-    (name, reply.unwrap_or_else(error))
+    (name, reply.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// A known path asked with the wrong method.
@@ -60,7 +60,13 @@ fn method_not_allowed() -> Response {
 }
 
 /// The one `Error` → HTTP response table of the native API.
-pub fn error(e: Error) -> Response {
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        error(self)
+    }
+}
+
+fn error(e: Error) -> Response {
     let (status, code) = match &e {
         Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         Error::ConditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "condition_failed"),
@@ -150,23 +156,12 @@ fn meta_headers(r: &mut Response, e: &Entry) {
 async fn kv_get(state: &HttpState, raw: &str, req: &Parts) -> Reply {
     let key = key_of(raw)?;
     let ps = params(req)?;
-    let entry = state.handle().read(&key, consistency(&ps)?).await?;
+    let entry = state.handle().get(&key, consistency(&ps)?).await?;
     let e = entry.ok_or_else(|| Error::NotFound(format!("key {:?}", String::from_utf8_lossy(&key))))?;
     let mut r = Response::new(Body::from(e.value.clone()));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     meta_headers(&mut r, &e);
     Ok(r)
-}
-
-async fn write(state: &HttpState, op: Op) -> Result<(u64, OpResult), Error> {
-    let r = state.handle().write(Command { client: None, now_ms: 0, op }).await?;
-    match r.outcome {
-        Outcome::Op(res) => {
-            crate::grpc::convert::rejection(&res)?;
-            Ok((r.revision, res))
-        }
-        other => Err(Error::internal(format!("unexpected outcome {other:?}"))),
-    }
 }
 
 async fn kv_put(state: &HttpState, raw: &str, req: &Parts, body: Body) -> Reply {
@@ -183,17 +178,16 @@ async fn kv_put(state: &HttpState, raw: &str, req: &Parts, body: Body) -> Reply 
     let limits = state.handle().limits();
     let value = read_body(body, limits.max_value_bytes).await.map_err(Error::TooLarge)?;
     let put = Put { key, value, ttl_ms, condition, fencing: None, client_ts: None };
-    match write(state, Op::Put(put)).await? {
-        (_, OpResult::Put { applied: true, meta: Some(m) }) => Ok(json(
+    match state.handle().put(put, None).await? {
+        PutDone { applied: true, meta: Some(m), .. } => Ok(json(
             StatusCode::OK,
             &json!({ "revision": m.revision, "create_revision": m.create_revision,
                      "version": m.version.to_string(), "expires_at_ms": m.expires_at_ms }),
         )),
-        (_, OpResult::Put { meta, .. }) => Err(Error::ConditionFailed(match meta {
+        PutDone { meta, .. } => Err(Error::ConditionFailed(match meta {
             Some(m) => format!("the key is at revision {}", m.revision),
             None => "the key does not exist".into(),
         })),
-        (_, other) => Err(Error::internal(format!("unexpected result {other:?}"))),
     }
 }
 
@@ -203,14 +197,12 @@ async fn kv_delete(state: &HttpState, raw: &str, req: &Parts) -> Reply {
         Some(rev) => DeleteCondition::IfRevision(rev),
         None => DeleteCondition::Always,
     };
-    match write(state, Op::Delete(Delete { key, condition, fencing: None })).await? {
-        (rev, OpResult::Delete(DeleteOutcome::ConditionFailed)) => {
-            Err(Error::ConditionFailed(format!("revision does not match (at log index {rev})")))
+    let done = state.handle().delete(Delete { key, condition, fencing: None }, None).await?;
+    match done.outcome {
+        DeleteOutcome::ConditionFailed => {
+            Err(Error::ConditionFailed(format!("revision does not match (at log index {})", done.revision)))
         }
-        (rev, OpResult::Delete(o)) => {
-            Ok(json(StatusCode::OK, &json!({ "deleted": o == DeleteOutcome::Deleted, "revision": rev })))
-        }
-        (_, other) => Err(Error::internal(format!("unexpected result {other:?}"))),
+        o => Ok(json(StatusCode::OK, &json!({ "deleted": o == DeleteOutcome::Deleted, "revision": done.revision }))),
     }
 }
 
@@ -282,9 +274,8 @@ fn resume_point(req: &Parts, ps: &[(String, String)]) -> Result<(Option<u64>, us
 fn watch(state: &HttpState, req: &Parts) -> Reply {
     let ps = params(req)?;
     let prefix = Bytes::from(param(&ps, "prefix").unwrap_or("").to_string());
-    state.handle().limits().check_request(prefix.len())?;
     let (from, mut skip) = resume_point(req, &ps)?;
-    let events = state.handle().watch(prefix, from.filter(|r| *r > 0));
+    let events = state.handle().watch(prefix, from.filter(|r| *r > 0))?;
     // (stream, the revision of the last event sent, how many events of it were sent)
     let init = (events, 0u64, 0usize);
     let stream = futures::stream::unfold(init, move |(mut events, mut rev, mut n)| {
@@ -314,11 +305,11 @@ fn watch(state: &HttpState, req: &Parts) -> Reply {
                         o.insert("revision".into(), e.revision.into());
                         put_bytes(&mut o, "key", &e.key);
                         let kind = match e.kind {
-                            crate::kv::EventKind::Put => {
+                            EventKind::Put => {
                                 put_bytes(&mut o, "value", &e.value);
                                 "put"
                             }
-                            crate::kv::EventKind::Delete => "delete",
+                            EventKind::Delete => "delete",
                         };
                         o.insert("version".into(), e.version.to_string().into());
                         if e.expired {
@@ -344,7 +335,7 @@ async fn status_json(state: &HttpState) -> Value {
     })
 }
 
-fn member_json(m: &crate::handle::Member) -> Value {
+fn member_json(m: &Member) -> Value {
     json!({ "id": m.id, "peer_addr": m.peer_addr, "grpc_addr": m.grpc_addr, "voter": m.voter, "leader": m.leader })
 }
 
@@ -389,8 +380,7 @@ async fn leave(state: &HttpState, body: Body) -> Reply {
 
 /// Ready = this node can serve a linearizable read right now.
 async fn readyz(state: &HttpState) -> Reply {
-    let check = state.handle().read_many(&[], Consistency::Linearizable);
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.handle().ready()).await {
         Ok(Ok(_)) => Ok(text(StatusCode::OK, "ready\n")),
         Ok(Err(e)) => Err(Error::unavailable(format!("not ready: {e}"))),
         Err(_) => Err(Error::unavailable("not ready: no linearizable read within 2 s")),

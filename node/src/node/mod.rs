@@ -1,36 +1,31 @@
 //! `Node::start`: opens storage, starts Raft, the servers and the background tasks;
 //! bootstraps or joins; shuts everything down gracefully.
 
+use crate::auth::Token;
 use crate::config::Config;
 use crate::dapr::Dapr;
-use crate::grpc::{cluster::ClusterService, dapr::DaprService, kv::KvService};
-use crate::handle::NodeHandle;
+use crate::handle::{NodeHandle, Parts};
 use crate::io::{tcp_incoming, Incoming, Io};
-use crate::kv::{Command, Op};
 use crate::raft::consensus::{break_election_ties, Consensus};
 use crate::raft::identity::ClusterIdent;
+use crate::raft::membership::{self, Plan, Stored};
 use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
-use crate::raft::server::{PeerService, Started};
-use crate::raft::types::{NodeId, NodeInfo, Raft};
+use crate::raft::server::{PeerService, Running, Started};
+use crate::raft::types::{NodeId, NodeInfo};
 use crate::store::backend::LogMeta;
 use crate::store::{LogBackend, LogStore, MemLog, RedbLog, RedbSm, SmDisk, SmStore};
 use crate::watch::{EventHub, DEFAULT_HISTORY};
 use anyhow::Context;
-use statenode_proto::dapr::proto::runtime::v1::dapr_server::DaprServer;
-use statenode_proto::v1::cluster_server::ClusterServer;
-use statenode_proto::v1::kv_server::KvServer;
 use statenode_proto::v1::peer_server::PeerServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
 
 pub mod dev;
-mod membership;
 
-pub use membership::{find_cluster, join_cluster, Role, Stored};
+pub use crate::raft::membership::Role;
 
 /// The connections a node serves, accepted by the caller's network (port 0 in tests,
 /// turmoil in simulation).
@@ -59,7 +54,7 @@ impl Listeners {
 /// A running node: its handle, and everything to stop.
 pub struct Node {
     handle: NodeHandle,
-    raft: Raft,
+    consensus: Arc<Consensus>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// The log backend, to wait until openraft's tasks let go of it (redb file locks).
@@ -114,38 +109,23 @@ impl Node {
         };
         let weak_log = Arc::downgrade(&log);
         let network = Network { channels: channels.clone(), ident: ident.clone() };
-        let raft = Raft::new(id, Arc::new(raft_config(&config)?), network, LogStore::new(log), sm.clone())
-            .await
-            .context("start raft")?;
-        let consensus = Consensus::new(raft.clone(), id, config.limits.request_timeout);
-        let handle =
-            NodeHandle::new(consensus, sm, channels.clone(), config.limits.clone(), me.clone(), io.clock.clone());
-        let _ = started.set((raft.clone(), handle.clone()));
-        let dapr = crate::dapr::Dapr::new(handle.clone(), &config);
-        tasks.push(tokio::spawn(serve_grpc(listeners.grpc, dapr.clone(), config.api_token.clone(), stop_rx.clone())));
-        if let Some(http) = listeners.http {
-            let state = Arc::new(crate::http::HttpState { dapr, token: config.api_token.clone() });
-            tasks.push(tokio::spawn(crate::http::serve(http, state, stop_rx.clone())));
-        }
-        tasks.push(tokio::spawn(count_leader_changes(handle.clone(), stop_rx.clone())));
-        let reap_every = Duration::from_millis(config.raft.ttl_reap_ms);
-        tasks.push(tokio::spawn(reap_expired(handle.clone(), reap_every, stop_rx.clone())));
-        let max_election = Duration::from_millis(config.raft.election_max_ms);
-        tasks.push(tokio::spawn(break_election_ties(raft.clone(), max_election, stop_rx.clone())));
-        tracing::info!(id, %me, memory = config.memory, "node started");
-        let joined = {
-            let log = weak_log.clone();
-            move || {
-                if let Some(log) = log.upgrade() {
-                    if let Err(e) = log.set_raw_meta(JOINING_KEY, b"") {
-                        tracing::warn!(error = %e, "could not record the finished join");
-                    }
-                }
-            }
+        let consensus = Arc::new(Consensus::start(id, &config, network, LogStore::new(log), sm.clone()).await?);
+        let parts = Parts {
+            consensus: consensus.clone(),
+            sm,
+            peers: channels.clone(),
+            limits: config.limits.clone(),
+            me: me.clone(),
+            clock: io.clock.clone(),
         };
-        let form = membership::form(plan, raft.clone(), channels, me, stop_rx, joined);
-        tasks.push(tokio::spawn(form));
-        Ok(Node { handle, raft, stop, tasks, log: weak_log })
+        let handle = NodeHandle::new(parts);
+        let _ = started.set(Running::new(&consensus, Arc::new(handle.clone())));
+        tasks.extend(serve_clients((listeners.grpc, listeners.http), &handle, &config, &stop_rx));
+        tasks.extend(background(&handle, &consensus, &config, &stop_rx));
+        tracing::info!(id, %me, memory = config.memory, "node started");
+        let joined = forget_join(weak_log.clone());
+        tasks.push(tokio::spawn(membership::form(plan, consensus.clone(), channels, me, stop_rx, joined)));
+        Ok(Node { handle, consensus, stop, tasks, log: weak_log })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -155,9 +135,7 @@ impl Node {
     /// Stops serving, stops Raft, waits for every task.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
-        }
+        self.consensus.shutdown().await;
         for t in self.tasks {
             let _ = t.await;
         }
@@ -190,7 +168,7 @@ fn read_stored(log: &dyn LogBackend) -> anyhow::Result<Stored> {
 
 /// Disk mode: remembers the id (and the lost member it replaces, and a join in progress)
 /// before Raft writes anything under it.
-fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &membership::Plan, given: NodeId) -> anyhow::Result<()> {
+fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &Plan, given: NodeId) -> anyhow::Result<()> {
     if let Some(s) = stored.id.filter(|s| *s != plan.id) {
         anyhow::bail!("data dir belongs to node {s}, but the plan runs it as node {}", plan.id);
     }
@@ -206,21 +184,54 @@ fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &membership::Plan, g
     Ok(())
 }
 
-fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
-    let cfg = openraft::Config {
-        cluster_name: "statenode".into(),
-        heartbeat_interval: c.raft.heartbeat_ms,
-        election_timeout_min: c.raft.election_min_ms,
-        election_timeout_max: c.raft.election_max_ms,
-        install_snapshot_timeout: 2_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_threshold),
-        max_in_snapshot_log_to_keep: c.raft.keep_after_snapshot,
-        snapshot_max_chunk_size: c.raft.snapshot_chunk_bytes,
-        // Entries per AppendEntries: as many as fit one peer message at the largest request.
-        max_payload_entries: (MAX_PEER_MESSAGE / (c.limits.max_request_bytes + 64 * 1024)).clamp(1, 300) as u64,
-        ..Default::default()
+/// Once a join has finished, forgets the peer address it went through.
+fn forget_join(log: std::sync::Weak<dyn LogBackend>) -> impl FnOnce() {
+    move || {
+        if let Some(log) = log.upgrade() {
+            if let Err(e) = log.set_raw_meta(JOINING_KEY, b"") {
+                tracing::warn!(error = %e, "could not record the finished join");
+            }
+        }
+    }
+}
+
+/// The client front doors: gRPC always, HTTP when given a listener.
+fn serve_clients(
+    (grpc, http): (Incoming, Option<Incoming>),
+    handle: &NodeHandle,
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let dapr = Dapr::new(handle.clone(), config);
+    let token = Token::new(config.api_token.clone());
+    let mut tasks = vec![tokio::spawn(crate::grpc::serve(grpc, dapr.clone(), token.clone(), stop.clone()))];
+    if let Some(http) = http {
+        let state = Arc::new(crate::http::HttpState { dapr, token });
+        tasks.push(tokio::spawn(crate::http::serve(http, state, stop.clone())));
+    }
+    tasks
+}
+
+/// Leader-change counting, the TTL reaper and the election tie-breaker.
+fn background(
+    handle: &NodeHandle,
+    consensus: &Arc<Consensus>,
+    config: &Config,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let metrics = handle.metrics().clone();
+    let c = consensus.clone();
+    let leaders = {
+        let stop = stop.clone();
+        async move { c.watch_leader(|| metrics.leader_changed(), stop).await }
     };
-    Ok(cfg.validate()?)
+    let reap_every = Duration::from_millis(config.raft.ttl_reap_ms);
+    let max_election = Duration::from_millis(config.raft.election_max_ms);
+    vec![
+        tokio::spawn(leaders),
+        tokio::spawn(reap_expired(handle.clone(), reap_every, stop.clone())),
+        tokio::spawn(break_election_ties(consensus.clone(), max_election, stop.clone())),
+    ]
 }
 
 /// The log backend and, unless in memory mode, the state machine's disk.
@@ -240,56 +251,15 @@ fn open_disks(config: &Config, io: &Io) -> anyhow::Result<Disks> {
     Ok((Arc::new(log), Some(Arc::new(sm))))
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
 async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<bool>) {
     let svc =
         PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
     let r = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, stopped(stop))
+        .serve_with_incoming_shutdown(incoming, crate::io::stopped(stop))
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "peer server failed");
-    }
-}
-
-async fn serve_grpc(incoming: Incoming, dapr: Dapr, token: Option<String>, stop: watch::Receiver<bool>) {
-    let handle = dapr.handle().clone();
-    let max = handle.limits().max_request_bytes + 64 * 1024;
-    let auth = crate::grpc::token_check(token);
-    let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
-    let dapr_handle = handle.clone();
-    let cluster = ClusterServer::new(ClusterService { handle });
-    let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
-    let r = tonic::transport::Server::builder()
-        .layer(crate::metrics::GrpcLayer(dapr_handle))
-        .add_service(InterceptedService::new(kv, auth.clone()))
-        .add_service(InterceptedService::new(cluster, auth.clone()))
-        .add_service(InterceptedService::new(dapr, auth))
-        .serve_with_incoming_shutdown(incoming, stopped(stop))
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "grpc server failed");
-    }
-}
-
-/// Counts the leader changes this node sees, for `/metrics`.
-async fn count_leader_changes(handle: NodeHandle, mut stop: watch::Receiver<bool>) {
-    let mut rx = handle.consensus().raft.metrics();
-    let mut last = rx.borrow().current_leader;
-    loop {
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = rx.borrow().current_leader;
-        if now.is_some() && now != last {
-            handle.metrics().leader_changed();
-        }
-        last = now;
     }
 }
 
@@ -301,10 +271,8 @@ async fn reap_expired(handle: NodeHandle, every: Duration, mut stop: watch::Rece
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if handle.due(handle.now_ms()) && handle.consensus().raft.current_leader().await == Some(handle.id()) {
-            if let Err(e) = handle.write(Command { client: None, now_ms: 0, op: Op::Expire }).await {
-                tracing::debug!(error = %e, "expire proposal failed");
-            }
+        if let Err(e) = handle.expire_due().await {
+            tracing::debug!(error = %e, "expire proposal failed");
         }
     }
 }

@@ -1,18 +1,24 @@
-//! The narrow consensus API the node uses: write, read barrier, join, leave, status.
+//! The narrow consensus API the node uses: start and stop Raft, write, read barrier,
+//! join, leave, status, leader changes.
 
 use super::barrier::ReadBarrier;
-use super::types::{NodeId, NodeInfo, Raft};
+use super::network::{Network, MAX_PEER_MESSAGE};
+use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
+use crate::api::{ClusterStatus, Member};
+use crate::config::Config;
 use crate::error::Error;
-use crate::handle::{ClusterStatus, Member};
 use crate::kv::{Command, CommandResult};
+use anyhow::Context;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{ChangeMembers, ServerState};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 pub struct Consensus {
-    pub raft: Raft,
+    pub(super) raft: Raft,
     pub id: NodeId,
     barrier: Arc<ReadBarrier>,
     /// Serializes membership changes on this node (a joint config refuses a second change).
@@ -21,9 +27,44 @@ pub struct Consensus {
 }
 
 impl Consensus {
-    pub fn new(raft: Raft, id: NodeId, timeout: Duration) -> Self {
+    /// Starts Raft as node `id` over these stores.
+    pub async fn start<L, S>(id: NodeId, config: &Config, network: Network, log: L, sm: S) -> anyhow::Result<Self>
+    where
+        L: RaftLogStorage<TypeConfig>,
+        S: RaftStateMachine<TypeConfig>,
+    {
+        let raft = Raft::new(id, Arc::new(raft_config(config)?), network, log, sm).await.context("start raft")?;
+        let timeout = config.limits.request_timeout;
         let barrier = ReadBarrier::new(raft.clone(), timeout);
-        Self { raft, id, barrier, membership: Default::default(), write_timeout: timeout }
+        Ok(Self { raft, id, barrier, membership: Default::default(), write_timeout: timeout })
+    }
+
+    /// Stops Raft's core; its storage tasks end shortly after.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.id)
+    }
+
+    /// Calls `changed` each time this node learns of a new leader, until `stop`.
+    pub async fn watch_leader(&self, changed: impl Fn(), mut stop: watch::Receiver<bool>) {
+        let mut rx = self.raft.metrics();
+        let mut last = rx.borrow().current_leader;
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = rx.borrow().current_leader;
+            if now.is_some() && now != last {
+                changed();
+            }
+            last = now;
+        }
     }
 
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Fail> {
@@ -192,7 +233,8 @@ impl Consensus {
 /// found this with one voter down, seed 43). When this node has been a candidate without a
 /// leader for a while, it stops campaigning for a random time — it still grants votes — so
 /// one candidate goes first.
-pub async fn break_election_ties(raft: Raft, max_election: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn break_election_ties(consensus: Arc<Consensus>, max_election: Duration, mut stop: watch::Receiver<bool>) {
+    let raft = &consensus.raft;
     use rand::Rng;
     let mut leaderless_since: Option<tokio::time::Instant> = None;
     loop {
@@ -216,4 +258,21 @@ pub async fn break_election_ties(raft: Raft, max_election: Duration, mut stop: t
         raft.runtime_config().elect(true);
         leaderless_since = None;
     }
+}
+
+fn raft_config(c: &Config) -> anyhow::Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: "statenode".into(),
+        heartbeat_interval: c.raft.heartbeat_ms,
+        election_timeout_min: c.raft.election_min_ms,
+        election_timeout_max: c.raft.election_max_ms,
+        install_snapshot_timeout: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_threshold),
+        max_in_snapshot_log_to_keep: c.raft.keep_after_snapshot,
+        snapshot_max_chunk_size: c.raft.snapshot_chunk_bytes,
+        // Entries per AppendEntries: as many as fit one peer message at the largest request.
+        max_payload_entries: (MAX_PEER_MESSAGE / (c.limits.max_request_bytes + 64 * 1024)).clamp(1, 300) as u64,
+        ..Default::default()
+    };
+    Ok(cfg.validate()?)
 }

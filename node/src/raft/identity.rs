@@ -5,23 +5,28 @@
 //! by the old leader — as an amnesiac under its old id — or disrupt it.
 
 use super::types::NodeId;
-use crate::store::LogBackend;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Metadata carrying the sender's cluster id on Raft RPCs.
-pub const CLUSTER_HEADER: &str = "x-statenode-cluster";
+pub const CLUSTER_HEADER: &str = statenode_proto::headers::CLUSTER;
 const KEY: &str = "cluster_id";
+
+/// Where the id is kept: named records next to the Raft log (the log backend).
+pub trait RawMeta: Send + Sync + 'static {
+    fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()>;
+}
 
 pub struct ClusterIdent {
     /// 0 while unknown: a node with no data, or one from before cluster ids.
     id: AtomicU64,
-    log: Arc<dyn LogBackend>,
+    log: Arc<dyn RawMeta>,
 }
 
 impl ClusterIdent {
-    pub fn load(log: Arc<dyn LogBackend>) -> io::Result<Arc<Self>> {
+    pub fn load(log: Arc<dyn RawMeta>) -> io::Result<Arc<Self>> {
         let stored = log.raw_meta(KEY)?.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
         Ok(Arc::new(Self { id: AtomicU64::new(stored), log }))
     }
@@ -72,11 +77,25 @@ impl ClusterIdent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemLog;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Records(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl RawMeta for Records {
+        fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+            Ok(self.0.lock().unwrap().get(name).cloned())
+        }
+        fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()> {
+            self.0.lock().unwrap().insert(name.into(), value.to_vec());
+            Ok(())
+        }
+    }
 
     #[test]
     fn adopts_once_then_refuses_strangers() {
-        let log: Arc<dyn LogBackend> = Arc::new(MemLog::default());
+        let log: Arc<dyn RawMeta> = Arc::new(Records::default());
         let ident = ClusterIdent::load(log.clone()).unwrap();
         assert_eq!(ident.get(), None);
         ident.admit(None).unwrap();

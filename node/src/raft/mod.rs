@@ -1,10 +1,14 @@
-//! openraft glue: type config, network, peer server, read barrier, membership.
+//! openraft glue: type config, network, peer protocol and server, read barrier,
+//! `Consensus` (start, write, join, leave, status) and membership (how a node enters a
+//! cluster).
 //! Nothing outside `raft/` and `store/` names an openraft type.
 
 pub mod barrier;
 pub mod consensus;
 pub mod identity;
+pub mod membership;
 pub mod network;
+pub mod peer;
 pub mod rt;
 pub mod server;
 pub mod types;

@@ -3,7 +3,6 @@
 
 use super::identity::{ClusterIdent, CLUSTER_HEADER};
 use super::types::{NodeId, NodeInfo, TypeConfig};
-use crate::io::Dialer;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,10 +19,16 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Metadata naming the node id a Raft RPC is meant for.
-pub const TARGET_HEADER: &str = "x-statenode-target";
+pub const TARGET_HEADER: &str = statenode_proto::headers::TARGET;
 
 /// Raft messages (snapshot chunks) may be large; client and server agree on this bound.
 pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Makes lazily-connecting gRPC channels to `host:port` addresses: real TCP (`io`), or a
+/// simulated network (the chaos suite).
+pub trait Dialer: Send + Sync + 'static {
+    fn channel(&self, addr: &str) -> Result<Channel, String>;
+}
 
 /// One lazily-connected channel per peer address, shared by Raft and forwarding.
 /// openraft 0.9 asks for a new client on every read round, so reuse matters.

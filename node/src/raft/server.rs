@@ -5,10 +5,11 @@
 
 use super::identity::{ClusterIdent, CLUSTER_HEADER};
 use super::network::{decode, encode, TARGET_HEADER};
+use super::peer::{PeerReply, PeerRequest, ServeLocal};
 use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
+use crate::api::ClusterStatus;
 use crate::error::Error;
-use crate::handle::{ClusterStatus, NodeHandle, PeerReply, PeerRequest};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use statenode_proto::v1::peer_server::Peer;
 use statenode_proto::v1::Blob;
@@ -16,7 +17,22 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 /// The running node, once Raft has started.
-pub type Started = Arc<OnceLock<(Raft, NodeHandle)>>;
+pub type Started = Arc<OnceLock<Running>>;
+
+/// What the peer service needs of a started node.
+pub struct Running {
+    pub(super) raft: Raft,
+    /// The id Raft runs under (the one decided at start, not necessarily `--id`).
+    pub(super) id: NodeId,
+    /// Serves forwarded requests (the node's handle).
+    pub(super) local: Arc<dyn ServeLocal>,
+}
+
+impl Running {
+    pub fn new(consensus: &super::consensus::Consensus, local: Arc<dyn ServeLocal>) -> Self {
+        Self { raft: consensus.raft.clone(), id: consensus.id, local }
+    }
+}
 
 pub struct PeerService {
     pub started: Started,
@@ -35,10 +51,10 @@ impl PeerService {
     /// The running node; refuses a Raft RPC while starting or when addressed to another
     /// node id (a new process at a replaced member's address must not answer for it).
     fn raft_for<T>(&self, req: &Request<T>) -> Result<&Raft, Status> {
-        let Some((raft, handle)) = self.started.get() else {
+        let Some(Running { raft, id: me, .. }) = self.started.get() else {
             return Err(Status::unavailable("node is starting"));
         };
-        let me = handle.id();
+        let me = *me;
         let target =
             req.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if let Some(t) = target.filter(|t| *t != me) {
@@ -54,16 +70,7 @@ impl PeerService {
     fn starting(&self, request: PeerRequest) -> Result<PeerReply, Error> {
         match request {
             PeerRequest::Hello => Ok(PeerReply::Hello(self.id, self.me.clone())),
-            PeerRequest::Status => Ok(PeerReply::Status(ClusterStatus {
-                id: self.id,
-                role: "starting".into(),
-                leader_id: None,
-                term: 0,
-                last_log_index: 0,
-                applied_index: 0,
-                purged_index: 0,
-                members: Vec::new(),
-            })),
+            PeerRequest::Status => Ok(PeerReply::Status(ClusterStatus::starting(self.id))),
             _ => Err(Error::unavailable("node is starting")),
         }
     }
@@ -92,15 +99,15 @@ impl Peer for PeerService {
     /// Serves a request another node forwarded; never forwards it again.
     async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let request: PeerRequest = decode(req.get_ref()).map_err(bad_payload)?;
-        let Some((_, handle)) = self.started.get() else {
+        let Some(Running { local, .. }) = self.started.get() else {
             return Ok(Response::new(encode(&self.starting(request))));
         };
-        let result: Result<PeerReply, Error> = match handle.serve_local(request).await {
+        let result: Result<PeerReply, Error> = match local.serve_local(request).await {
             Ok(reply) => Ok(reply),
             Err(Fail::Err(e)) => Err(e),
             Err(Fail::Forward(_)) => Err(Error::Unavailable {
                 reason: "leadership moved while forwarding".into(),
-                leader_hint: handle.leader_hint(),
+                leader_hint: local.leader_hint(),
             }),
         };
         Ok(Response::new(encode(&result)))

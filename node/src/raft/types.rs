@@ -23,7 +23,7 @@ impl std::fmt::Display for NodeInfo {
     }
 }
 
-pub type NodeId = u64;
+pub use crate::api::NodeId;
 
 openraft::declare_raft_types!(
     pub TypeConfig:

@@ -1,5 +1,6 @@
 //! The narrow storage ports behind the openraft traits, with an in-memory twin of each.
 
+use crate::raft::identity::RawMeta;
 use crate::raft::types::{Entry, LogId};
 use std::collections::BTreeMap;
 use std::io;
@@ -24,7 +25,9 @@ impl LogMeta {
 }
 
 /// A durable Raft log: every method returns only once its effect is on disk.
-pub trait LogBackend: Send + Sync + 'static {
+/// The supertrait `RawMeta` keeps records next to the log that are not openraft's (the node
+/// id, the cluster id).
+pub trait LogBackend: RawMeta {
     /// Entries with `start <= index < end`, in order.
     fn range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>>;
     fn last(&self) -> io::Result<Option<LogId>>;
@@ -39,9 +42,6 @@ pub trait LogBackend: Send + Sync + 'static {
     fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
         self.set_raw_meta(key.name(), &value)
     }
-    /// Records next to the log that are not openraft's (the node id).
-    fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
-    fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()>;
     /// Whether calls block on real I/O (and so belong on the blocking pool).
     fn blocking(&self) -> bool {
         false
@@ -94,7 +94,9 @@ impl LogBackend for MemLog {
         g.meta.insert(LogMeta::LastPurged.name().to_string(), encoded);
         Ok(())
     }
+}
 
+impl RawMeta for MemLog {
     fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         Ok(self.inner.lock().expect("poisoned").meta.get(name).cloned())
     }

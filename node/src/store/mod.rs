@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod log;
+mod redb_db;
 pub mod redb_log;
 pub mod redb_sm;
 pub mod sm;
@@ -11,6 +12,7 @@ pub mod sm_disk;
 #[cfg(test)]
 mod tests;
 
+pub use crate::raft::identity::RawMeta;
 pub use backend::{LogBackend, MemLog};
 pub use log::LogStore;
 pub use redb_log::RedbLog;

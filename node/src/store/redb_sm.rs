@@ -1,42 +1,43 @@
 //! The state machine in `sm.redb`: keys, dedup windows and metadata, written per apply batch.
 
-use super::redb_log::io_err;
+use super::redb_db::{self, dec, enc, DbResult};
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use crate::kv::dedup::DedupTable;
 use crate::kv::StateMachine;
 use crate::raft::types::SnapshotMeta;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::io;
 use std::path::Path;
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DEDUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup");
-/// last_applied, membership, last_version, snapshot_meta, snapshot_data.
+/// last_applied, membership, last_version, clock_ms, snapshot_meta, snapshot_data.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 pub struct RedbSm {
     db: Database,
 }
 
-fn enc<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    bincode::serialize(v).map_err(io_err)
-}
-
-fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    bincode::deserialize(b).map_err(io_err)
-}
-
 impl RedbSm {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = Database::create(path).map_err(io_err)?;
-        let txn = db.begin_write().map_err(io_err)?;
-        txn.open_table(KV).map_err(io_err)?;
-        txn.open_table(DEDUP).map_err(io_err)?;
-        txn.open_table(META).map_err(io_err)?;
-        txn.commit().map_err(io_err)?;
+        let db = redb_db::open(path, |txn| {
+            txn.open_table(KV)?;
+            txn.open_table(DEDUP)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
         Ok(Self { db })
     }
+}
+
+/// Writes the state machine's metadata records.
+fn put_meta(txn: &WriteTransaction, records: &[(&str, &[u8])]) -> DbResult<()> {
+    let mut m = txn.open_table(META)?;
+    for (name, v) in records {
+        m.insert(*name, *v)?;
+    }
+    Ok(())
 }
 
 impl SmDisk for RedbSm {
@@ -45,109 +46,83 @@ impl SmDisk for RedbSm {
     }
 
     fn persist(&self, c: &Changes) -> io::Result<()> {
-        let meta = [
-            ("last_applied", enc(&c.last_applied)?),
-            ("membership", enc(&c.membership)?),
-            ("last_version", enc(&c.last_version)?),
-            ("clock_ms", enc(&c.clock_ms)?),
-        ];
-        let keys =
-            c.keys.iter().map(|(k, e)| Ok((k, e.as_ref().map(enc).transpose()?))).collect::<io::Result<Vec<_>>>()?;
-        let clients = c
-            .clients
-            .iter()
-            .map(|(id, w)| Ok((*id, w.as_ref().map(enc).transpose()?)))
-            .collect::<io::Result<Vec<_>>>()?;
-        let txn = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(io_err)?;
-            for (k, v) in &keys {
-                match v {
-                    Some(v) => kv.insert(k.as_ref(), v.as_slice()).map(drop),
-                    None => kv.remove(k.as_ref()).map(drop),
+        redb_db::write(&self.db, |txn| {
+            let mut kv = txn.open_table(KV)?;
+            for (k, e) in &c.keys {
+                match e {
+                    Some(e) => drop(kv.insert(k.as_ref(), enc(e)?.as_slice())?),
+                    None => drop(kv.remove(k.as_ref())?),
                 }
-                .map_err(io_err)?;
             }
-            let mut dd = txn.open_table(DEDUP).map_err(io_err)?;
-            for (id, w) in &clients {
+            let mut dd = txn.open_table(DEDUP)?;
+            for (id, w) in &c.clients {
                 match w {
-                    Some(w) => dd.insert(*id, w.as_slice()).map(drop),
-                    None => dd.remove(*id).map(drop),
+                    Some(w) => drop(dd.insert(*id, enc(w)?.as_slice())?),
+                    None => drop(dd.remove(*id)?),
                 }
-                .map_err(io_err)?;
             }
-            let mut m = txn.open_table(META).map_err(io_err)?;
-            for (name, v) in &meta {
-                m.insert(*name, v.as_slice()).map_err(io_err)?;
-            }
-        }
-        txn.commit().map_err(io_err)
+            let (applied, membership) = (enc(&c.last_applied)?, enc(&c.membership)?);
+            let (version, clock) = (enc(&c.last_version)?, enc(&c.clock_ms)?);
+            put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
+            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock)])
+        })
     }
 
     fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let txn = self.db.begin_write().map_err(io_err)?;
-        txn.delete_table(KV).map_err(io_err)?;
-        txn.delete_table(DEDUP).map_err(io_err)?;
-        {
-            let mut kv = txn.open_table(KV).map_err(io_err)?;
+        redb_db::write(&self.db, |txn| {
+            txn.delete_table(KV)?;
+            txn.delete_table(DEDUP)?;
+            let mut kv = txn.open_table(KV)?;
             for (k, e) in sm.entries() {
-                kv.insert(k.as_ref(), enc(e)?.as_slice()).map_err(io_err)?;
+                kv.insert(k.as_ref(), enc(e)?.as_slice())?;
             }
-            let mut dd = txn.open_table(DEDUP).map_err(io_err)?;
+            let mut dd = txn.open_table(DEDUP)?;
             for (id, w) in sm.dedup().windows() {
-                dd.insert(*id, enc(w)?.as_slice()).map_err(io_err)?;
+                dd.insert(*id, enc(w)?.as_slice())?;
             }
-            let mut m = txn.open_table(META).map_err(io_err)?;
-            m.insert("last_applied", enc(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
-            m.insert("membership", enc(&meta.last_membership)?.as_slice()).map_err(io_err)?;
-            m.insert("last_version", enc(&sm.last_version())?.as_slice()).map_err(io_err)?;
-            m.insert("clock_ms", enc(&sm.clock_ms())?.as_slice()).map_err(io_err)?;
-            m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
-            m.insert("snapshot_data", data).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
+            let (applied, membership) = (enc(&meta.last_log_id)?, enc(&meta.last_membership)?);
+            let (version, clock) = (enc(&sm.last_version())?, enc(&sm.clock_ms())?);
+            put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
+            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock)])?;
+            put_meta(txn, &[("snapshot_meta", &enc(meta)?), ("snapshot_data", data)])
+        })
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let txn = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut m = txn.open_table(META).map_err(io_err)?;
-            let kept: Option<SnapshotMeta> =
-                m.get("snapshot_meta").map_err(io_err)?.map(|v| dec(v.value())).transpose()?;
+        redb_db::write(&self.db, |txn| {
+            let kept =
+                txn.open_table(META)?.get("snapshot_meta")?.map(|v| dec::<SnapshotMeta>(v.value())).transpose()?;
             if !is_newer(meta, kept.as_ref()) {
                 return Ok(());
             }
-            m.insert("snapshot_meta", enc(meta)?.as_slice()).map_err(io_err)?;
-            m.insert("snapshot_data", data).map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
+            put_meta(txn, &[("snapshot_meta", &enc(meta)?), ("snapshot_data", data)])
+        })
     }
 
     fn load(&self) -> io::Result<Loaded> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let m = txn.open_table(META).map_err(io_err)?;
-        let get = |name: &str| -> io::Result<Option<Vec<u8>>> {
-            Ok(m.get(name).map_err(io_err)?.map(|v| v.value().to_vec()))
-        };
-        let last_applied = get("last_applied")?.map(|b| dec(&b)).transpose()?.flatten();
-        let membership = get("membership")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
-        let last_version = get("last_version")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
-        let clock_ms = get("clock_ms")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
-        let snapshot = match (get("snapshot_meta")?, get("snapshot_data")?) {
-            (Some(meta), Some(data)) => Some((dec(&meta)?, data)),
-            _ => None,
-        };
-        let mut keys = Vec::new();
-        for row in txn.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
-            let (k, v) = row.map_err(io_err)?;
-            keys.push((Bytes::copy_from_slice(k.value()), dec(v.value())?));
-        }
-        let mut dedup = DedupTable::default();
-        for row in txn.open_table(DEDUP).map_err(io_err)?.iter().map_err(io_err)? {
-            let (id, w) = row.map_err(io_err)?;
-            dedup.insert_window(id.value(), dec(w.value())?);
-        }
-        let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup);
-        Ok(Loaded { kv, last_applied, membership, snapshot })
+        redb_db::read(&self.db, |txn| {
+            let m = txn.open_table(META)?;
+            let get = |name: &str| -> DbResult<Option<Vec<u8>>> { Ok(m.get(name)?.map(|v| v.value().to_vec())) };
+            let last_applied = get("last_applied")?.map(|b| dec(&b)).transpose()?.flatten();
+            let membership = get("membership")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+            let last_version = get("last_version")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+            let clock_ms = get("clock_ms")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+            let snapshot = match (get("snapshot_meta")?, get("snapshot_data")?) {
+                (Some(meta), Some(data)) => Some((dec(&meta)?, data)),
+                _ => None,
+            };
+            let mut keys = Vec::new();
+            for row in txn.open_table(KV)?.iter()? {
+                let (k, v) = row?;
+                keys.push((Bytes::copy_from_slice(k.value()), dec(v.value())?));
+            }
+            let mut dedup = DedupTable::default();
+            for row in txn.open_table(DEDUP)?.iter()? {
+                let (id, w) = row?;
+                dedup.insert_window(id.value(), dec(w.value())?);
+            }
+            let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup);
+            Ok(Loaded { kv, last_applied, membership, snapshot })
+        })
     }
 }

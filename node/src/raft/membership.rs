@@ -1,10 +1,12 @@
 //! Cluster formation: bootstrap with `--bootstrap-expect`, join through a seed, and the
 //! memory-mode rule that a restarted node comes back under a new id.
 
+use super::consensus::Consensus;
+use super::network::{decode, encode, PeerChannels};
+use super::peer::{PeerReply, PeerRequest};
+use super::types::{NodeId, NodeInfo, Raft};
+use crate::api::ClusterStatus;
 use crate::config::Config;
-use crate::handle::{ClusterStatus, PeerReply, PeerRequest};
-use crate::raft::network::{decode, encode, PeerChannels};
-use crate::raft::types::{NodeId, NodeInfo, Raft};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +56,7 @@ pub struct Stored {
 /// A fresh id for a node that must not reuse an old one; below 2^53 so JSON keeps it exact.
 fn fresh_id() -> NodeId {
     use rand::Rng;
-    crate::raft::rt::rng().gen_range(1000..(1u64 << 53))
+    super::rt::rng().gen_range(1000..(1u64 << 53))
 }
 
 /// Decides this node's id and how it enters the cluster.
@@ -189,7 +191,7 @@ async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Du
 /// a membership (the cluster exists: returns it) or every peer answered as pristine (a
 /// first bootstrap: returns `None`). Unreachable peers are asked again until `deadline`, so
 /// a node cut off from its peers never mistakes a running cluster for a new one.
-pub async fn find_cluster(
+async fn find_cluster(
     channels: &PeerChannels,
     addrs: &[String],
     deadline: tokio::time::Instant,
@@ -255,21 +257,22 @@ impl Plan {
 /// Runs the plan's action in the background; `joined` runs once a join has finished.
 pub async fn form(
     plan: Plan,
-    raft: Raft,
+    consensus: Arc<Consensus>,
     channels: Arc<PeerChannels>,
     me: NodeInfo,
     stop: watch::Receiver<bool>,
     joined: impl FnOnce(),
 ) {
+    let raft = &consensus.raft;
     let result = match plan.action {
         Action::Resume => {
             tracing::info!(id = plan.id, "starting from the state on disk");
             Ok(())
         }
-        Action::Initialize(peers) => initialize(&raft, &channels, plan.id, &me, peers, stop).await,
+        Action::Initialize(peers) => initialize(raft, &channels, plan.id, &me, peers, stop).await,
         Action::Join(via) => {
             let (id, replaces) = (plan.id, plan.replaces);
-            join_cluster(&channels, &raft, &via, (id, replaces), &me, stop).await.map(|()| joined())
+            join_cluster(&channels, raft, &via, (id, replaces), &me, stop).await.map(|()| joined())
         }
         Action::Wait => {
             tracing::info!("a member of the first configuration: waiting for the leader to replicate");
@@ -340,7 +343,7 @@ async fn with_progress<T>(raft: &Raft, fut: impl std::future::Future<Output = T>
 
 /// Asks the leader, found through `via`, to add this node; retries until it is a voter.
 /// `who` is this node's id and the lost member it replaces, if any.
-pub async fn join_cluster(
+async fn join_cluster(
     channels: &PeerChannels,
     raft: &Raft,
     via: &str,
@@ -354,9 +357,7 @@ pub async fn join_cluster(
     while !*stop.borrow() {
         attempt += 1;
         let leader = match ask(channels, via, &PeerRequest::Status, Duration::from_secs(2)).await {
-            Ok(PeerReply::Status(s)) => {
-                s.members.iter().find(|m| Some(m.id) == s.leader_id).map(|m| m.peer_addr.clone())
-            }
+            Ok(PeerReply::Status(s)) => s.leader().map(|m| m.peer_addr.clone()),
             _ => None,
         };
         let Some(leader) = leader else {

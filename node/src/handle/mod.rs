@@ -1,0 +1,188 @@
+//! `NodeHandle`: the one narrow API every front door uses. Typed operations in, typed
+//! results out (`api`); whether this node serves a request or forwards it to the leader is
+//! `route.rs`'s business, how write results are unpacked is `write.rs`'s.
+
+mod route;
+mod write;
+
+pub use crate::api::*;
+pub use crate::watch::{EventStream, WatchItem};
+
+use crate::config::Limits;
+use crate::error::{Error, LeaderHint, Result};
+use crate::io::Clock;
+use crate::kv::Entry;
+use crate::metrics::Metrics;
+use crate::raft::consensus::Consensus;
+use crate::raft::network::PeerChannels;
+use crate::raft::peer::{unexpected, PeerReply, PeerRequest};
+use crate::raft::types::NodeInfo;
+use crate::store::SmStore;
+use bytes::Bytes;
+use std::sync::Arc;
+use write::OwnRefs;
+
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    consensus: Arc<Consensus>,
+    sm: SmStore,
+    peers: Arc<PeerChannels>,
+    limits: Limits,
+    /// This node's own addresses, as it advertises them.
+    me: NodeInfo,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    /// `(client_id, seq)` for writes that arrive without one (Dapr, native HTTP): a write
+    /// this node retries after a leader failed mid-way is then answered from the state
+    /// machine's dedup table instead of applied twice.
+    own_refs: OwnRefs,
+    /// One expiry proposal at a time for linearizable reads that find a key due.
+    expiring: tokio::sync::Mutex<()>,
+}
+
+/// What a node's handle is made of (`Node::start` wires it).
+pub struct Parts {
+    pub consensus: Arc<Consensus>,
+    pub sm: SmStore,
+    pub peers: Arc<PeerChannels>,
+    pub limits: Limits,
+    pub me: NodeInfo,
+    pub clock: Clock,
+}
+
+impl NodeHandle {
+    pub fn new(p: Parts) -> Self {
+        let inner = Inner {
+            consensus: p.consensus,
+            sm: p.sm,
+            peers: p.peers,
+            limits: p.limits,
+            me: p.me,
+            clock: p.clock,
+            metrics: Arc::default(),
+            own_refs: OwnRefs::new(),
+            expiring: Default::default(),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The committed index as this node knows it: exact on the leader (the index a quorum
+    /// of voters holds), the applied index (a lower bound) elsewhere.
+    pub fn commit_index(&self) -> u64 {
+        self.inner.consensus.commit_index()
+    }
+
+    /// This node's wall clock, in Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        (self.inner.clock)()
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.consensus.id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn sm(&self) -> &SmStore {
+        &self.inner.sm
+    }
+
+    pub async fn get(&self, key: &[u8], c: Consistency) -> Result<Option<Entry>> {
+        let keys = [Bytes::copy_from_slice(key)];
+        Ok(self.get_many(&keys, c).await?.pop().flatten())
+    }
+
+    /// Reads every key at one read index; answers in request order.
+    pub async fn get_many(&self, keys: &[Bytes], c: Consistency) -> Result<Vec<Option<Entry>>> {
+        for k in keys {
+            self.inner.limits.check_key(k)?;
+        }
+        if c == Consistency::Stale {
+            return Ok(self.local_read(keys, self.now_ms()));
+        }
+        match self.route(PeerRequest::Read(keys.to_vec())).await? {
+            PeerReply::Read(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Whether this node can serve a linearizable read right now (readiness).
+    pub async fn ready(&self) -> Result<()> {
+        self.get_many(&[], Consistency::Linearizable).await.map(drop)
+    }
+
+    pub async fn list(&self, mut q: ListQuery, c: Consistency) -> Result<ListPage> {
+        self.inner.limits.check_list(&mut q)?;
+        if c == Consistency::Stale {
+            return Ok(self.local_list(&q, self.now_ms()));
+        }
+        match self.route(PeerRequest::List(q)).await? {
+            PeerReply::List(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every applied change under `prefix` on this node, from `from_revision` if given.
+    pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> Result<EventStream> {
+        self.inner.limits.check_request(prefix.len())?;
+        Ok(EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id()))
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        self.inner.consensus.status()
+    }
+
+    /// Adds node `id`, reachable at these peer and client addresses (admin join).
+    pub async fn join(&self, id: NodeId, peer_addr: String, grpc_addr: String) -> Result<Vec<Member>> {
+        if id == 0 {
+            return Err(Error::invalid("node id must be at least 1"));
+        }
+        crate::config::check_addr(&peer_addr)?;
+        crate::config::check_addr(&grpc_addr)?;
+        let node = NodeInfo { peer_addr, grpc_addr, incarnation: 0 };
+        match self.route(PeerRequest::Join { id, node, replaces: None }).await? {
+            PeerReply::Members(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>> {
+        match self.route(PeerRequest::Leave { id }).await? {
+            PeerReply::Members(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A hint to the current leader's client address, for `Unavailable` errors.
+    pub fn leader_hint(&self) -> Option<LeaderHint> {
+        self.inner.consensus.leader().map(|(id, n)| LeaderHint { id, grpc_addr: n.grpc_addr })
+    }
+
+    /// Whether some key's TTL ran out by `now` (or by the state machine's own clock).
+    fn due(&self, now: u64) -> bool {
+        let st = self.inner.sm.read();
+        st.kv.next_expiry().is_some_and(|t| t <= now.max(st.kv.clock_ms()))
+    }
+
+    fn local_read(&self, keys: &[Bytes], now: u64) -> Vec<Option<Entry>> {
+        let st = self.inner.sm.read();
+        keys.iter().map(|k| st.kv.get(k, now).cloned()).collect()
+    }
+
+    fn local_list(&self, q: &ListQuery, now: u64) -> ListPage {
+        let st = self.inner.sm.read();
+        let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
+        let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
+        ListPage { entries, next_cursor, revision: st.last_applied.map_or(0, |l| l.index) }
+    }
+}

@@ -1,0 +1,144 @@
+//! Typed writes: each builds its `Command` (client ref, op), sends it through `route`, and
+//! unpacks the one `Outcome` shape its op can have. Deterministic refusals from `apply`
+//! (fencing, a retry older than the dedup window) become errors here, once for every door.
+
+use super::NodeHandle;
+use crate::api::{BatchDone, DeleteDone, PutDone, TxnDone};
+use crate::error::{Error, Result};
+use crate::kv::{
+    ClientRef, Command, CommandResult, Delete, DeleteOutcome, Op, OpResult, Outcome, Put, Rejection, TxnOp,
+};
+use crate::raft::peer::{unexpected, PeerReply, PeerRequest};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// This node's own client ids: a random base, a new id every `EPOCH` writes (so one id's
+/// results never overflow the dedup window however many writes are in flight).
+pub(super) struct OwnRefs {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl OwnRefs {
+    const EPOCH: u64 = 16;
+
+    pub(super) fn new() -> Self {
+        Self { base: rand::Rng::gen(&mut crate::raft::rt::rng()), next: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> ClientRef {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        ClientRef { client_id: self.base.wrapping_add(n / Self::EPOCH), seq: n % Self::EPOCH + 1 }
+    }
+}
+
+impl NodeHandle {
+    /// Writes one key. `client` identifies the write across the caller's own retries.
+    pub async fn put(&self, put: Put, client: Option<ClientRef>) -> Result<PutDone> {
+        self.inner.limits.check_put(&put)?;
+        let r = self.write(Op::Put(put), client).await?;
+        match one(r.outcome)? {
+            OpResult::Put { applied, meta } => Ok(PutDone { revision: r.revision, applied, meta }),
+            other => Err(wrong(other)),
+        }
+    }
+
+    pub async fn delete(&self, del: Delete, client: Option<ClientRef>) -> Result<DeleteDone> {
+        self.inner.limits.check_key(&del.key)?;
+        let r = self.write(Op::Delete(del), client).await?;
+        match one(r.outcome)? {
+            OpResult::Delete(outcome) => Ok(DeleteDone { revision: r.revision, outcome }),
+            other => Err(wrong(other)),
+        }
+    }
+
+    /// All-or-nothing: every condition holds and every op applies, or none does.
+    pub async fn txn(&self, ops: Vec<TxnOp>, client: Option<ClientRef>) -> Result<TxnDone> {
+        self.check_ops(&ops)?;
+        let r = self.write(Op::Txn(ops), client).await?;
+        let Outcome::Txn { succeeded, failed, results } = r.outcome else {
+            return Err(Error::internal(format!("a transaction answered {:?}", r.outcome)));
+        };
+        results.iter().try_for_each(refused)?;
+        Ok(TxnDone { revision: r.revision, succeeded, failed })
+    }
+
+    /// Each op applies on its own, all in one log entry (Dapr's bulk save and delete).
+    pub async fn batch(&self, ops: Vec<TxnOp>, client: Option<ClientRef>) -> Result<BatchDone> {
+        self.check_ops(&ops)?;
+        let r = self.write(Op::Batch(ops), client).await?;
+        let Outcome::Batch(results) = r.outcome else {
+            return Err(Error::internal(format!("a batch answered {:?}", r.outcome)));
+        };
+        results.iter().try_for_each(refused)?;
+        let failed = results.iter().enumerate().filter(|(_, r)| !applied(r)).map(|(i, _)| i).collect();
+        Ok(BatchDone { revision: r.revision, failed })
+    }
+
+    /// On the leader: deletes every key whose TTL ran out (the reaper's proposal).
+    pub async fn expire_due(&self) -> Result<()> {
+        if self.due(self.now_ms()) && self.inner.consensus.is_leader() {
+            self.write(Op::Expire, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Every write gets a `(client_id, seq)` — the caller's or one of this node's — so a
+    /// retry after an unknown outcome is answered from the dedup table, never applied twice.
+    async fn write(&self, op: Op, client: Option<ClientRef>) -> Result<CommandResult> {
+        let client = client.or_else(|| (!matches!(op, Op::Expire)).then(|| self.inner.own_refs.next()));
+        // `now_ms` is stamped by the leader that proposes it (`serve_local`).
+        let cmd = Command { client, now_ms: 0, op };
+        match self.route(PeerRequest::Write(cmd)).await? {
+            PeerReply::Write(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn check_ops(&self, ops: &[TxnOp]) -> Result<()> {
+        let limits = &self.inner.limits;
+        limits.check_batch(ops.len())?;
+        let mut total = 0usize;
+        for op in ops {
+            match op {
+                TxnOp::Put(p) => limits.check_put(p)?,
+                TxnOp::Delete(d) => limits.check_key(&d.key)?,
+            }
+            total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
+        }
+        limits.check_request(total)
+    }
+}
+
+/// The result of a single-op command.
+fn one(outcome: Outcome) -> Result<OpResult> {
+    let Outcome::Op(r) = outcome else {
+        return Err(Error::internal(format!("a single write answered {outcome:?}")));
+    };
+    refused(&r)?;
+    Ok(r)
+}
+
+/// Whether an op's condition held (a delete of an absent key counts: nothing to delete).
+fn applied(r: &OpResult) -> bool {
+    !matches!(r, OpResult::Put { applied: false, .. } | OpResult::Delete(DeleteOutcome::ConditionFailed))
+}
+
+/// Turns a deterministic refusal from `apply` into the error the caller sees.
+fn refused(r: &OpResult) -> Result<()> {
+    match r {
+        OpResult::Rejected(Rejection::FencingRequired) => {
+            Err(Error::FencingRejected("a fencing token is required for this request".into()))
+        }
+        OpResult::Rejected(Rejection::FencingStale) => Err(Error::FencingRejected(
+            "the request fencing token is a lower version than the fencing token protecting the resource".into(),
+        )),
+        OpResult::Rejected(Rejection::DuplicateUnknown) => Err(Error::ConditionFailed(
+            "retried request is older than the deduplication window; its outcome is unknown".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn wrong(r: OpResult) -> Error {
+    Error::internal(format!("a write answered for another op: {r:?}"))
+}

@@ -1,0 +1,46 @@
+//! The one way statenode talks to redb: open a file and its tables, run a read or a durable
+//! write transaction. Inside a transaction every failure is a `redb::Error` (`?` converts
+//! redb's own errors, and `enc`/`dec` report theirs as one); it becomes an `io::Error`
+//! here, once, for the storage traits.
+
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io;
+use std::path::Path;
+
+pub type DbResult<T> = Result<T, redb::Error>;
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Opens (or creates) the database at `path`; `tables` opens every table once, so a read
+/// never finds one missing.
+pub fn open(path: &Path, tables: impl FnOnce(&WriteTransaction) -> DbResult<()>) -> io::Result<Database> {
+    let db = Database::create(path).map_err(io_err)?;
+    write(&db, tables)?;
+    Ok(db)
+}
+
+/// Runs `f` in one write transaction and commits it durably (fsync) before returning.
+pub fn write<T>(db: &Database, f: impl FnOnce(&WriteTransaction) -> DbResult<T>) -> io::Result<T> {
+    let txn = db.begin_write().map_err(io_err)?;
+    let out = f(&txn).map_err(io_err)?;
+    txn.commit().map_err(io_err)?;
+    Ok(out)
+}
+
+/// Runs `f` in one read transaction (a consistent view).
+pub fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> DbResult<T>) -> io::Result<T> {
+    let txn = db.begin_read().map_err(io_err)?;
+    f(&txn).map_err(io_err)
+}
+
+pub fn enc<T: Serialize>(v: &T) -> DbResult<Vec<u8>> {
+    bincode::serialize(v).map_err(|e| redb::Error::Corrupted(format!("cannot encode a record: {e}")))
+}
+
+pub fn dec<T: DeserializeOwned>(b: &[u8]) -> DbResult<T> {
+    bincode::deserialize(b).map_err(|e| redb::Error::Corrupted(format!("undecodable record: {e}")))
+}
