@@ -77,14 +77,7 @@ fn main() {
         };
         let t = Instant::now();
         let mode = if cfg.memory { "memory" } else { "disk" };
-        let repro = format!(
-            "cargo run -p chaos --release -- --seeds {seed} --nodes {} --mode {mode} --duration {} --clients {} --keys {}{}",
-            cfg.nodes,
-            cli.duration,
-            cli.clients,
-            cli.keys,
-            if cli.no_faults { " --no-faults" } else { "" }
-        );
+        let repro = cfg.reproduce();
         match run(&cfg) {
             Ok(r) => println!(
                 "seed {seed:>5} nodes={} mode={mode:<6} ops={:>5} acked-writes={:>4} unknown={:>3} faults={:>3} digest={:016x} ok ({:.1}s)",

@@ -32,6 +32,22 @@ pub struct SimConfig {
     pub faults: bool,
 }
 
+impl SimConfig {
+    /// The command that replays this very simulation.
+    pub fn reproduce(&self) -> String {
+        let mode = if self.memory { "memory" } else { "disk" };
+        format!(
+            "cargo run -p chaos --release -- --seeds {} --nodes {} --mode {mode} --duration {} --clients {} --keys {}{}",
+            self.seed,
+            self.nodes,
+            self.duration.as_secs(),
+            self.clients,
+            self.keys,
+            if self.faults { "" } else { " --no-faults" }
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct Report {
     pub ops: usize,

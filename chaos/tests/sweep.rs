@@ -9,8 +9,7 @@ fn cfg(seed: u64, nodes: usize, memory: bool) -> SimConfig {
 }
 
 fn check(c: SimConfig) {
-    let mode = if c.memory { "memory" } else { "disk" };
-    let repro = format!("cargo run -p chaos --release -- --seeds {} --nodes {} --mode {mode}", c.seed, c.nodes);
+    let repro = c.reproduce();
     match run(&c) {
         Ok(r) => println!("seed {} ok: {} ops, {} faults", c.seed, r.ops, r.faults.len()),
         Err(f) => panic!(

@@ -20,8 +20,7 @@ use tonic::{Code, Status};
 
 pub use statenode_proto::v1;
 
-/// Metadata key the server sets on UNAVAILABLE with the leader's client address.
-const LEADER_HEADER: &str = "x-statenode-leader";
+use statenode_proto::headers::{API_TOKEN, LEADER as LEADER_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +42,19 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One RPC through `Client::call`: `$service` (kv or cluster) `.$method(req)`, the request
+/// cloned for each attempt.
+macro_rules! rpc {
+    ($self:ident, $service:ident, $method:ident, $req:expr) => {{
+        $self
+            .call(|ch| {
+                let (mut c, r) = ($self.$service(ch), $req);
+                async move { c.$method(r).await }
+            })
+            .await
+    }};
+}
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -91,7 +103,7 @@ struct Token(Option<MetadataValue<Ascii>>);
 impl Interceptor for Token {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(t) = &self.0 {
-            req.metadata_mut().insert("dapr-api-token", t.clone());
+            req.metadata_mut().insert(API_TOKEN, t.clone());
         }
         Ok(req)
     }
@@ -224,25 +236,14 @@ impl Client {
 
     pub async fn get(&self, key: impl Into<Bytes>, consistency: pb::Consistency) -> Result<Option<pb::KeyValue>> {
         let req = pb::GetRequest { key: key.into(), consistency: consistency as i32 };
-        let r = self
-            .call(|ch| {
-                let r = req.clone();
-                let mut c = self.kv(ch);
-                async move { c.get(r).await }
-            })
-            .await?;
+        let r = rpc!(self, kv, get, req.clone())?;
         Ok(r.kv)
     }
 
     /// A put; `client` is filled in so retries are deduplicated.
     pub async fn put(&self, mut req: pb::PutRequest) -> Result<pb::PutResponse> {
         req.client = Some(self.next_ref());
-        self.call(|ch| {
-            let r = req.clone();
-            let mut c = self.kv(ch);
-            async move { c.put(r).await }
-        })
-        .await
+        rpc!(self, kv, put, req.clone())
     }
 
     pub async fn put_simple(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<pb::PutResponse> {
@@ -251,31 +252,16 @@ impl Client {
 
     pub async fn delete(&self, mut req: pb::DeleteRequest) -> Result<pb::DeleteResponse> {
         req.client = Some(self.next_ref());
-        self.call(|ch| {
-            let r = req.clone();
-            let mut c = self.kv(ch);
-            async move { c.delete(r).await }
-        })
-        .await
+        rpc!(self, kv, delete, req.clone())
     }
 
     pub async fn txn(&self, ops: Vec<pb::TxnOp>) -> Result<pb::TxnResponse> {
         let req = pb::TxnRequest { ops, client: Some(self.next_ref()) };
-        self.call(|ch| {
-            let r = req.clone();
-            let mut c = self.kv(ch);
-            async move { c.txn(r).await }
-        })
-        .await
+        rpc!(self, kv, txn, req.clone())
     }
 
     pub async fn list(&self, req: pb::ListRequest) -> Result<pb::ListResponse> {
-        self.call(|ch| {
-            let r = req.clone();
-            let mut c = self.kv(ch);
-            async move { c.list(r).await }
-        })
-        .await
+        rpc!(self, kv, list, req.clone())
     }
 
     /// Opens a watch stream on one node (events are per node, in revision order).
@@ -285,38 +271,29 @@ impl Client {
         from_revision: u64,
     ) -> Result<tonic::Streaming<pb::WatchEvent>> {
         let req = pb::WatchRequest { prefix: prefix.into(), from_revision };
-        self.call(|ch| {
-            let r = req.clone();
-            let mut c = self.kv(ch);
-            async move { c.watch(r).await }
-        })
-        .await
+        rpc!(self, kv, watch, req.clone())
     }
 
     pub async fn status(&self) -> Result<pb::StatusResponse> {
-        self.call(|ch| {
-            let r = pb::StatusRequest {};
-            let mut c = self.cluster(ch);
-            async move { c.status(r).await }
-        })
-        .await
+        rpc!(self, cluster, status, pb::StatusRequest {})
     }
 
     pub async fn members(&self) -> Result<pb::MembersResponse> {
-        self.call(|ch| {
-            let r = pb::MembersRequest {};
-            let mut c = self.cluster(ch);
-            async move { c.members(r).await }
-        })
-        .await
+        rpc!(self, cluster, members, pb::MembersRequest {})
     }
 
     pub async fn leave(&self, id: u64) -> Result<pb::LeaveResponse> {
-        self.call(|ch| {
-            let r = pb::LeaveRequest { id };
-            let mut c = self.cluster(ch);
-            async move { c.leave(r).await }
-        })
-        .await
+        rpc!(self, cluster, leave, pb::LeaveRequest { id })
     }
+}
+
+/// The member table `statenode members` and `statectl members` print.
+pub fn members_table(members: &[pb::Member]) -> String {
+    let mut text = format!("{:<20} {:<8} {:<7} {:<22} {:<22}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
+    for m in members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let leader = if m.leader { "*" } else { "" };
+        text += &format!("\n{:<20} {:<8} {:<7} {:<22} {:<22}", m.id, role, leader, m.peer_addr, m.grpc_addr);
+    }
+    text
 }

@@ -4,8 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use statenode::config::{Config, LogFormat, StoreConfig};
 use statenode::{Listeners, Node, Role};
-use statenode_proto::v1 as pb;
-use statenode_proto::v1::cluster_client::ClusterClient;
+use statenode_client::{members_table, Client, Options};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,20 +69,18 @@ struct Endpoints {
     api_token: Option<String>,
 }
 
-/// Adds the API token (if any) to admin calls.
-#[derive(Clone)]
-struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Token {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            req.metadata_mut().insert("dapr-api-token", t.clone());
+impl Endpoints {
+    /// A client over these endpoints: followers forward admin calls to the leader, and an
+    /// unavailable node is passed over for the next.
+    fn client(&self) -> anyhow::Result<Client> {
+        for ep in &self.endpoints {
+            statenode::config::check_addr(ep)?;
         }
-        Ok(req)
+        let opts =
+            Options { deadline: Duration::from_secs(30), api_token: self.api_token.clone(), ..Options::default() };
+        Ok(Client::new(&self.endpoints, opts)?)
     }
 }
-
-type Admin = ClusterClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Token>>;
 
 /// Node flags; every one also reads `STATENODE_<NAME>` and overrides the config file.
 #[derive(Args, Default)]
@@ -206,14 +203,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args.config()?, Role::Serve).await,
         Command::Join { seed, node } => serve(node.config()?, Role::Join { seed }).await,
         Command::Leave { id, endpoints } => {
-            let r = with_leader(&endpoints, |mut c| async move { c.leave(pb::LeaveRequest { id }).await }).await?;
+            let r = endpoints.client()?.leave(id).await?;
             println!("node {id} removed; stop it now and wipe its data before reusing the directory");
-            print_members(&r.members);
+            println!("{}", members_table(&r.members));
             Ok(())
         }
         Command::Members { endpoints } => {
-            let r = with_leader(&endpoints, |mut c| async move { c.members(pb::MembersRequest {}).await }).await?;
-            print_members(&r.members);
+            let r = endpoints.client()?.members().await?;
+            println!("{}", members_table(&r.members));
             Ok(())
         }
         Command::Dev { nodes, memory, peer_base, grpc_base, http_base, data_dir } => {
@@ -239,42 +236,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Tries each endpoint until one answers (followers forward to the leader).
-async fn with_leader<T, F, Fut>(endpoints: &Endpoints, call: F) -> anyhow::Result<T>
-where
-    F: Fn(Admin) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    let token = match &endpoints.api_token {
-        Some(t) => Some(t.parse().context("api token must be printable ASCII")?),
-        None => None,
-    };
-    let mut last = anyhow::anyhow!("no endpoints given");
-    for ep in &endpoints.endpoints {
-        statenode::config::check_addr(ep)?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30));
-        match channel.connect().await {
-            Ok(ch) => match call(ClusterClient::with_interceptor(ch, Token(token.clone()))).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable => last = anyhow::anyhow!("{ep}: {}", s.message()),
-                Err(s) => anyhow::bail!("{ep}: {:?}: {}", s.code(), s.message()),
-            },
-            Err(e) => last = anyhow::anyhow!("{ep}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-fn print_members(members: &[pb::Member]) {
-    println!("{:<20} {:<8} {:<8} {:<24} {:<24}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
-    for m in members {
-        let role = if m.voter { "voter" } else { "learner" };
-        let leader = if m.leader { "*" } else { "" };
-        println!("{:<20} {:<8} {:<8} {:<24} {:<24}", m.id, role, leader, m.peer_addr, m.grpc_addr);
     }
 }

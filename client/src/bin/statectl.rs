@@ -232,18 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Members => {
             let r = client.members().await?;
             let rows: Vec<_> = r.members.iter().map(|m| json!({"id": m.id, "voter": m.voter, "leader": m.leader, "peer_addr": m.peer_addr, "grpc_addr": m.grpc_addr})).collect();
-            let mut text = format!("{:<20} {:<8} {:<7} {:<22} {:<22}", "ID", "ROLE", "LEADER", "PEER", "GRPC");
-            for m in &r.members {
-                let role = if m.voter { "voter" } else { "learner" };
-                text += &format!(
-                    "\n{:<20} {:<8} {:<7} {:<22} {:<22}",
-                    m.id,
-                    role,
-                    if m.leader { "*" } else { "" },
-                    m.peer_addr,
-                    m.grpc_addr
-                );
-            }
+            let text = statenode_client::members_table(&r.members);
             print(json!(rows), text);
         }
         Cmd::Status => {
