@@ -44,30 +44,19 @@ struct Inner {
     expiring: tokio::sync::Mutex<()>,
 }
 
-/// What a node's handle is made of (`Node::start` wires it).
-pub struct Parts {
-    pub consensus: Arc<Consensus>,
-    pub sm: SmStore,
-    pub peers: Arc<PeerChannels>,
-    pub limits: Limits,
-    pub me: NodeInfo,
-    pub clock: Clock,
-}
-
 impl NodeHandle {
-    pub fn new(p: Parts) -> Self {
-        let inner = Inner {
-            consensus: p.consensus,
-            sm: p.sm,
-            peers: p.peers,
-            limits: p.limits,
-            me: p.me,
-            clock: p.clock,
-            metrics: Arc::default(),
-            own_refs: OwnRefs::new(),
-            expiring: Default::default(),
-        };
-        Self { inner: Arc::new(inner) }
+    /// A handle over this node's consensus and state machine; `me` and `peers` answer and
+    /// reach other nodes.
+    pub fn new(
+        consensus: Arc<Consensus>,
+        sm: SmStore,
+        peers: Arc<PeerChannels>,
+        limits: Limits,
+        me: NodeInfo,
+        clock: Clock,
+    ) -> Self {
+        let (metrics, own_refs, expiring) = (Arc::default(), OwnRefs::new(), Default::default());
+        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring }) }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -85,20 +85,17 @@ impl NodeHandle {
         }
     }
 
+    /// Sends `req` to the leader once. Reads change nothing, and a write carrying
+    /// `(client_id, seq)` is deduplicated by the state machine: trying either again is safe
+    /// even when the outcome is unknown.
     async fn forward(
         &self,
         leader_id: NodeId,
         leader: &NodeInfo,
         req: PeerRequest,
     ) -> std::result::Result<PeerReply, Retry> {
-        let unavailable = |reason: String| Error::Unavailable { reason, leader_hint: self.leader_hint() };
-        // Reads change nothing, and a write carrying `(client_id, seq)` is deduplicated by
-        // the state machine: trying either again is safe even when the outcome is unknown.
-        let is_write = matches!(req, PeerRequest::Write(_));
-        let safe = dedup_safe(&req);
-        let unknown = |e: Error| if safe { Retry::Safe(e) } else { Retry::No(e) };
-        let mut client =
-            self.inner.peers.client(&leader.peer_addr).map_err(|e| Retry::Safe(unavailable(e.to_string())))?;
+        let (is_write, safe) = (matches!(req, PeerRequest::Write(_)), dedup_safe(&req));
+        let mut client = self.inner.peers.client(&leader.peer_addr).map_err(|e| Retry::Safe(self.unavailable(e)))?;
         let deadline = self.inner.limits.request_timeout + Duration::from_millis(500);
         let call = tokio::time::timeout(deadline, client.forward(encode(&req)));
         // A leader that stops answering (paused, partitioned) is replaced by an election;
@@ -107,38 +104,42 @@ impl NodeHandle {
             r = call => r,
             _ = self.inner.consensus.leader_moved_from(leader_id) => {
                 let reason = "leader changed while the request was forwarded; outcome unknown";
-                return Err(if is_write {
-                    unknown(Error::Timeout(reason.into()))
-                } else {
-                    Retry::Safe(unavailable(reason.into()))
+                return Err(match is_write {
+                    true => unknown(safe, Error::Timeout(reason.into())),
+                    false => Retry::Safe(self.unavailable(reason)),
                 });
             }
         };
         let reply = match reply {
             Ok(Ok(r)) => r.into_inner(),
-            // A connection that was never made carried nothing.
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
-                return Err(Retry::Safe(unavailable(format!("leader unreachable: {}", status.message()))))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && !is_write => {
-                return Err(Retry::Safe(unavailable(format!("leader unreachable: {}", status.message()))))
-            }
-            // The write may have reached the leader: its outcome is unknown.
-            Ok(Err(status)) if is_write => return Err(unknown(Error::Timeout(status.message().to_string()))),
-            Ok(Err(status)) => return Err(Retry::Safe(unavailable(status.message().to_string()))),
-            Err(_) if is_write => return Err(unknown(Error::Timeout("forwarded write timed out".into()))),
-            Err(_) => return Err(Retry::Safe(unavailable("forwarded request timed out".into()))),
+            Ok(Err(status)) => return Err(self.transport_failed(&status, is_write, safe)),
+            Err(_) if is_write => return Err(unknown(safe, Error::Timeout("forwarded write timed out".into()))),
+            Err(_) => return Err(Retry::Safe(self.unavailable("forwarded request timed out"))),
         };
         match decode::<Result<PeerReply>>(&reply) {
             Ok(Ok(r)) => Ok(r),
             // The leader refused (not the leader any more: the entry was never proposed, or
             // was truncated uncommitted) or stopped with the write in flight (then only a
             // deduplicated write may go again).
-            Ok(Err(e @ Error::Unavailable { .. })) if safe => Err(Retry::Safe(e)),
-            Ok(Err(e @ Error::Unavailable { .. })) => Err(Retry::No(e)),
+            Ok(Err(e @ Error::Unavailable { .. })) => Err(unknown(safe, e)),
             Ok(Err(e)) => Err(Retry::No(e)),
             Err(e) => Err(Retry::No(Error::internal(e))),
         }
+    }
+
+    /// A forward that failed in transport. Only a connection never made, or a read, surely
+    /// changed nothing; a write that may have reached the leader has an unknown outcome.
+    fn transport_failed(&self, status: &tonic::Status, is_write: bool, safe: bool) -> Retry {
+        let unreachable = status.code() == tonic::Code::Unavailable && (never_sent(status) || !is_write);
+        match (unreachable, is_write) {
+            (true, _) => Retry::Safe(self.unavailable(format!("leader unreachable: {}", status.message()))),
+            (false, true) => unknown(safe, Error::Timeout(status.message().to_string())),
+            (false, false) => Retry::Safe(self.unavailable(status.message())),
+        }
+    }
+
+    fn unavailable(&self, reason: impl ToString) -> Error {
+        Error::Unavailable { reason: reason.to_string(), leader_hint: self.leader_hint() }
     }
 
     /// On the leader, before a linearizable read: a key whose TTL ran out by this node's
@@ -165,6 +166,15 @@ impl ServeLocal for NodeHandle {
 
     fn leader_hint(&self) -> Option<LeaderHint> {
         NodeHandle::leader_hint(self)
+    }
+}
+
+/// An attempt of unknown outcome: retried only when `safe` (see `dedup_safe`).
+fn unknown(safe: bool, e: Error) -> Retry {
+    if safe {
+        Retry::Safe(e)
+    } else {
+        Retry::No(e)
     }
 }
 

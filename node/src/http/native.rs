@@ -5,7 +5,7 @@
 use super::{json, query_pairs, read_body, text, unescape, HttpState};
 use crate::error::Error;
 use crate::handle::{Consistency, ListQuery, Member, PutDone, WatchItem};
-use crate::kv::{Delete, DeleteCondition, DeleteOutcome, Entry, EventKind, Put, PutCondition};
+use crate::kv::{Delete, DeleteCondition, DeleteOutcome, Entry, Event, EventKind, Put, PutCondition};
 use axum::body::Body;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -271,6 +271,25 @@ fn resume_point(req: &Parts, ps: &[(String, String)]) -> Result<(Option<u64>, us
     }
 }
 
+/// One change as an SSE event `id`: its kind, and the change as JSON.
+fn sse_event(e: &Event, id: String) -> SseEvent {
+    let mut o = Map::new();
+    o.insert("revision".into(), e.revision.into());
+    put_bytes(&mut o, "key", &e.key);
+    let kind = match e.kind {
+        EventKind::Put => {
+            put_bytes(&mut o, "value", &e.value);
+            "put"
+        }
+        EventKind::Delete => "delete",
+    };
+    o.insert("version".into(), e.version.to_string().into());
+    if e.expired {
+        o.insert("expired".into(), true.into());
+    }
+    SseEvent::default().event(kind).id(id).data(Value::Object(o).to_string())
+}
+
 fn watch(state: &HttpState, req: &Parts) -> Reply {
     let ps = params(req)?;
     let prefix = Bytes::from(param(&ps, "prefix").unwrap_or("").to_string());
@@ -301,21 +320,7 @@ fn watch(state: &HttpState, req: &Parts) -> Reply {
                             to_skip -= 1;
                             continue;
                         }
-                        let mut o = Map::new();
-                        o.insert("revision".into(), e.revision.into());
-                        put_bytes(&mut o, "key", &e.key);
-                        let kind = match e.kind {
-                            EventKind::Put => {
-                                put_bytes(&mut o, "value", &e.value);
-                                "put"
-                            }
-                            EventKind::Delete => "delete",
-                        };
-                        o.insert("version".into(), e.version.to_string().into());
-                        if e.expired {
-                            o.insert("expired".into(), true.into());
-                        }
-                        SseEvent::default().event(kind).id(format!("{rev}.{n}")).data(Value::Object(o).to_string())
+                        sse_event(&e, format!("{rev}.{n}"))
                     }
                 };
                 return Some((Ok::<_, std::convert::Infallible>(ev), (events, rev, n)));

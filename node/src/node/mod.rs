@@ -4,7 +4,7 @@
 use crate::auth::Token;
 use crate::config::Config;
 use crate::dapr::Dapr;
-use crate::handle::{NodeHandle, Parts};
+use crate::handle::NodeHandle;
 use crate::io::{tcp_incoming, Incoming, Io};
 use crate::raft::consensus::{break_election_ties, Consensus};
 use crate::raft::identity::ClusterIdent;
@@ -70,62 +70,48 @@ const REPLACED_KEY: &str = "replaced_id";
 /// half-way (a learner) finishes it when it starts again.
 const JOINING_KEY: &str = "joining_via";
 
+/// What a node holds before it decides how to enter the cluster.
+struct Boot {
+    config: Config,
+    io: Io,
+    log: Arc<dyn LogBackend>,
+    /// `None` in memory mode.
+    sm_disk: Option<Arc<dyn SmDisk>>,
+    stored: Stored,
+    ident: Arc<ClusterIdent>,
+    me: NodeInfo,
+    channels: Arc<PeerChannels>,
+    /// Filled in once Raft runs; the peer service answers "starting" until then.
+    started: Started,
+}
+
+/// A node's running parts, before the stop signal is attached.
+struct Up {
+    handle: NodeHandle,
+    consensus: Arc<Consensus>,
+    tasks: Vec<JoinHandle<()>>,
+    log: std::sync::Weak<dyn LogBackend>,
+}
+
 impl Node {
     /// Starts a node. `role` says whether it bootstraps (serve) or joins (join).
     pub async fn start(config: Config, listeners: Listeners, role: Role, io: Io) -> anyhow::Result<Node> {
         config.validate()?;
-        let hub = Arc::new(EventHub::new(DEFAULT_HISTORY, 1));
-        let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
-        let (log, sm_disk) = open_disks(&config, &io)?;
-        let stored = read_stored(log.as_ref())?;
-        let ident = ClusterIdent::load(log.clone())?;
-        let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
-        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
+        let boot = Boot::open(config, io)?;
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
-        let started: Started = Arc::default();
-        let id = stored.id.unwrap_or(config.id);
-        let peer = PeerService { started: started.clone(), ident: ident.clone(), id, me: me.clone() };
-        let mut tasks = vec![tokio::spawn(serve_peer(listeners.peer, peer, stop_rx.clone()))];
-        let plan = match membership::plan(&config, &role, &channels, &stored, incarnation).await {
-            Ok(plan) => plan,
+        let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), stop_rx.clone()));
+        match boot.run(role, (listeners.grpc, listeners.http), stop_rx).await {
+            Ok(Up { handle, consensus, mut tasks, log }) => {
+                tasks.push(peer);
+                Ok(Node { handle, consensus, stop, tasks, log })
+            }
             Err(e) => {
                 let _ = stop.send(true);
-                return Err(e);
+                let _ = peer.await;
+                Err(e)
             }
-        };
-        let id = plan.id;
-        if sm_disk.is_some() {
-            record_plan(log.as_ref(), &stored, &plan, config.id)?;
         }
-        // A node that forms a cluster knows its id before it takes any Raft message, so it
-        // never adopts another cluster's (a wiped member forming a cluster of its own).
-        if let Some(peers) = plan.initial_peers() {
-            ident.set(ClusterIdent::of_peers(peers))?;
-        }
-        let sm = match sm_disk {
-            Some(d) => SmStore::disk(d, hub)?,
-            None => SmStore::memory(hub),
-        };
-        let weak_log = Arc::downgrade(&log);
-        let network = Network { channels: channels.clone(), ident: ident.clone() };
-        let consensus = Arc::new(Consensus::start(id, &config, network, LogStore::new(log), sm.clone()).await?);
-        let parts = Parts {
-            consensus: consensus.clone(),
-            sm,
-            peers: channels.clone(),
-            limits: config.limits.clone(),
-            me: me.clone(),
-            clock: io.clock.clone(),
-        };
-        let handle = NodeHandle::new(parts);
-        let _ = started.set(Running::new(&consensus, Arc::new(handle.clone())));
-        tasks.extend(serve_clients((listeners.grpc, listeners.http), &handle, &config, &stop_rx));
-        tasks.extend(background(&handle, &consensus, &config, &stop_rx));
-        tracing::info!(id, %me, memory = config.memory, "node started");
-        let joined = forget_join(weak_log.clone());
-        tasks.push(tokio::spawn(membership::form(plan, consensus.clone(), channels, me, stop_rx, joined)));
-        Ok(Node { handle, consensus, stop, tasks, log: weak_log })
     }
 
     pub fn handle(&self) -> NodeHandle {
@@ -148,6 +134,77 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::warn!("storage still referenced after shutdown");
+    }
+}
+
+impl Boot {
+    /// Opens the disks and reads what they say about this node.
+    fn open(config: Config, io: Io) -> anyhow::Result<Self> {
+        let (log, sm_disk) = open_disks(&config, &io)?;
+        let stored = read_stored(log.as_ref())?;
+        let ident = ClusterIdent::load(log.clone())?;
+        let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
+        let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
+        let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
+        Ok(Self { config, io, log, sm_disk, stored, ident, me, channels, started: Started::default() })
+    }
+
+    fn peer_service(&self) -> PeerService {
+        let id = self.stored.id.unwrap_or(self.config.id);
+        PeerService { started: self.started.clone(), ident: self.ident.clone(), id, me: self.me.clone() }
+    }
+
+    /// Decides how to enter the cluster, starts Raft, the handle, the client doors and the
+    /// background tasks, then enters the cluster in the background.
+    async fn run(
+        self,
+        role: Role,
+        clients: (Incoming, Option<Incoming>),
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Up> {
+        let plan = self.plan(&role).await?;
+        let (handle, consensus) = self.start_raft(plan.id).await?;
+        let config = &self.config;
+        let mut tasks = serve_clients(clients, &handle, config, &stop);
+        tasks.extend(background(&handle, &consensus, config, &stop));
+        tracing::info!(id = plan.id, me = %self.me, memory = config.memory, "node started");
+        let log = Arc::downgrade(&self.log);
+        let joined = forget_join(log.clone());
+        let form = membership::form(plan, consensus.clone(), self.channels, self.me, stop, joined);
+        tasks.push(tokio::spawn(form));
+        Ok(Up { handle, consensus, tasks, log })
+    }
+
+    /// How this node enters the cluster, recorded before Raft writes anything.
+    async fn plan(&self, role: &Role) -> anyhow::Result<Plan> {
+        let (config, stored) = (&self.config, &self.stored);
+        let plan = membership::plan(config, role, &self.channels, stored, self.me.incarnation).await?;
+        if self.sm_disk.is_some() {
+            record_plan(self.log.as_ref(), stored, &plan, config.id)?;
+        }
+        // A node that forms a cluster knows its id before it takes any Raft message, so it
+        // never adopts another cluster's (a wiped member forming a cluster of its own).
+        if let Some(peers) = plan.initial_peers() {
+            self.ident.set(ClusterIdent::of_peers(peers))?;
+        }
+        Ok(plan)
+    }
+
+    /// Starts Raft as node `id` over this node's stores, and the handle over it; the peer
+    /// service serves Raft from then on.
+    async fn start_raft(&self, id: NodeId) -> anyhow::Result<(NodeHandle, Arc<Consensus>)> {
+        let hub = Arc::new(EventHub::new(DEFAULT_HISTORY, 1));
+        let sm = match &self.sm_disk {
+            Some(d) => SmStore::disk(d.clone(), hub)?,
+            None => SmStore::memory(hub),
+        };
+        let network = Network { channels: self.channels.clone(), ident: self.ident.clone() };
+        let log = LogStore::new(self.log.clone());
+        let consensus = Arc::new(Consensus::start(id, &self.config, network, log, sm.clone()).await?);
+        let (peers, limits, clock) = (self.channels.clone(), self.config.limits.clone(), self.io.clock.clone());
+        let handle = NodeHandle::new(consensus.clone(), sm, peers, limits, self.me.clone(), clock);
+        let _ = self.started.set(Running::new(&consensus, Arc::new(handle.clone())));
+        Ok((handle, consensus))
     }
 }
 

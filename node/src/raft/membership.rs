@@ -83,37 +83,55 @@ pub async fn plan(
         };
         return Ok(Plan { id, action, replaces: stored.replaced });
     }
-    let me = config.peer_advertise();
     match role {
-        Role::Join { seed } => {
-            crate::config::check_addr(seed)?;
-            let id = stored.id.or(given).unwrap_or_else(fresh_id);
-            let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
-            let Some(status) = cluster_at(channels, seed, deadline).await else {
-                anyhow::bail!("no member answered at {seed} within {:?}", config.bootstrap_timeout);
-            };
-            let (id, replaces) = match enter_existing(config, id, &me, incarnation, &status, stored)? {
-                Enter::Wait => (id, None),
-                Enter::Join { id, replaces } => (id, replaces),
-            };
-            Ok(Plan { id, action: Action::Join(seed.clone()), replaces })
-        }
-        Role::Serve => {
-            let peers = config.parsed_peers()?;
-            let id = given.unwrap_or(1);
-            if peers.len() <= 1 {
-                return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]), replaces: None });
-            }
-            let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
-            let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
-            match find_cluster(channels, &others, deadline).await? {
-                Some((addr, status)) => match enter_existing(config, id, &me, incarnation, &status, stored)? {
-                    Enter::Wait => Ok(Plan { id, action: Action::Wait, replaces: None }),
-                    Enter::Join { id, replaces } => Ok(Plan { id, action: Action::Join(addr), replaces }),
-                },
-                None => Ok(Plan { id, action: Action::Initialize(peers), replaces: None }),
-            }
-        }
+        Role::Join { seed } => plan_join(config, seed, channels, stored, incarnation).await,
+        Role::Serve => plan_serve(config, channels, stored, incarnation).await,
+    }
+}
+
+/// `statenode join --seed ADDR` with no data: the cluster at ADDR says under which id.
+async fn plan_join(
+    config: &Config,
+    seed: &str,
+    channels: &PeerChannels,
+    stored: &Stored,
+    incarnation: u64,
+) -> anyhow::Result<Plan> {
+    crate::config::check_addr(seed)?;
+    let id = stored.id.or((config.id != 0).then_some(config.id)).unwrap_or_else(fresh_id);
+    let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
+    let Some(status) = cluster_at(channels, seed, deadline).await else {
+        anyhow::bail!("no member answered at {seed} within {:?}", config.bootstrap_timeout);
+    };
+    let (id, replaces) = match enter_existing(config, id, incarnation, &status, stored)? {
+        Enter::Wait => (id, None),
+        Enter::Join { id, replaces } => (id, replaces),
+    };
+    Ok(Plan { id, action: Action::Join(seed.to_string()), replaces })
+}
+
+/// `statenode serve` with no data: alone, a first bootstrap with every peer, or a join of
+/// the cluster the peers already run.
+async fn plan_serve(
+    config: &Config,
+    channels: &PeerChannels,
+    stored: &Stored,
+    incarnation: u64,
+) -> anyhow::Result<Plan> {
+    let peers = config.parsed_peers()?;
+    let id = if config.id != 0 { config.id } else { 1 };
+    if peers.len() <= 1 {
+        let me = config.peer_advertise();
+        return Ok(Plan { id, action: Action::Initialize(vec![(id, me)]), replaces: None });
+    }
+    let others: Vec<String> = peers.iter().filter(|(p, _)| *p != id).map(|(_, a)| a.clone()).collect();
+    let deadline = tokio::time::Instant::now() + config.bootstrap_timeout;
+    match find_cluster(channels, &others, deadline).await? {
+        Some((addr, status)) => match enter_existing(config, id, incarnation, &status, stored)? {
+            Enter::Wait => Ok(Plan { id, action: Action::Wait, replaces: None }),
+            Enter::Join { id, replaces } => Ok(Plan { id, action: Action::Join(addr), replaces }),
+        },
+        None => Ok(Plan { id, action: Action::Initialize(peers), replaces: None }),
     }
 }
 
@@ -133,7 +151,6 @@ enum Enter {
 fn enter_existing(
     config: &Config,
     id: NodeId,
-    me: &str,
     incarnation: u64,
     status: &ClusterStatus,
     stored: &Stored,
@@ -141,6 +158,7 @@ fn enter_existing(
     if status.members.iter().any(|m| m.id == id && m.incarnation == incarnation) {
         return Ok(Enter::Wait);
     }
+    let me = config.peer_advertise();
     let old = status.members.iter().find(|m| m.id == id || m.peer_addr == me);
     if config.memory {
         let id = fresh_id();
@@ -169,7 +187,12 @@ fn enter_existing(
         );
         return Ok(Enter::Join { id: new, replaces: Some(old.id) });
     }
-    anyhow::bail!(
+    Err(lost_disk(config, old))
+}
+
+/// Why a node with a lost disk may not start as the member its cluster still lists.
+fn lost_disk(config: &Config, old: &crate::api::Member) -> anyhow::Error {
+    anyhow::anyhow!(
         "this node's data is gone ({} holds no Raft state), but the cluster still lists it as member {} at {}: \
          it must not rejoin as its old self (it forgot its votes and the writes it acknowledged). \
          Start it with --replace-lost-member to join under a new id (the old entry is removed once the new \

@@ -3,7 +3,7 @@
 //! redb's own errors, and `enc`/`dec` report theirs as one); it becomes an `io::Error`
 //! here, once, for the storage traits.
 
-use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{Database, Key, ReadTransaction, ReadableDatabase, TableDefinition, Value, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io;
@@ -15,11 +15,23 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Opens (or creates) the database at `path`; `tables` opens every table once, so a read
-/// never finds one missing.
-pub fn open(path: &Path, tables: impl FnOnce(&WriteTransaction) -> DbResult<()>) -> io::Result<Database> {
+/// A table `open` creates.
+pub trait Table {
+    fn create(&self, txn: &WriteTransaction) -> DbResult<()>;
+}
+
+impl<K: Key + 'static, V: Value + 'static> Table for TableDefinition<'_, K, V> {
+    fn create(&self, txn: &WriteTransaction) -> DbResult<()> {
+        txn.open_table(*self)?;
+        Ok(())
+    }
+}
+
+/// Opens (or creates) the database at `path` and every one of its `tables`, so a read never
+/// finds one missing.
+pub fn open(path: &Path, tables: &[&dyn Table]) -> io::Result<Database> {
     let db = Database::create(path).map_err(io_err)?;
-    write(&db, tables)?;
+    write(&db, |txn| tables.iter().try_for_each(|t| t.create(txn)))?;
     Ok(db)
 }
 

@@ -19,11 +19,7 @@ pub struct RedbLog {
 
 impl RedbLog {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = redb_db::open(path, |txn| {
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
-            Ok(())
-        })?;
+        let db = redb_db::open(path, &[&LOG, &META])?;
         Ok(Self { db })
     }
 }

@@ -21,12 +21,7 @@ pub struct RedbSm {
 
 impl RedbSm {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = redb_db::open(path, |txn| {
-            txn.open_table(KV)?;
-            txn.open_table(DEDUP)?;
-            txn.open_table(META)?;
-            Ok(())
-        })?;
+        let db = redb_db::open(path, &[&KV, &DEDUP, &META])?;
         Ok(Self { db })
     }
 }
