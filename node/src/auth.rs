@@ -3,8 +3,15 @@
 pub use statenode_proto::headers::API_TOKEN as TOKEN_HEADER;
 
 /// The token a node requires of its clients, if any.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Token(Option<String>);
+
+/// Never prints the secret.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Token(set)" } else { "Token(none)" })
+    }
+}
 
 impl Token {
     pub fn new(token: Option<String>) -> Self {

@@ -76,8 +76,10 @@ impl Endpoints {
         for ep in &self.endpoints {
             statenode::config::check_addr(ep)?;
         }
-        let opts =
-            Options { deadline: Duration::from_secs(30), api_token: self.api_token.clone(), ..Options::default() };
+        // One attempt may take as long as a membership change; a leave is not repeated
+        // while the first may still be under way.
+        let (deadline, attempt_timeout) = (Duration::from_secs(60), Duration::from_secs(30));
+        let opts = Options { deadline, attempt_timeout, api_token: self.api_token.clone(), ..Options::default() };
         Ok(Client::new(&self.endpoints, opts)?)
     }
 }

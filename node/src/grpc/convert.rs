@@ -88,6 +88,6 @@ pub fn consistency(c: i32) -> Result<Consistency> {
     }
 }
 
-pub fn member(m: Member) -> pb::Member {
+fn member(m: Member) -> pb::Member {
     pb::Member { id: m.id, peer_addr: m.peer_addr, grpc_addr: m.grpc_addr, voter: m.voter, leader: m.leader }
 }

@@ -75,7 +75,7 @@ impl NodeHandle {
     }
 
     /// On the leader: deletes every key whose TTL ran out (the reaper's proposal).
-    pub async fn expire_due(&self) -> Result<()> {
+    pub(crate) async fn expire_due(&self) -> Result<()> {
         if self.due(self.now_ms()) && self.inner.consensus.is_leader() {
             self.write(Op::Expire, None).await?;
         }
@@ -86,7 +86,7 @@ impl NodeHandle {
     /// retry after an unknown outcome is answered from the dedup table, never applied twice.
     async fn write(&self, op: Op, client: Option<ClientRef>) -> Result<CommandResult> {
         let client = client.or_else(|| (!matches!(op, Op::Expire)).then(|| self.inner.own_refs.next()));
-        // `now_ms` is stamped by the leader that proposes it (`serve_local`).
+        // `now_ms` is stamped by the leader that proposes it (`route.rs`, `serve`).
         let cmd = Command { client, now_ms: 0, op };
         match self.route(PeerRequest::Write(cmd)).await? {
             PeerReply::Write(r) => Ok(r),

@@ -62,33 +62,30 @@ fn method_not_allowed() -> Response {
 /// The one `Error` → HTTP response table of the native API.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        error(self)
-    }
-}
-
-fn error(e: Error) -> Response {
-    let (status, code) = match &e {
-        Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        Error::ConditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "condition_failed"),
-        Error::FencingRejected(_) => (StatusCode::CONFLICT, "fencing_rejected"),
-        Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
-        Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-        Error::Internal(d) => {
-            tracing::error!(detail = %d, "internal error");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        let e = self;
+        let (status, code) = match &e {
+            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::ConditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "condition_failed"),
+            Error::FencingRejected(_) => (StatusCode::CONFLICT, "fencing_rejected"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Internal(d) => {
+                tracing::error!(detail = %d, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let message = if matches!(e, Error::Internal(_)) { "internal error".to_string() } else { e.to_string() };
+        let mut r = json(status, &json!({ "error": { "code": code, "message": message } }));
+        if let Error::Unavailable { leader_hint: Some(h), .. } = &e {
+            if let Ok(v) = HeaderValue::from_str(&h.grpc_addr) {
+                r.headers_mut().insert(LEADER_HEADER, v);
+            }
         }
-    };
-    let message = if matches!(e, Error::Internal(_)) { "internal error".to_string() } else { e.to_string() };
-    let mut r = json(status, &json!({ "error": { "code": code, "message": message } }));
-    if let Error::Unavailable { leader_hint: Some(h), .. } = &e {
-        if let Ok(v) = HeaderValue::from_str(&h.grpc_addr) {
-            r.headers_mut().insert(LEADER_HEADER, v);
-        }
+        r
     }
-    r
 }
 
 fn params(req: &Parts) -> Result<Vec<(String, String)>, Error> {

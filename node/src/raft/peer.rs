@@ -40,8 +40,8 @@ pub enum PeerReply {
     Hello(NodeId, NodeInfo),
 }
 
-/// What serves a forwarded request on this node, without forwarding it again (the node's
-/// handle). Declared here, implemented above: the peer server needs only this much.
+/// What serves a forwarded request on this node, without forwarding it again: the node's
+/// handle (`handle/route.rs`). Declared here so the peer server needs only this much.
 pub trait ServeLocal: Send + Sync + 'static {
     fn serve_local(&self, req: PeerRequest) -> BoxFuture<'_, Result<PeerReply, Fail>>;
     /// Where the leader is, for the error a request gets when leadership moved.
@@ -49,6 +49,6 @@ pub trait ServeLocal: Send + Sync + 'static {
 }
 
 /// A reply of the wrong kind for its request: a bug, never the caller's fault.
-pub fn unexpected(reply: PeerReply) -> Error {
+pub(crate) fn unexpected(reply: PeerReply) -> Error {
     Error::internal(format!("unexpected reply {reply:?}"))
 }

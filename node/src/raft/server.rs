@@ -29,7 +29,7 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn new(consensus: &super::consensus::Consensus, local: Arc<dyn ServeLocal>) -> Self {
+    pub(crate) fn new(consensus: &super::consensus::Consensus, local: Arc<dyn ServeLocal>) -> Self {
         Self { raft: consensus.raft.clone(), id: consensus.id, local }
     }
 }

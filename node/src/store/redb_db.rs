@@ -50,7 +50,7 @@ pub fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> DbResult<T>) -
 }
 
 pub fn enc<T: Serialize>(v: &T) -> DbResult<Vec<u8>> {
-    bincode::serialize(v).map_err(|e| redb::Error::Corrupted(format!("cannot encode a record: {e}")))
+    bincode::serialize(v).map_err(|e| redb::Error::Io(io::Error::other(format!("cannot encode a record: {e}"))))
 }
 
 pub fn dec<T: DeserializeOwned>(b: &[u8]) -> DbResult<T> {

@@ -84,14 +84,14 @@ impl SmDisk for RedbSm {
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        redb_db::write(&self.db, |txn| {
-            let kept =
-                txn.open_table(META)?.get("snapshot_meta")?.map(|v| dec::<SnapshotMeta>(v.value())).transpose()?;
-            if !is_newer(meta, kept.as_ref()) {
-                return Ok(());
-            }
-            put_meta(txn, &[("snapshot_meta", &enc(meta)?), ("snapshot_data", data)])
-        })
+        // openraft saves snapshots one at a time: nothing changes between this read and the write.
+        let kept = redb_db::read(&self.db, |txn| {
+            txn.open_table(META)?.get("snapshot_meta")?.map(|v| dec::<SnapshotMeta>(v.value())).transpose()
+        })?;
+        if !is_newer(meta, kept.as_ref()) {
+            return Ok(());
+        }
+        redb_db::write(&self.db, |txn| put_meta(txn, &[("snapshot_meta", &enc(meta)?), ("snapshot_data", data)]))
     }
 
     fn load(&self) -> io::Result<Loaded> {
