@@ -39,7 +39,9 @@ async fn kill_leader(memory: bool) {
     let killed_at = Instant::now();
     let new = c.wait_leader(Some(old), Duration::from_secs(10)).await;
     let election = killed_at.elapsed();
-    assert!(election < Duration::from_secs(3), "new leader {new} took {election:?}");
+    // Usually 1.4–3 s; a split vote costs a candidate up to 2 × 800 ms more, and the four
+    // failover tests share two cores (3.7 s seen once). A stuck election takes far longer.
+    assert!(election < Duration::from_secs(5), "new leader {new} took {election:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
