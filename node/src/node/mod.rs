@@ -12,10 +12,10 @@ use crate::raft::membership::{self, Plan, Stored};
 use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
 use crate::raft::server::{PeerService, Running, Started};
 use crate::raft::types::{NodeId, NodeInfo};
-use crate::store::backend::LogMeta;
-use crate::store::{LogBackend, LogStore, MemLog, RedbLog, RedbSm, SmDisk, SmStore};
+use crate::store::{LogBackend, LogStore, SmDisk, SmStore};
 use crate::watch::{EventHub, DEFAULT_HISTORY};
 use anyhow::Context;
+use records::{forget_join, open_disks, read_stored, record_plan};
 use statenode_proto::v1::peer_server::PeerServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod dev;
+mod records;
 
 pub use crate::raft::membership::Role;
 
@@ -60,15 +61,6 @@ pub struct Node {
     /// The log backend, to wait until openraft's tasks let go of it (redb file locks).
     log: std::sync::Weak<dyn LogBackend>,
 }
-
-/// Stored next to the raft log so a data dir never runs under another id.
-const NODE_ID_KEY: &str = "node_id";
-/// The lost member's id this node replaced (`--replace-lost-member`): its `--id` still names
-/// the old one (a StatefulSet ordinal), and that is not a mismatch.
-const REPLACED_KEY: &str = "replaced_id";
-/// The peer address a join goes through, kept until the join finished, so a node stopped
-/// half-way (a learner) finishes it when it starts again.
-const JOINING_KEY: &str = "joining_via";
 
 /// What a node holds before it decides how to enter the cluster.
 struct Boot {
@@ -208,50 +200,6 @@ impl Boot {
     }
 }
 
-fn decode_id(b: &[u8]) -> anyhow::Result<NodeId> {
-    Ok(u64::from_le_bytes(b.try_into().context("corrupt node id record")?))
-}
-
-/// What the disk says about this node before Raft starts.
-fn read_stored(log: &dyn LogBackend) -> anyhow::Result<Stored> {
-    let id = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
-    let replaced = log.raw_meta(REPLACED_KEY)?.map(|b| decode_id(&b)).transpose()?;
-    let joining = log.raw_meta(JOINING_KEY)?.filter(|v| !v.is_empty());
-    let joining = joining.map(|v| String::from_utf8(v).context("corrupt join record")).transpose()?;
-    let has_state =
-        log.meta(LogMeta::Vote)?.is_some() || log.last()?.is_some() || log.meta(LogMeta::LastPurged)?.is_some();
-    Ok(Stored { id, replaced, has_state, joining })
-}
-
-/// Disk mode: remembers the id (and the lost member it replaces, and a join in progress)
-/// before Raft writes anything under it.
-fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &Plan, given: NodeId) -> anyhow::Result<()> {
-    if let Some(s) = stored.id.filter(|s| *s != plan.id) {
-        anyhow::bail!("data dir belongs to node {s}, but the plan runs it as node {}", plan.id);
-    }
-    if stored.id.is_none() {
-        if given != 0 && given != plan.id {
-            log.set_raw_meta(REPLACED_KEY, &given.to_le_bytes())?;
-        }
-        log.set_raw_meta(NODE_ID_KEY, &plan.id.to_le_bytes())?;
-    }
-    if let (Some(via), None) = (plan.joins_via(), &stored.joining) {
-        log.set_raw_meta(JOINING_KEY, via.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// Once a join has finished, forgets the peer address it went through.
-fn forget_join(log: std::sync::Weak<dyn LogBackend>) -> impl FnOnce() {
-    move || {
-        if let Some(log) = log.upgrade() {
-            if let Err(e) = log.set_raw_meta(JOINING_KEY, b"") {
-                tracing::warn!(error = %e, "could not record the finished join");
-            }
-        }
-    }
-}
-
 /// The client front doors: gRPC always, HTTP when given a listener.
 fn serve_clients(
     (grpc, http): (Incoming, Option<Incoming>),
@@ -289,23 +237,6 @@ fn background(
         tokio::spawn(reap_expired(handle.clone(), reap_every, stop.clone())),
         tokio::spawn(break_election_ties(consensus.clone(), max_election, stop.clone())),
     ]
-}
-
-/// The log backend and, unless in memory mode, the state machine's disk.
-type Disks = (Arc<dyn LogBackend>, Option<Arc<dyn SmDisk>>);
-
-fn open_disks(config: &Config, io: &Io) -> anyhow::Result<Disks> {
-    if let Some(disk) = &io.disk {
-        return Ok((disk.log.clone(), Some(disk.sm.clone())));
-    }
-    if config.memory {
-        return Ok((Arc::new(MemLog::default()), None));
-    }
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let log = RedbLog::open(&dir.join("raft.redb")).context("open raft.redb")?;
-    let sm = RedbSm::open(&dir.join("sm.redb")).context("open sm.redb")?;
-    Ok((Arc::new(log), Some(Arc::new(sm))))
 }
 
 async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<bool>) {
