@@ -32,6 +32,12 @@ pub struct SimConfig {
     pub faults: bool,
 }
 
+/// A simulated node's listeners: peer and gRPC on turmoil's network (no HTTP, no MQTT).
+async fn listeners() -> std::io::Result<Listeners> {
+    let (peer, grpc) = (net::incoming(PEER_PORT).await?, net::incoming(GRPC_PORT).await?);
+    Ok(Listeners { peer, grpc, http: None, mqtt: None })
+}
+
 impl SimConfig {
     /// The command that replays this very simulation.
     pub fn reproduce(&self) -> String {
@@ -148,8 +154,7 @@ fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<Ato
     sim.host(node_name(i).as_str(), move || {
         let (skew, disk) = (skew.clone(), disk.lock().expect("disk slot").clone());
         async move {
-            let listeners =
-                Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
+            let listeners = listeners().await?;
             let clock: Clock =
                 Arc::new(move || (EPOCH_MS + (now_us() / 1000) as i64 + skew.load(Ordering::Relaxed)) as u64);
             let io = Io { dialer: Arc::new(SimDialer), clock, disk };
@@ -173,8 +178,7 @@ fn add_spare(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, shared: SharedRef) {
             while shared.borrow().spare != Spare::JoinRequested {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let listeners =
-                Listeners { peer: net::incoming(PEER_PORT).await?, grpc: net::incoming(GRPC_PORT).await?, http: None };
+            let listeners = listeners().await?;
             let clock: Clock = Arc::new(|| (EPOCH_MS + (now_us() / 1000) as i64) as u64);
             let disk = (!memory).then(fresh_disk);
             let io = Io { dialer: Arc::new(SimDialer), clock, disk };

@@ -135,6 +135,19 @@ pub struct Limits {
     /// How long an HTTP client may take to send a request head.
     #[serde(with = "millis")]
     pub http_header_timeout: Duration,
+    /// Open MQTT connections per node; more are refused with CONNACK 0x97 (quota exceeded).
+    pub mqtt_max_connections: usize,
+    /// Largest MQTT packet a client may send (advertised in CONNACK); larger ones end the
+    /// connection with DISCONNECT 0x95.
+    pub mqtt_max_packet_bytes: u32,
+    /// QoS 1 publishes a client may have unacknowledged (advertised as Receive Maximum);
+    /// more end the connection with DISCONNECT 0x93.
+    pub mqtt_receive_max: u16,
+    /// QoS 1 messages kept for a session while its client is offline or slow; older ones
+    /// are dropped first.
+    pub mqtt_max_queued: usize,
+    /// MQTT sessions kept per node, connected or not.
+    pub mqtt_max_sessions: usize,
 }
 
 mod millis {
@@ -198,6 +211,11 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             max_http_connections: 4096,
             http_header_timeout: Duration::from_secs(30),
+            mqtt_max_connections: 4096,
+            mqtt_max_packet_bytes: 6 * 1024 * 1024 + 64 * 1024,
+            mqtt_receive_max: 128,
+            mqtt_max_queued: 1000,
+            mqtt_max_sessions: 16384,
         }
     }
 }

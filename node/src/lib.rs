@@ -16,6 +16,7 @@ pub mod http;
 pub mod io;
 pub mod kv;
 pub mod metrics;
+pub mod mqtt;
 pub mod node;
 pub mod raft;
 pub mod store;

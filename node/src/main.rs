@@ -54,6 +54,9 @@ enum Command {
         /// First node's HTTP port; node i uses base + i - 1.
         #[arg(long, default_value_t = 3500)]
         http_base: u16,
+        /// First node's MQTT port; node i uses base + i - 1.
+        #[arg(long, default_value_t = 1883)]
+        mqtt_base: u16,
         #[arg(long, default_value = "./statenode-dev")]
         data_dir: PathBuf,
     },
@@ -215,8 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", members_table(&r.members));
             Ok(())
         }
-        Command::Dev { nodes, memory, peer_base, grpc_base, http_base, data_dir } => {
-            let base = statenode::node::dev::Ports { peer: peer_base, grpc: grpc_base, http: http_base };
+        Command::Dev { nodes, memory, peer_base, grpc_base, http_base, mqtt_base, data_dir } => {
+            let base =
+                statenode::node::dev::Ports { peer: peer_base, grpc: grpc_base, http: http_base, mqtt: mqtt_base };
             statenode::node::dev::run(nodes, memory, base, data_dir).await
         }
     }

@@ -73,6 +73,8 @@ pub struct Proc {
     pub grpc: String,
     /// The HTTP front door (`--http` in the arguments).
     pub http: String,
+    /// The MQTT listener (`--mqtt`), empty when not given.
+    pub mqtt: String,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -80,8 +82,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(id: u64, args: Vec<String>, log: PathBuf, peer: String, grpc: String) -> Proc {
-        let http = args.iter().position(|a| a == "--http").map(|i| args[i + 1].clone()).expect("--http in args");
-        let mut p = Proc { id, peer, grpc, http, args, log, child: None };
+        let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+        let http = flag("--http").expect("--http in args");
+        let mqtt = flag("--mqtt").unwrap_or_default();
+        let mut p = Proc { id, peer, grpc, http, mqtt, args, log, child: None };
         p.start();
         p
     }
@@ -194,6 +198,8 @@ impl TestCluster {
             "--grpc".into(),
             grpc.into(),
             "--http".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--mqtt".into(),
             format!("127.0.0.1:{}", free_port()),
             "--data-dir".into(),
             data.to_string_lossy().into_owned(),

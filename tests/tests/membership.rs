@@ -53,10 +53,10 @@ async fn join_fourth_node_then_leave() {
 async fn dev_cluster_has_three_voters_and_one_leader() {
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let (pb, gb, hb) = (free_port_block(), free_port_block(), free_port_block());
+    let (pb, gb, hb, mb) = (free_port_block(), free_port_block(), free_port_block(), free_port_block());
     let mut dev = std::process::Command::new(bin("statenode"))
         .args(["dev", "--nodes", "3", "--memory", "--peer-base", &pb.to_string(), "--grpc-base", &gb.to_string()])
-        .args(["--http-base", &hb.to_string()])
+        .args(["--http-base", &hb.to_string(), "--mqtt-base", &mb.to_string()])
         .args(["--data-dir", &dir.path().to_string_lossy()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -35,6 +35,8 @@ pub struct Listeners {
     pub grpc: Incoming,
     /// The HTTP front door; `None` serves no HTTP (the simulation).
     pub http: Option<Incoming>,
+    /// The MQTT front door; `None` serves no MQTT.
+    pub mqtt: Option<Incoming>,
 }
 
 impl Listeners {
@@ -44,11 +46,18 @@ impl Listeners {
             .with_context(|| format!("bind peer {}", config.peer_listen))?;
         let grpc = TcpListener::bind(&config.grpc).await.with_context(|| format!("bind grpc {}", config.grpc))?;
         let http = TcpListener::bind(&config.http).await.with_context(|| format!("bind http {}", config.http))?;
-        Ok(Self::from_tcp(peer, grpc, Some(http)))
+        let mqtt = TcpListener::bind(&config.mqtt).await.with_context(|| format!("bind mqtt {}", config.mqtt))?;
+        Ok(Self::from_tcp(peer, grpc, Some(http)).with_mqtt(mqtt))
     }
 
     pub fn from_tcp(peer: TcpListener, grpc: TcpListener, http: Option<TcpListener>) -> Self {
-        Self { peer: tcp_incoming(peer), grpc: tcp_incoming(grpc), http: http.map(tcp_incoming) }
+        Self { peer: tcp_incoming(peer), grpc: tcp_incoming(grpc), http: http.map(tcp_incoming), mqtt: None }
+    }
+
+    /// Serves MQTT on `mqtt` too.
+    pub fn with_mqtt(mut self, mqtt: TcpListener) -> Self {
+        self.mqtt = Some(tcp_incoming(mqtt));
+        self
     }
 }
 
@@ -93,7 +102,8 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), stop_rx.clone()));
-        match boot.run(role, (listeners.grpc, listeners.http), stop_rx).await {
+        let doors = Doors { grpc: listeners.grpc, http: listeners.http, mqtt: listeners.mqtt };
+        match boot.run(role, doors, stop_rx).await {
             Ok(Up { handle, consensus, mut tasks, log }) => {
                 tasks.push(peer);
                 Ok(Node { handle, consensus, stop, tasks, log })
@@ -148,12 +158,7 @@ impl Boot {
 
     /// Decides how to enter the cluster, starts Raft, the handle, the client doors and the
     /// background tasks, then enters the cluster in the background.
-    async fn run(
-        self,
-        role: Role,
-        clients: (Incoming, Option<Incoming>),
-        stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<Up> {
+    async fn run(self, role: Role, clients: Doors, stop: watch::Receiver<bool>) -> anyhow::Result<Up> {
         let plan = self.plan(&role).await?;
         let (handle, consensus) = self.start_raft(plan.id).await?;
         let config = &self.config;
@@ -200,9 +205,16 @@ impl Boot {
     }
 }
 
-/// The client front doors: gRPC always, HTTP when given a listener.
+/// The client listeners: everything but the peer port.
+struct Doors {
+    grpc: Incoming,
+    http: Option<Incoming>,
+    mqtt: Option<Incoming>,
+}
+
+/// The client front doors: gRPC always, HTTP and MQTT when given a listener.
 fn serve_clients(
-    (grpc, http): (Incoming, Option<Incoming>),
+    Doors { grpc, http, mqtt }: Doors,
     handle: &NodeHandle,
     config: &Config,
     stop: &watch::Receiver<bool>,
@@ -213,6 +225,10 @@ fn serve_clients(
     if let Some(http) = http {
         let state = Arc::new(crate::http::HttpState { dapr, token });
         tasks.push(tokio::spawn(crate::http::serve(http, state, stop.clone())));
+    }
+    if let Some(mqtt) = mqtt {
+        let broker = crate::mqtt::Broker::new(handle.clone(), config.limits.clone());
+        tasks.push(tokio::spawn(crate::mqtt::serve(mqtt, broker, stop.clone())));
     }
     tasks
 }

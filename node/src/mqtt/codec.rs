@@ -1,0 +1,94 @@
+//! MQTT v5 packets on a byte stream, over the `mqtt-proto` codec (ADR 0006). The one
+//! place bytes are read and written: the connection loop sees only `Packet`s. A packet is
+//! read whole, at most `max` bytes of it, before it is decoded, so no declared length
+//! makes the node allocate more than its limit.
+
+use mqtt_proto::v5::{
+    Auth, Connect, Disconnect, ErrorV5, Header, Packet, PacketType, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+    Subscribe, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why no packet could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed the connection between packets.
+    #[error("connection closed")]
+    Closed,
+    #[error("packet of {0} bytes is over the limit")]
+    TooLarge(u32),
+    /// A packet a client must not send (CONNACK, SUBACK, …).
+    #[error("a client may not send {0}")]
+    NotFromClient(PacketType),
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one packet of at most `max` bytes (fixed header included).
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Packet, ReadError> {
+    let header = match Header::decode_async(r).await {
+        Ok(h) => h,
+        Err(ErrorV5::Common(e)) if e.is_eof() => return Err(ReadError::Closed),
+        Err(e) => return Err(ReadError::Malformed(e.to_string())),
+    };
+    if header.total_len > max {
+        return Err(ReadError::TooLarge(header.total_len));
+    }
+    let mut body = vec![0; header.remaining_len as usize];
+    r.read_exact(&mut body).await?;
+    decode_body(header, &mut body.as_slice()).await.map_err(|e| ReadError::Malformed(e.to_string()))?
+}
+
+async fn decode_body(h: Header, b: &mut &[u8]) -> Result<Result<Packet, ReadError>, ErrorV5> {
+    Ok(Ok(match h.typ {
+        PacketType::Connect => Connect::decode_async(b, h).await?.into(),
+        PacketType::Publish => Publish::decode_async(b, h).await?.into(),
+        PacketType::Puback => Puback::decode_async(b, h).await?.into(),
+        PacketType::Pubrec => Pubrec::decode_async(b, h).await?.into(),
+        PacketType::Pubrel => Pubrel::decode_async(b, h).await?.into(),
+        PacketType::Pubcomp => Pubcomp::decode_async(b, h).await?.into(),
+        PacketType::Subscribe => Subscribe::decode_async(b, h).await?.into(),
+        PacketType::Unsubscribe => Unsubscribe::decode_async(b, h).await?.into(),
+        PacketType::Pingreq => Packet::Pingreq,
+        PacketType::Disconnect => Disconnect::decode_async(b, h).await?.into(),
+        PacketType::Auth => Auth::decode_async(b, h).await?.into(),
+        other => return Ok(Err(ReadError::NotFromClient(other))),
+    }))
+}
+
+/// Encodes `packets` and writes them in one go.
+pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, packets: &[Packet]) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    for p in packets {
+        let bytes = p.encode().map_err(|e| std::io::Error::other(e.to_string()))?;
+        buf.extend_from_slice(bytes.as_ref());
+    }
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_bytes(bytes: &[u8], max: u32) -> Result<Packet, ReadError> {
+        read(&mut &bytes[..], max).await
+    }
+
+    #[tokio::test]
+    async fn reads_a_ping_and_refuses_what_is_too_large_or_malformed() {
+        assert_eq!(read_bytes(&[0xC0, 0x00], 16).await.unwrap(), Packet::Pingreq);
+        assert!(matches!(read_bytes(&[], 16).await, Err(ReadError::Closed)));
+        // A PUBLISH declaring 2^28-1 bytes: refused before anything is allocated or read.
+        assert!(matches!(read_bytes(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], 1024).await, Err(ReadError::TooLarge(_))));
+        // A CONNACK is the server's to send.
+        assert!(matches!(read_bytes(&[0x20, 0x03, 0, 0, 0], 16).await, Err(ReadError::NotFromClient(_))));
+        // Reserved packet type 0, and a SUBSCRIBE with wrong flags.
+        assert!(matches!(read_bytes(&[0x00, 0x00], 16).await, Err(ReadError::Malformed(_))));
+        assert!(matches!(read_bytes(&[0x80, 0x00], 16).await, Err(ReadError::Malformed(_))));
+        // A truncated body is an I/O error (the stream ended inside a packet).
+        assert!(matches!(read_bytes(&[0x30, 0x05, 0x00], 16).await, Err(ReadError::Io(_))));
+    }
+}

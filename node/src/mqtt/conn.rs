@@ -1,0 +1,444 @@
+//! One MQTT connection: CONNECT, then packets in and messages out until either side
+//! ends it. Works on `Packet`s only; `codec.rs` does the bytes.
+
+use super::codec::{self, ReadError};
+use super::{statestore, topic, Attached, Broker, Message, Refused};
+use crate::io::Conn;
+use mqtt_proto::v5::{
+    Connack, ConnackProperties, Connect, ConnectReasonCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Puback,
+    Publish, Suback, SubscribeReasonCode, Unsuback, UnsubscribeReasonCode,
+};
+use mqtt_proto::{Pid, QoS, QosPid};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+/// What the broker (or a state store request) sends a connection.
+#[derive(Debug)]
+pub enum Out {
+    /// A message for the client.
+    Deliver(Message),
+    /// A packet to send as is (a PUBACK once a request was served).
+    Packet(Packet),
+    /// Another connection took the session over.
+    TakenOver,
+}
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts a connection while it lives.
+struct Counted(Arc<super::Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
+    let count = broker.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let _counted = Counted(broker.inner.clone());
+    let (rd, mut wr) = tokio::io::split(conn);
+    let max = broker.limits().mqtt_max_packet_bytes;
+    let mut inbox = reader(rd, max);
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, inbox.recv()).await {
+        Ok(Some(Ok(Packet::Connect(c)))) => c,
+        Ok(Some(Err(ReadError::TooLarge(_)))) => {
+            return refuse(&mut wr, ConnectReasonCode::PacketTooLarge).await;
+        }
+        Ok(Some(Err(ReadError::Malformed(e)))) => {
+            tracing::debug!(error = %e, "malformed CONNECT");
+            return refuse(&mut wr, ConnectReasonCode::MalformedPacket).await;
+        }
+        _ => return, // nothing, or not a CONNECT first: close (MQTT-3.1.0-1)
+    };
+    if count > broker.limits().mqtt_max_connections {
+        return refuse(&mut wr, ConnectReasonCode::QuotaExceeded).await;
+    }
+    let mut c = match Connection::open(broker, connect, &mut wr).await {
+        Some(c) => c,
+        None => return,
+    };
+    let end = c.serve(&mut inbox, &mut wr, stop).await;
+    c.close(end, &mut wr).await;
+}
+
+/// Reads packets on their own task (reading is not cancel-safe) into a channel.
+fn reader(mut rd: ReadHalf<Conn>, max: u32) -> mpsc::Receiver<Result<Packet, ReadError>> {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let p = codec::read(&mut rd, max).await;
+            let end = p.is_err();
+            if tx.send(p).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn refuse(wr: &mut WriteHalf<Conn>, code: ConnectReasonCode) {
+    let _ = codec::write(wr, &[Connack::new(false, code).into()]).await;
+}
+
+/// What woke the connection up.
+enum Event {
+    In(Option<Result<Packet, ReadError>>),
+    Out(Option<Out>),
+    /// Nothing heard within 1.5 × keep alive.
+    Silent,
+    Stop,
+}
+
+/// How a connection ended.
+enum End {
+    /// The client sent DISCONNECT; `will` when it asked for its will to be sent.
+    Client { will: bool, expiry: Option<u32> },
+    /// The server ends it with this reason (and sends the will).
+    Server(DisconnectReasonCode),
+    /// The network went away (the will is sent).
+    Lost,
+}
+
+struct Connection {
+    broker: Broker,
+    client: Arc<str>,
+    conn_id: u64,
+    outbox: mpsc::Receiver<Out>,
+    /// A sender into our own outbox, for replies finished on other tasks.
+    self_tx: mpsc::Sender<Out>,
+    keep_alive: Option<Duration>,
+    expiry: u32,
+    will: Option<LastWill>,
+    /// What the client accepts: Receive Maximum and Maximum Packet Size.
+    client_receive_max: usize,
+    client_max_packet: u32,
+    /// QoS 1 messages sent and not yet acknowledged, by packet id.
+    inflight: BTreeMap<u16, Message>,
+    /// QoS 1 messages waiting for room in `inflight`.
+    pending: VecDeque<Message>,
+    next_pid: u16,
+    /// QoS 1 requests of the client not yet acknowledged (state store requests in flight).
+    unacked_in: Arc<AtomicUsize>,
+}
+
+impl Connection {
+    /// Attaches the session and answers CONNACK; `None` when refused.
+    async fn open(broker: Broker, c: Connect, wr: &mut WriteHalf<Conn>) -> Option<Connection> {
+        let assigned = c.client_id.is_empty().then(|| -> Arc<str> {
+            format!("statenode-{:016x}", rand::Rng::gen::<u64>(&mut rand::thread_rng())).into()
+        });
+        let client = assigned.clone().unwrap_or_else(|| c.client_id.clone());
+        let expiry = c.properties.session_expiry_interval.unwrap_or(0);
+        let Attached { session_present, conn_id, outbox, sender: self_tx } =
+            match broker.attach(&client, c.clean_start, expiry) {
+                Ok(a) => a,
+                Err(Refused::Quota) => {
+                    refuse(wr, ConnectReasonCode::QuotaExceeded).await;
+                    return None;
+                }
+            };
+        let limits = broker.limits();
+        let mut ack = Connack::new(session_present, ConnectReasonCode::Success);
+        ack.properties = ConnackProperties {
+            receive_max: Some(limits.mqtt_receive_max),
+            max_qos: Some(QoS::Level1),
+            retain_available: Some(true),
+            max_packet_size: Some(limits.mqtt_max_packet_bytes),
+            assigned_client_id: assigned,
+            topic_alias_max: Some(0),
+            wildcard_subscription_available: Some(true),
+            subscription_id_available: Some(false),
+            shared_subscription_available: Some(false),
+            ..ConnackProperties::default()
+        };
+        if codec::write(wr, &[ack.into()]).await.is_err() {
+            broker.detach(&client, conn_id, 0, Vec::new());
+            return None;
+        }
+        Some(Connection {
+            client,
+            conn_id,
+            outbox,
+            self_tx,
+            keep_alive: (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
+            expiry,
+            will: c.last_will,
+            client_receive_max: c.properties.receive_max.unwrap_or(u16::MAX).max(1).into(),
+            client_max_packet: c.properties.max_packet_size.unwrap_or(u32::MAX),
+            inflight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            next_pid: 1,
+            unacked_in: Arc::default(),
+            broker,
+        })
+    }
+
+    async fn serve(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Result<Packet, ReadError>>,
+        wr: &mut WriteHalf<Conn>,
+        mut stop: watch::Receiver<bool>,
+    ) -> End {
+        let mut last_heard = Instant::now();
+        loop {
+            let deadline = self.keep_alive.map(|k| last_heard + k);
+            let expire = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                p = inbox.recv() => Event::In(p),
+                o = self.outbox.recv() => Event::Out(o),
+                _ = expire => Event::Silent,
+                _ = stop.wait_for(|s| *s) => Event::Stop,
+            };
+            let out = match event {
+                Event::In(p) => {
+                    last_heard = Instant::now();
+                    match p {
+                        Some(Ok(p)) => self.on_packet(p).await,
+                        Some(Err(ReadError::TooLarge(_))) => Err(End::Server(DisconnectReasonCode::PacketTooLarge)),
+                        Some(Err(ReadError::Malformed(e))) => {
+                            tracing::debug!(client = %self.client, error = %e, "malformed packet");
+                            Err(End::Server(DisconnectReasonCode::MalformedPacket))
+                        }
+                        Some(Err(ReadError::NotFromClient(_))) => Err(End::Server(DisconnectReasonCode::ProtocolError)),
+                        Some(Err(_)) | None => Err(End::Lost),
+                    }
+                }
+                Event::Out(Some(Out::Deliver(m))) => Ok(self.send(m)),
+                Event::Out(Some(Out::Packet(p))) => Ok(vec![p]),
+                Event::Out(Some(Out::TakenOver) | None) => Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
+                Event::Silent => Err(End::Server(DisconnectReasonCode::KeepAliveTimeout)),
+                Event::Stop => Err(End::Server(DisconnectReasonCode::ServerShuttingDown)),
+            };
+            match out {
+                Ok(packets) if packets.is_empty() => {}
+                Ok(packets) => {
+                    if codec::write(wr, &packets).await.is_err() {
+                        return End::Lost;
+                    }
+                }
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// What to send for a packet from the client, or how the connection ends.
+    async fn on_packet(&mut self, p: Packet) -> Result<Vec<Packet>, End> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Puback(ack) => {
+                self.inflight.remove(&ack.pid.value());
+                Ok(self.send_pending())
+            }
+            Packet::Subscribe(s) => Ok(self.on_subscribe(s)),
+            Packet::Unsubscribe(u) => {
+                let codes = u
+                    .topics
+                    .iter()
+                    .map(|f| match self.broker.unsubscribe(&self.client, f) {
+                        true => UnsubscribeReasonCode::Success,
+                        false => UnsubscribeReasonCode::NoSubscriptionExisted,
+                    })
+                    .collect();
+                Ok(vec![Unsuback::new(u.pid, codes).into()])
+            }
+            Packet::Pingreq => Ok(vec![Packet::Pingresp]),
+            Packet::Disconnect(d) => Err(End::Client {
+                will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                expiry: d.properties.session_expiry_interval,
+            }),
+            // QoS 2 is refused at CONNACK (Maximum QoS 1); a client that uses it anyway ends.
+            Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_) => {
+                Err(End::Server(DisconnectReasonCode::QoSNotSupported))
+            }
+            // A second CONNECT, or AUTH (no enhanced authentication here).
+            _ => Err(End::Server(DisconnectReasonCode::ProtocolError)),
+        }
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Result<Vec<Packet>, End> {
+        let pid = match p.qos_pid {
+            QosPid::Level0 => None,
+            QosPid::Level1(pid) => Some(pid),
+            QosPid::Level2(_) => return Err(End::Server(DisconnectReasonCode::QoSNotSupported)),
+        };
+        if p.properties.topic_alias.is_some() {
+            return Err(End::Server(DisconnectReasonCode::TopicAliasInvalid));
+        }
+        if &*p.topic_name == statestore::REQUEST_TOPIC {
+            return self.on_request(p, pid);
+        }
+        let m = Message {
+            topic: p.topic_name,
+            payload: p.payload,
+            qos: p.qos_pid.qos(),
+            retain: p.retain,
+            properties: p.properties,
+            received: Instant::now(),
+        };
+        self.broker.publish(Some(&self.client), m);
+        Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
+    }
+
+    /// A state store request: served on its own task; the reply is routed to the response
+    /// topic and the PUBACK sent only then.
+    fn on_request(&mut self, p: Publish, pid: Option<Pid>) -> Result<Vec<Packet>, End> {
+        let limit = usize::from(self.broker.limits().mqtt_receive_max);
+        if pid.is_some() && self.unacked_in.fetch_add(1, Ordering::SeqCst) >= limit {
+            return Err(End::Server(DisconnectReasonCode::ReceiveMaximumExceeded));
+        }
+        let (broker, client, tx, unacked) =
+            (self.broker.clone(), self.client.clone(), self.self_tx.clone(), self.unacked_in.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = statestore::serve(&broker, &client, p).await {
+                broker.publish(None, reply);
+            }
+            if let Some(pid) = pid {
+                unacked.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send(Out::Packet(Puback::new_success(pid).into())).await;
+            }
+        });
+        Ok(Vec::new())
+    }
+
+    fn on_subscribe(&mut self, s: mqtt_proto::v5::Subscribe) -> Vec<Packet> {
+        let mut codes = Vec::with_capacity(s.topics.len());
+        let mut out = Vec::new();
+        for (filter, opts) in &s.topics {
+            if filter.is_shared() {
+                codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
+                continue;
+            }
+            if !topic::valid_filter(filter) {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let qos = opts.max_qos.min(QoS::Level1);
+            let (existed, retained) = self.broker.subscribe(&self.client, filter, qos, opts.no_local);
+            codes.push(if qos == QoS::Level0 {
+                SubscribeReasonCode::GrantedQoS0
+            } else {
+                SubscribeReasonCode::GrantedQoS1
+            });
+            use mqtt_proto::v5::RetainHandling::*;
+            let send_retained = match opts.retain_handling {
+                SendAtSubscribe => true,
+                SendAtSubscribeIfNotExist => !existed,
+                DoNotSend => false,
+            };
+            if send_retained {
+                for mut m in retained {
+                    m.qos = m.qos.min(qos);
+                    m.retain = true;
+                    out.extend(self.send(m));
+                }
+            }
+        }
+        let mut packets = vec![Suback::new(s.pid, codes).into()];
+        packets.extend(out);
+        packets
+    }
+
+    /// A PUBLISH for `m` now, or later when the client has room (Receive Maximum).
+    fn send(&mut self, m: Message) -> Vec<Packet> {
+        if m.qos == QoS::Level1 && self.inflight.len() >= self.client_receive_max {
+            self.pending.push_back(m);
+            return Vec::new();
+        }
+        self.publish_packet(m).into_iter().collect()
+    }
+
+    fn send_pending(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while self.inflight.len() < self.client_receive_max {
+            let Some(m) = self.pending.pop_front() else { break };
+            out.extend(self.publish_packet(m));
+        }
+        out
+    }
+
+    fn publish_packet(&mut self, m: Message) -> Option<Packet> {
+        let left = m.expiry_left();
+        if left == Some(0) {
+            return None; // expired while it waited
+        }
+        let qos_pid = match m.qos {
+            QoS::Level0 => QosPid::Level0,
+            _ => {
+                let pid = self.next_pid();
+                self.inflight.insert(pid.value(), m.clone());
+                QosPid::Level1(pid)
+            }
+        };
+        let mut p = Publish::new(qos_pid, m.topic.clone(), m.payload.clone());
+        p.retain = m.retain;
+        p.properties = m.properties.clone();
+        p.properties.message_expiry_interval = left;
+        let packet: Packet = p.into();
+        if packet.encode_len().map_or(true, |n| n > self.client_max_packet as usize) {
+            // Too large for this client (its Maximum Packet Size): dropped, as the spec says.
+            if let QosPid::Level1(pid) = qos_pid {
+                self.inflight.remove(&pid.value());
+            }
+            return None;
+        }
+        Some(packet)
+    }
+
+    fn next_pid(&mut self) -> Pid {
+        loop {
+            let id = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Pid::try_from(id).expect("never 0");
+            }
+        }
+    }
+
+    /// Says goodbye when the server ends it, sends the will when due, and detaches.
+    async fn close(self, end: End, wr: &mut WriteHalf<Conn>) {
+        let (send_will, expiry) = match &end {
+            End::Client { will, expiry } => (*will, expiry.unwrap_or(self.expiry)),
+            End::Server(code) => {
+                // A reason string too: some clients (paho-mqtt) read the reason code only
+                // when the packet has properties.
+                let mut bye = Disconnect::new(*code);
+                bye.properties.reason_string = Some(format!("{code:?}").into());
+                let _ = codec::write(wr, &[bye.into()]).await;
+                (*code != DisconnectReasonCode::SessionTakenOver, self.expiry)
+            }
+            End::Lost => (true, self.expiry),
+        };
+        if let (true, Some(w)) = (send_will, self.will) {
+            let m = Message {
+                topic: w.topic_name,
+                payload: w.payload,
+                qos: w.qos.min(QoS::Level1),
+                retain: w.retain,
+                properties: mqtt_proto::v5::PublishProperties {
+                    payload_is_utf8: w.properties.payload_is_utf8,
+                    message_expiry_interval: w.properties.message_expiry_interval,
+                    response_topic: w.properties.response_topic,
+                    correlation_data: w.properties.correlation_data,
+                    user_properties: w.properties.user_properties,
+                    content_type: w.properties.content_type,
+                    ..Default::default()
+                },
+                received: Instant::now(),
+            };
+            self.broker.publish(Some(&self.client), m);
+        }
+        let unacked: Vec<Message> = self.inflight.into_values().chain(self.pending).collect();
+        self.broker.detach(&self.client, self.conn_id, expiry, unacked);
+    }
+}

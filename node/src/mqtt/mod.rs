@@ -1,0 +1,382 @@
+//! The MQTT v5 front door: a broker for the clients connected to this node, with the AIO
+//! state store as a built-in service on its request topic (docs/mqtt.md, ADR 0006).
+//!
+//! `codec.rs` turns bytes into packets; `conn.rs` runs one connection on packets only;
+//! `Broker` (here) keeps the sessions, subscriptions, retained messages and KEYNOTIFY
+//! registrations of this node and routes messages between them; `statestore.rs` serves the
+//! state store's commands through `NodeHandle`; `notify.rs` turns the applied log into key
+//! notifications. Sessions live on the node a client connects to (not yet replicated).
+
+pub mod codec;
+mod conn;
+mod notify;
+pub mod resp3;
+pub mod statestore;
+pub mod topic;
+
+use crate::config::Limits;
+use crate::handle::NodeHandle;
+use crate::io::Incoming;
+use bytes::Bytes;
+use mqtt_proto::v5::PublishProperties;
+use mqtt_proto::{QoS, TopicName};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+pub use conn::Out;
+
+/// An application message as the broker routes it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    /// When it arrived: its Message Expiry Interval counts from here.
+    pub received: Instant,
+}
+
+impl Message {
+    /// The expiry interval left, `None` when it has none; `Some(0)` when it ran out.
+    fn expiry_left(&self) -> Option<u32> {
+        let total = self.properties.message_expiry_interval?;
+        Some(total.saturating_sub(self.received.elapsed().as_secs() as u32))
+    }
+}
+
+/// One subscription of a session.
+#[derive(Clone, Debug)]
+struct Sub {
+    filter: String,
+    qos: QoS,
+    /// Not sent messages this very client published.
+    no_local: bool,
+}
+
+/// A client's session on this node.
+struct Session {
+    subs: Vec<Sub>,
+    /// Session Expiry Interval, seconds: how long the session outlives its connection.
+    expiry: u32,
+    /// The connection serving it, when connected: its id and its outbox.
+    conn: Option<(u64, mpsc::Sender<Out>)>,
+    /// QoS 1 messages waiting for the client to (re)connect or catch up.
+    queue: VecDeque<Message>,
+    offline_since: Option<Instant>,
+    /// Keys this client observes (KEYNOTIFY).
+    observed: BTreeSet<Bytes>,
+    /// State store replies by correlation data, kept until the request expires: a
+    /// repeated request is answered from here, not executed again.
+    replies: HashMap<Bytes, (Instant, Message)>,
+}
+
+impl Session {
+    fn new(expiry: u32) -> Self {
+        Session {
+            subs: Vec::new(),
+            expiry,
+            conn: None,
+            queue: VecDeque::new(),
+            offline_since: None,
+            observed: BTreeSet::new(),
+            replies: HashMap::new(),
+        }
+    }
+
+    /// Hands `m` to the connection, or keeps it (QoS 1) until the client can take it.
+    fn deliver(&mut self, m: Message, max_queued: usize) {
+        if let Some((_, tx)) = &self.conn {
+            match tx.try_send(Out::Deliver(m)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(Out::Deliver(m)))
+                | Err(mpsc::error::TrySendError::Closed(Out::Deliver(m))) => self.enqueue(m, max_queued),
+                Err(_) => {}
+            }
+            return;
+        }
+        self.enqueue(m, max_queued);
+    }
+
+    fn enqueue(&mut self, m: Message, max_queued: usize) {
+        if m.qos == QoS::Level0 {
+            return;
+        }
+        if self.queue.len() >= max_queued {
+            self.queue.pop_front();
+        }
+        self.queue.push_back(m);
+    }
+}
+
+/// Everything the broker of one node keeps.
+#[derive(Default)]
+struct State {
+    sessions: HashMap<Arc<str>, Session>,
+    retained: BTreeMap<String, Message>,
+    /// key → clients observing it.
+    observers: HashMap<Bytes, BTreeSet<Arc<str>>>,
+}
+
+/// The MQTT broker of this node; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    handle: NodeHandle,
+    limits: Limits,
+    state: Mutex<State>,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+/// What CONNECT found: the session to resume (or a new one) and where its messages go.
+pub struct Attached {
+    pub session_present: bool,
+    pub conn_id: u64,
+    pub outbox: mpsc::Receiver<Out>,
+    /// Into `outbox`: for replies finished on other tasks.
+    pub sender: mpsc::Sender<Out>,
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many sessions on this node.
+    Quota,
+}
+
+impl Broker {
+    pub fn new(handle: NodeHandle, limits: Limits) -> Self {
+        let inner = Shared {
+            handle,
+            limits,
+            state: Mutex::default(),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    pub fn handle(&self) -> &NodeHandle {
+        &self.inner.handle
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().expect("poisoned")
+    }
+
+    /// Attaches a connection to `client`'s session: a new one when `clean_start` or none
+    /// exists, else the stored one (queued messages first). A connection already serving
+    /// the session is told to go (session taken over).
+    pub fn attach(&self, client: &Arc<str>, clean_start: bool, expiry: u32) -> Result<Attached, Refused> {
+        let (tx, outbox) = mpsc::channel(self.inner.limits.mqtt_max_queued.max(16));
+        let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state();
+        if !st.sessions.contains_key(client) && st.sessions.len() >= self.inner.limits.mqtt_max_sessions {
+            return Err(Refused::Quota);
+        }
+        if clean_start {
+            if let Some(old) = st.sessions.remove(client) {
+                take_over(&old);
+                forget_observations(&mut st, client, &old.observed);
+            }
+        }
+        let session_present = st.sessions.contains_key(client);
+        let s = st.sessions.entry(client.clone()).or_insert_with(|| Session::new(expiry));
+        take_over(s);
+        s.expiry = expiry;
+        s.offline_since = None;
+        for m in s.queue.drain(..) {
+            let _ = tx.try_send(Out::Deliver(m));
+        }
+        s.conn = Some((conn_id, tx.clone()));
+        Ok(Attached { session_present, conn_id, outbox, sender: tx })
+    }
+
+    /// The connection `conn_id` of `client` ended: its session ends too (expiry 0) or
+    /// waits for the client, keeping `unacked` messages to send again.
+    pub fn detach(&self, client: &Arc<str>, conn_id: u64, expiry: u32, unacked: Vec<Message>) {
+        let mut st = self.state();
+        let Some(s) = st.sessions.get_mut(client) else { return };
+        if s.conn.as_ref().is_none_or(|(id, _)| *id != conn_id) {
+            return; // taken over: the session belongs to the new connection now
+        }
+        s.conn = None;
+        if expiry == 0 {
+            let old = st.sessions.remove(client).expect("present");
+            forget_observations(&mut st, client, &old.observed);
+            return;
+        }
+        s.expiry = expiry;
+        s.offline_since = Some(Instant::now());
+        for m in unacked.into_iter().rev() {
+            s.queue.push_front(m);
+        }
+    }
+
+    /// Routes `m` to every session with a matching subscription, and keeps it if retained.
+    pub fn publish(&self, from: Option<&str>, mut m: Message) {
+        let max_queued = self.inner.limits.mqtt_max_queued;
+        let mut st = self.state();
+        if m.retain {
+            if m.payload.is_empty() {
+                st.retained.remove(&*m.topic);
+            } else {
+                st.retained.insert(m.topic.to_string(), m.clone());
+            }
+        }
+        m.retain = false;
+        for (client, s) in st.sessions.iter_mut() {
+            let local = from == Some(&**client);
+            let granted = s.subs.iter().filter(|sub| topic::matches(&sub.filter, &m.topic) && !(local && sub.no_local));
+            let Some(qos) = granted.map(|sub| sub.qos).max() else { continue };
+            let mut copy = m.clone();
+            copy.qos = copy.qos.min(qos);
+            s.deliver(copy, max_queued);
+        }
+    }
+
+    /// Adds (or replaces) a subscription; returns the retained messages it should get.
+    fn subscribe(&self, client: &str, filter: &str, qos: QoS, no_local: bool) -> (bool, Vec<Message>) {
+        let mut st = self.state();
+        let retained: Vec<Message> =
+            st.retained.values().filter(|m| topic::matches(filter, &m.topic)).cloned().collect();
+        let Some(s) = st.sessions.get_mut(client) else { return (false, Vec::new()) };
+        let existed = s.subs.iter().any(|sub| sub.filter == filter);
+        s.subs.retain(|sub| sub.filter != filter);
+        s.subs.push(Sub { filter: filter.to_string(), qos, no_local });
+        (existed, retained)
+    }
+
+    fn unsubscribe(&self, client: &str, filter: &str) -> bool {
+        let mut st = self.state();
+        let Some(s) = st.sessions.get_mut(client) else { return false };
+        let before = s.subs.len();
+        s.subs.retain(|sub| sub.filter != filter);
+        s.subs.len() != before
+    }
+
+    /// KEYNOTIFY: `client` observes `key`.
+    fn observe(&self, client: &Arc<str>, key: Bytes) {
+        let mut st = self.state();
+        if let Some(s) = st.sessions.get_mut(client) {
+            s.observed.insert(key.clone());
+            st.observers.entry(key).or_default().insert(client.clone());
+        }
+    }
+
+    /// KEYNOTIFY … STOP: whether `client` was observing `key`.
+    fn unobserve(&self, client: &Arc<str>, key: &Bytes) -> bool {
+        let mut st = self.state();
+        let was = st.sessions.get_mut(client).is_some_and(|s| s.observed.remove(key));
+        forget_observations(&mut st, client, &BTreeSet::from([key.clone()]));
+        was
+    }
+
+    fn observers(&self, key: &[u8]) -> Vec<Arc<str>> {
+        self.state().observers.get(key).map(|c| c.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// A reply this session already sent for `correlation`, if still fresh.
+    fn cached_reply(&self, client: &str, correlation: &Bytes) -> Option<Message> {
+        let st = self.state();
+        let (until, m) = st.sessions.get(client)?.replies.get(correlation)?;
+        (*until > Instant::now()).then(|| m.clone())
+    }
+
+    fn cache_reply(&self, client: &str, correlation: Bytes, until: Instant, reply: Message) {
+        if let Some(s) = self.state().sessions.get_mut(client) {
+            s.replies.insert(correlation, (until, reply));
+        }
+    }
+
+    /// Ends sessions whose client stayed away longer than their expiry, and forgets
+    /// replies past their request's expiry.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut st = self.state();
+        let expired: Vec<Arc<str>> = st
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.offline_since.is_some_and(|t| now >= t + Duration::from_secs(s.expiry.into())))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in expired {
+            let old = st.sessions.remove(&c).expect("present");
+            forget_observations(&mut st, &c, &old.observed);
+        }
+        for s in st.sessions.values_mut() {
+            s.replies.retain(|_, (until, _)| *until > now);
+        }
+    }
+}
+
+/// Tells a connection still serving this session that another took it over.
+fn take_over(s: &Session) {
+    if let Some((_, tx)) = &s.conn {
+        let _ = tx.try_send(Out::TakenOver);
+    }
+}
+
+fn forget_observations(st: &mut State, client: &Arc<str>, keys: &BTreeSet<Bytes>) {
+    for k in keys {
+        if let Some(clients) = st.observers.get_mut(k) {
+            clients.remove(client);
+            if clients.is_empty() {
+                st.observers.remove(k);
+            }
+        }
+    }
+}
+
+/// Serves MQTT on `incoming` until `stop`; then tells every client the server is going
+/// (DISCONNECT 0x8B) and closes.
+pub async fn serve(mut incoming: Incoming, broker: Broker, stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    let mut background = JoinSet::new();
+    background.spawn(notify::run(broker.clone(), stop.clone()));
+    background.spawn(sweep(broker.clone(), stop.clone()));
+    let mut stopping = stop.clone();
+    loop {
+        let conn = tokio::select! {
+            c = incoming.next() => c,
+            _ = stopping.wait_for(|s| *s) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let conn = match conn {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "mqtt accept failed");
+                continue;
+            }
+            None => break,
+        };
+        conns.spawn(conn::run(broker.clone(), conn, stop.clone()));
+    }
+    // Each connection sees `stop` too and says goodbye; give them a moment to.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+    background.abort_all();
+}
+
+async fn sweep(broker: Broker, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.sweep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The MQTT door from outside: paho-mqtt (MQTT v5, `pip install paho-mqtt==2.1.*`) speaks the
+//! AIO state store protocol and plain pub/sub to a follower of a real three-node cluster,
+//! while the change it observes comes in over HTTP through another node.
+
+use statenode_e2e::TestCluster;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_speaks_the_state_store_protocol_through_a_follower() {
+    let c = TestCluster::start(3, false).await;
+    let leader = c.wait_leader(None, Duration::from_secs(20)).await;
+    let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
+    let other = c.nodes.iter().find(|n| n.id != follower.id).expect("another node");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join("mqtt_statestore.py");
+    let out = Command::new("python3").arg(script).args([&follower.mqtt, &other.http]).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mqtt_statestore.py failed:\n{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        follower.log_tail()
+    );
+    assert!(stdout.contains("all MQTT checks passed"), "{stdout}");
+}
