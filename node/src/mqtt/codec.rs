@@ -33,8 +33,12 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Packet, R
         Err(ErrorV5::Common(e)) if e.is_eof() => return Err(ReadError::Closed),
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     };
-    if header.total_len > max {
-        return Err(ReadError::TooLarge(header.total_len));
+    // (mqtt-proto's `Header::total_len` is the length of the length field, not the
+    // packet's: count it ourselves.)
+    let total =
+        mqtt_proto::total_len(header.remaining_len as usize).map_err(|e| ReadError::Malformed(e.to_string()))?;
+    if total > max as usize {
+        return Err(ReadError::TooLarge(total as u32));
     }
     let mut body = vec![0; header.remaining_len as usize];
     r.read_exact(&mut body).await?;
