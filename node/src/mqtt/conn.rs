@@ -44,7 +44,7 @@ pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
     let _counted = Counted(broker.inner.clone());
     let (rd, mut wr) = tokio::io::split(conn);
     let max = broker.limits().mqtt_max_packet_bytes;
-    let mut inbox = reader(rd, max);
+    let (mut inbox, _reading) = reader(rd, max);
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, inbox.recv()).await {
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         Ok(Some(Err(ReadError::TooLarge(_)))) => {
@@ -67,10 +67,19 @@ pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
     c.close(end, &mut wr).await;
 }
 
+/// Stops the reading task when the connection ends, which closes the socket.
+struct Reading(tokio::task::AbortHandle);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Reads packets on their own task (reading is not cancel-safe) into a channel.
-fn reader(mut rd: ReadHalf<Conn>, max: u32) -> mpsc::Receiver<Result<Packet, ReadError>> {
+fn reader(mut rd: ReadHalf<Conn>, max: u32) -> (mpsc::Receiver<Result<Packet, ReadError>>, Reading) {
     let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let p = codec::read(&mut rd, max).await;
             let end = p.is_err();
@@ -79,7 +88,7 @@ fn reader(mut rd: ReadHalf<Conn>, max: u32) -> mpsc::Receiver<Result<Packet, Rea
             }
         }
     });
-    rx
+    (rx, Reading(task.abort_handle()))
 }
 
 async fn refuse(wr: &mut WriteHalf<Conn>, code: ConnectReasonCode) {
