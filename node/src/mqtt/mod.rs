@@ -310,7 +310,10 @@ impl Broker {
         let expired: Vec<Arc<str>> = st
             .sessions
             .iter()
-            .filter(|(_, s)| s.offline_since.is_some_and(|t| now >= t + Duration::from_secs(s.expiry.into())))
+            .filter(|(_, s)| {
+                let end = s.offline_since.and_then(|t| t.checked_add(Duration::from_secs(s.expiry.into())));
+                end.is_some_and(|end| now >= end)
+            })
             .map(|(c, _)| c.clone())
             .collect();
         for c in expired {
