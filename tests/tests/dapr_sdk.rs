@@ -125,7 +125,7 @@ async fn python_sdk_keeps_working_while_the_leader_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_dapr_program_runs_against_statenode_serve_with_no_flags() {
     let _g = serial().await;
-    for port in [3500, 50001, 7000] {
+    for port in [3500, 50001, 7000, 1883] {
         assert!(
             std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
             "port {port} is taken: this test runs `statenode serve` on its default ports"

@@ -200,6 +200,52 @@ async fn leases_and_locks_exclude_each_other() {
     b.stop().await;
 }
 
+/// `statenode serve` with no flags at all, in an empty directory: the SDK's defaults for a
+/// broker without TLS (127.0.0.1:1883) just work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_aio_program_runs_against_statenode_serve_with_no_flags() {
+    let _g = statenode_e2e::serial().await;
+    for port in [3500, 50001, 7000, 1883] {
+        let free = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        assert!(free, "port {port} is taken: this test runs `statenode serve` on its default ports");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(statenode_e2e::bin("statenode"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("statenode serve");
+    let _node = Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect("127.0.0.1:1883").is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on :1883");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let app = App::connect("127.0.0.1:1883", "aio-defaults");
+    let s = &app.client;
+    let mut obs = s.observe(b"hello".to_vec(), T).await.expect("observe").response;
+    assert!(s.set(b"hello".to_vec(), b"world".to_vec(), T, None, SetOptions::default()).await.unwrap().response);
+    assert_eq!(next(&mut obs, "SET notification").await.operation, Operation::Set(b"world".to_vec()));
+    assert_eq!(s.get(b"hello".to_vec(), T).await.unwrap().response, Some(b"world".to_vec()));
+    let lease = lease::Client::new(app.client.clone(), b"l".to_vec(), b"aio-defaults".to_vec()).unwrap();
+    lease.acquire(Duration::from_secs(5), T, None).await.expect("lease");
+    lease.release(T).await.expect("release");
+    app.stop().await;
+}
+
+/// Kills the child when dropped (a failed assertion must not leak the process).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The next notification (bounded wait).
 async fn next(obs: &mut state_store::KeyObservation, what: &str) -> state_store::KeyNotification {
     let got = tokio::time::timeout(T, obs.recv_notification()).await;
