@@ -223,9 +223,8 @@ impl Connection {
                         Some(Err(_)) | None => Err(End::Lost),
                     }
                 }
-                Event::Out(Some(Out::Deliver(m))) => Ok(self.send(m)),
-                Event::Out(Some(Out::Packet(p))) => Ok(vec![p]),
-                Event::Out(Some(Out::TakenOver) | None) => Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
+                Event::Out(Some(o)) => self.outgoing(o),
+                Event::Out(None) => Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
                 Event::Silent => Err(End::Server(DisconnectReasonCode::KeepAliveTimeout)),
                 Event::Stop => Err(End::Server(DisconnectReasonCode::ServerShuttingDown)),
             };
@@ -239,6 +238,21 @@ impl Connection {
                 Err(end) => return end,
             }
         }
+    }
+
+    /// Packets for `first` and whatever else is ready in the outbox, written together.
+    fn outgoing(&mut self, first: Out) -> Result<Vec<Packet>, End> {
+        let mut packets = Vec::new();
+        let mut next = Some(first);
+        while let Some(o) = next {
+            match o {
+                Out::Deliver(m) => packets.extend(self.send(m)),
+                Out::Packet(p) => packets.push(p),
+                Out::TakenOver => return Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
+            }
+            next = if packets.len() < 64 { self.outbox.try_recv().ok() } else { None };
+        }
+        Ok(packets)
     }
 
     /// What to send for a packet from the client, or how the connection ends.

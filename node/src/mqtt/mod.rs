@@ -121,6 +121,83 @@ struct State {
     retained: BTreeMap<String, Message>,
     /// key → clients observing it.
     observers: HashMap<Bytes, BTreeSet<Arc<str>>>,
+    /// Which clients subscribed to which filters, so a publish looks at its candidates only.
+    index: Index,
+}
+
+/// Subscribers by filter: filters without wildcards by exact topic (one lookup per
+/// publish), the others scanned.
+#[derive(Default)]
+struct Index {
+    exact: HashMap<String, BTreeSet<Arc<str>>>,
+    wild: BTreeMap<String, BTreeSet<Arc<str>>>,
+}
+
+impl Index {
+    fn side(&mut self, filter: &str) -> &mut dyn IndexSide {
+        if filter.contains(['+', '#']) {
+            &mut self.wild
+        } else {
+            &mut self.exact
+        }
+    }
+
+    fn add(&mut self, filter: &str, client: &Arc<str>) {
+        self.side(filter).add(filter, client);
+    }
+
+    fn remove(&mut self, filter: &str, client: &Arc<str>) {
+        self.side(filter).remove(filter, client);
+    }
+
+    /// Clients with a filter that matches `topic`.
+    fn candidates(&self, topic: &str) -> BTreeSet<Arc<str>> {
+        let mut out: BTreeSet<Arc<str>> = self.exact.get(topic).cloned().unwrap_or_default();
+        for (filter, clients) in &self.wild {
+            if topic::matches(filter, topic) {
+                out.extend(clients.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// One half of the index: filter → clients, dropping a filter with its last client.
+trait IndexSide {
+    fn add(&mut self, filter: &str, client: &Arc<str>);
+    fn remove(&mut self, filter: &str, client: &Arc<str>);
+}
+
+macro_rules! index_side {
+    ($map:ident) => {
+        impl IndexSide for $map<String, BTreeSet<Arc<str>>> {
+            fn add(&mut self, filter: &str, client: &Arc<str>) {
+                self.entry(filter.to_string()).or_default().insert(client.clone());
+            }
+            fn remove(&mut self, filter: &str, client: &Arc<str>) {
+                if let Some(clients) = self.get_mut(filter) {
+                    clients.remove(client);
+                    if clients.is_empty() {
+                        self.remove(filter);
+                    }
+                }
+            }
+        }
+    };
+}
+index_side!(HashMap);
+index_side!(BTreeMap);
+
+impl State {
+    /// Ends `client`'s session: its subscriptions and observations go with it.
+    fn remove_session(&mut self, client: &Arc<str>) -> Option<Session> {
+        let old = self.sessions.remove(client)?;
+        for sub in &old.subs {
+            self.index.remove(&sub.filter, client);
+        }
+        forget_observations(self, client, &old.observed);
+        Some(old)
+    }
 }
 
 /// The MQTT broker of this node; cheap to clone.
@@ -188,9 +265,8 @@ impl Broker {
             return Err(Refused::Quota);
         }
         if clean_start {
-            if let Some(old) = st.sessions.remove(client) {
+            if let Some(old) = st.remove_session(client) {
                 take_over(&old);
-                forget_observations(&mut st, client, &old.observed);
             }
         }
         let session_present = st.sessions.contains_key(client);
@@ -215,8 +291,7 @@ impl Broker {
         }
         s.conn = None;
         if expiry == 0 {
-            let old = st.sessions.remove(client).expect("present");
-            forget_observations(&mut st, client, &old.observed);
+            st.remove_session(client);
             return;
         }
         s.expiry = expiry;
@@ -238,8 +313,9 @@ impl Broker {
             }
         }
         m.retain = false;
-        for (client, s) in st.sessions.iter_mut() {
-            let local = from == Some(&**client);
+        for client in st.index.candidates(&m.topic) {
+            let Some(s) = st.sessions.get_mut(&client) else { continue };
+            let local = from == Some(&*client);
             let granted = s.subs.iter().filter(|sub| topic::matches(&sub.filter, &m.topic) && !(local && sub.no_local));
             let Some(qos) = granted.map(|sub| sub.qos).max() else { continue };
             let mut copy = m.clone();
@@ -249,7 +325,7 @@ impl Broker {
     }
 
     /// Adds (or replaces) a subscription; returns the retained messages it should get.
-    fn subscribe(&self, client: &str, filter: &str, qos: QoS, no_local: bool) -> (bool, Vec<Message>) {
+    fn subscribe(&self, client: &Arc<str>, filter: &str, qos: QoS, no_local: bool) -> (bool, Vec<Message>) {
         let mut st = self.state();
         let retained: Vec<Message> =
             st.retained.values().filter(|m| topic::matches(filter, &m.topic)).cloned().collect();
@@ -257,15 +333,18 @@ impl Broker {
         let existed = s.subs.iter().any(|sub| sub.filter == filter);
         s.subs.retain(|sub| sub.filter != filter);
         s.subs.push(Sub { filter: filter.to_string(), qos, no_local });
+        st.index.add(filter, client);
         (existed, retained)
     }
 
-    fn unsubscribe(&self, client: &str, filter: &str) -> bool {
+    fn unsubscribe(&self, client: &Arc<str>, filter: &str) -> bool {
         let mut st = self.state();
         let Some(s) = st.sessions.get_mut(client) else { return false };
         let before = s.subs.len();
         s.subs.retain(|sub| sub.filter != filter);
-        s.subs.len() != before
+        let removed = s.subs.len() != before;
+        st.index.remove(filter, client);
+        removed
     }
 
     /// KEYNOTIFY: `client` observes `key`.
@@ -317,8 +396,7 @@ impl Broker {
             .map(|(c, _)| c.clone())
             .collect();
         for c in expired {
-            let old = st.sessions.remove(&c).expect("present");
-            forget_observations(&mut st, &c, &old.observed);
+            st.remove_session(&c);
         }
         for s in st.sessions.values_mut() {
             s.replies.retain(|_, (until, _)| *until > now);
