@@ -122,7 +122,8 @@ async fn mqtt_client(addr: String, id: usize, op: Op) -> Box<dyn FnMut() -> Pend
     );
     write(&mut s, sub.into()).await;
     assert!(matches!(Packet::decode_async(&mut s).await, Ok(Packet::Suback(_))));
-    let s = std::sync::Arc::new(tokio::sync::Mutex::new(s));
+    // Buffered reads: the codec reads a header a byte at a time.
+    let s = std::sync::Arc::new(tokio::sync::Mutex::new(BufReader::new(s)));
     let mut n = id * 7919;
     Box::new(move || {
         n += 1;
@@ -141,7 +142,7 @@ async fn mqtt_client(addr: String, id: usize, op: Op) -> Box<dyn FnMut() -> Pend
                 user_properties: vec![UserProperty { name: "__ts".into(), value: ts.into() }],
                 ..Default::default()
             };
-            write(&mut s, p.into()).await;
+            write(s.get_mut(), p.into()).await;
             // The reply, then our PUBACK (in either order), acknowledging the reply.
             let (mut replied, mut acked) = (false, false);
             while !(replied && acked) {
@@ -149,7 +150,7 @@ async fn mqtt_client(addr: String, id: usize, op: Op) -> Box<dyn FnMut() -> Pend
                     Packet::Publish(r) => {
                         replied = true;
                         if let QosPid::Level1(pid) = r.qos_pid {
-                            write(&mut s, mqtt_proto::v5::Puback::new_success(pid).into()).await;
+                            write(s.get_mut(), mqtt_proto::v5::Puback::new_success(pid).into()).await;
                         }
                     }
                     Packet::Puback(_) => acked = true,

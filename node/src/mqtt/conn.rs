@@ -77,8 +77,10 @@ impl Drop for Reading {
 }
 
 /// Reads packets on their own task (reading is not cancel-safe) into a channel.
-fn reader(mut rd: ReadHalf<Conn>, max: u32) -> (mpsc::Receiver<Result<Packet, ReadError>>, Reading) {
+fn reader(rd: ReadHalf<Conn>, max: u32) -> (mpsc::Receiver<Result<Packet, ReadError>>, Reading) {
     let (tx, rx) = mpsc::channel(8);
+    // Buffered: the codec reads a header a byte at a time.
+    let mut rd = tokio::io::BufReader::with_capacity(16 * 1024, rd);
     let task = tokio::spawn(async move {
         loop {
             let p = codec::read(&mut rd, max).await;
