@@ -1,7 +1,10 @@
 //! The MQTT door on raw sockets, in-process: hostile and malformed input gets the reaction
 //! MQTT v5 specifies, and the node keeps serving every other client.
 
-use mqtt_proto::v5::{Connect, ConnectProperties, DisconnectReasonCode, Packet, Publish, PublishProperties};
+use mqtt_proto::v5::{
+    Connect, ConnectProperties, ConnectReasonCode, DisconnectReasonCode, Packet, PubackReasonCode, Publish,
+    PublishProperties,
+};
 use mqtt_proto::{Protocol, QosPid, TopicName};
 use statenode::config::Config;
 use statenode::io::Io;
@@ -75,6 +78,24 @@ async fn hostile_input_ends_only_the_offending_connection() {
     let mut s = TcpStream::connect(&addr).await.unwrap();
     send(&mut s, Packet::Pingreq).await;
     assert_eq!(recv(&mut s).await, None);
+
+    // MQTT 3.1.1: refused with "unsupported protocol version".
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&[0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00]).await.unwrap();
+    match recv(&mut s).await {
+        Some(Packet::Connack(c)) => assert_eq!(c.reason_code, ConnectReasonCode::UnsupportedProtocolVersion),
+        other => panic!("expected CONNACK 0x84, got {other:?}"),
+    }
+
+    // Key notifications are the store's to publish.
+    let mut s = connected(&addr, "forger", 0).await;
+    let topic = "clients/statestore/v1/FA9AE35F-2F64-47CD-9BFF-08E2B32A0FE8/6331/command/notify/6B";
+    let forged = Publish::new(QosPid::Level1(1.try_into().unwrap()), TopicName::try_from(topic).unwrap(), "x".into());
+    send(&mut s, forged.into()).await;
+    match recv(&mut s).await {
+        Some(Packet::Puback(a)) => assert_eq!(a.reason_code, PubackReasonCode::NotAuthorized),
+        other => panic!("expected PUBACK 0x87, got {other:?}"),
+    }
 
     // Garbage instead of a packet.
     let mut s = connected(&addr, "garbage", 0).await;

@@ -52,6 +52,8 @@ class Client:
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
+        self.c.on_subscribe = self._on_subscribe
+        self.subacks = set()
         if will:
             self.c.will_set(will[0], will[1], qos=1)
         props = Properties(PacketTypes.CONNECT)
@@ -70,6 +72,11 @@ class Client:
             self.disconnect_rc = rc
             self.cond.notify_all()
 
+    def _on_subscribe(self, c, u, mid, codes, props):
+        with self.cond:
+            self.subacks.add(mid)
+            self.cond.notify_all()
+
     def _on_message(self, c, u, m):
         with self.cond:
             self.msgs.append(m)
@@ -84,8 +91,10 @@ class Client:
         return [(m.topic, m.payload) for m in self.msgs]
 
     def sub(self, topic, qos=1):
+        """Subscribes and waits for the SUBACK."""
         result, mid = self.c.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS, result
+        self.wait(lambda: mid in self.subacks, "SUBACK for %s" % topic)
 
     def take(self, pred, what, timeout=TIMEOUT):
         """Waits for, removes and returns the first message matching pred."""
@@ -116,7 +125,6 @@ class StateStore(Client):
         self.resp_topic = "clients/%s/services/statestore/v1/FA9AE35F-2F64-47CD-9BFF-08E2B32A0FE8/command/invoke/response" % cid
         self.sub(self.resp_topic)
         self.sub("%s/%s/command/notify/+" % (NOTIFY, hexup(cid.encode())))
-        time.sleep(0.2)  # SUBACKs (paho offers no synchronous subscribe)
 
     def request(self, payload, ts=True, ft=None, corr=None, extra=(), content_type="application/octet-stream"):
         props = Properties(PacketTypes.PUBLISH)
@@ -238,7 +246,6 @@ def broker():
     sub = Client("py-sub")
     sub.sub("a/+/c")
     sub.sub("x/#")
-    time.sleep(0.2)
     pub = Client("py-pub")
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = [("k", "1"), ("k", "2"), ("a", "3")]
@@ -263,7 +270,6 @@ def broker():
     assert not any(m.topic == "a/b/d" for m in sub.msgs), sub.summary()
     # A will goes out when its client vanishes without DISCONNECT.
     sub.sub("will/#")
-    time.sleep(0.2)
     doomed = Client("py-doomed", will=("will/doomed", b"gone"))
     doomed.c._sock.close()  # the connection drops: no DISCONNECT
     check("will message", sub.take(lambda m: m.topic == "will/doomed", "will").payload, b"gone")
@@ -275,7 +281,6 @@ def broker():
 def sessions():
     a = Client("py-sess", clean=False, expiry=60)
     a.sub("s/#")
-    time.sleep(0.2)
     a.stop()
     pub = Client("py-sess-pub")
     pub.c.publish("s/1", b"while away", qos=1).wait_for_publish(TIMEOUT)

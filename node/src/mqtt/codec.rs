@@ -22,6 +22,9 @@ pub enum ReadError {
     NotFromClient(PacketType),
     #[error("malformed packet: {0}")]
     Malformed(String),
+    /// A CONNECT for another MQTT version than 5.
+    #[error("unsupported protocol version")]
+    UnsupportedProtocol,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,9 +43,17 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Packet, R
     if total > max as usize {
         return Err(ReadError::TooLarge(total as u32));
     }
-    let mut body = vec![0; header.remaining_len as usize];
-    r.read_exact(&mut body).await?;
-    decode_body(header, &mut body.as_slice()).await.map_err(|e| ReadError::Malformed(e.to_string()))?
+    // Memory follows the bytes that arrive, not the length a peer declares.
+    let mut body = Vec::new();
+    r.take(header.remaining_len.into()).read_to_end(&mut body).await?;
+    if body.len() != header.remaining_len as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    match decode_body(header, &mut body.as_slice()).await {
+        Ok(p) => p,
+        Err(ErrorV5::Common(mqtt_proto::Error::UnexpectedProtocol(_))) => Err(ReadError::UnsupportedProtocol),
+        Err(e) => Err(ReadError::Malformed(e.to_string())),
+    }
 }
 
 async fn decode_body(h: Header, b: &mut &[u8]) -> Result<Result<Packet, ReadError>, ErrorV5> {

@@ -2,33 +2,24 @@
 //! ends it. Works on `Packet`s only; `codec.rs` does the bytes.
 
 use super::codec::{self, ReadError};
-use super::{statestore, topic, Attached, Broker, Message, Refused};
+use super::{statestore, topic, Attached, Broker, Message, Refused, Signals, MAX_SESSION_EXPIRY};
 use crate::io::Conn;
 use mqtt_proto::v5::{
     Connack, ConnackProperties, Connect, ConnectReasonCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Puback,
-    Publish, Suback, SubscribeReasonCode, Unsuback, UnsubscribeReasonCode,
+    PubackReasonCode, Publish, Suback, SubscribeReasonCode, Unsuback, UnsubscribeReasonCode,
 };
 use mqtt_proto::{Pid, QoS, QosPid};
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
-/// What the broker (or a state store request) sends a connection.
-#[derive(Debug)]
-pub enum Out {
-    /// A message for the client.
-    Deliver(Message),
-    /// A packet to send as is (a PUBACK once a request was served).
-    Packet(Packet),
-    /// Another connection took the session over.
-    TakenOver,
-}
-
 /// How long a new connection may take to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Counts a connection while it lives.
 struct Counted(Arc<super::Shared>);
@@ -49,6 +40,9 @@ pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         Ok(Some(Err(ReadError::TooLarge(_)))) => {
             return refuse(&mut wr, ConnectReasonCode::PacketTooLarge).await;
+        }
+        Ok(Some(Err(ReadError::UnsupportedProtocol))) => {
+            return refuse(&mut wr, ConnectReasonCode::UnsupportedProtocolVersion).await;
         }
         Ok(Some(Err(ReadError::Malformed(e)))) => {
             tracing::debug!(error = %e, "malformed CONNECT");
@@ -94,13 +88,25 @@ fn reader(rd: ReadHalf<Conn>, max: u32) -> (mpsc::Receiver<Result<Packet, ReadEr
 }
 
 async fn refuse(wr: &mut WriteHalf<Conn>, code: ConnectReasonCode) {
-    let _ = codec::write(wr, &[Connack::new(false, code).into()]).await;
+    let _ = write(wr, &[Connack::new(false, code).into()]).await;
 }
 
-/// What woke the connection up.
+/// Writes `packets`, giving up on a client that does not read.
+async fn write(wr: &mut WriteHalf<Conn>, packets: &[Packet]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, codec::write(wr, packets)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// What woke the connection up (one at a time, on the stack: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Event {
     In(Option<Result<Packet, ReadError>>),
-    Out(Option<Out>),
+    /// A state store request was served: acknowledge it.
+    Served(Option<Pid>),
+    /// Messages wait in the session's queue (or the session was taken over).
+    Ready,
     /// Nothing heard within 1.5 × keep alive.
     Silent,
     Stop,
@@ -120,9 +126,10 @@ struct Connection {
     broker: Broker,
     client: Arc<str>,
     conn_id: u64,
-    outbox: mpsc::Receiver<Out>,
-    /// A sender into our own outbox, for replies finished on other tasks.
-    self_tx: mpsc::Sender<Out>,
+    signals: Arc<Signals>,
+    /// Request tasks report here when they are done (with the PUBACK's packet id).
+    served_tx: mpsc::UnboundedSender<Option<Pid>>,
+    served: mpsc::UnboundedReceiver<Option<Pid>>,
     keep_alive: Option<Duration>,
     expiry: u32,
     will: Option<LastWill>,
@@ -131,11 +138,9 @@ struct Connection {
     client_max_packet: u32,
     /// QoS 1 messages sent and not yet acknowledged, by packet id.
     inflight: BTreeMap<u16, Message>,
-    /// QoS 1 messages waiting for room in `inflight`.
-    pending: VecDeque<Message>,
     next_pid: u16,
-    /// QoS 1 requests of the client not yet acknowledged (state store requests in flight).
-    unacked_in: Arc<AtomicUsize>,
+    /// State store requests being served (QoS 1 ones not yet acknowledged).
+    requests: usize,
 }
 
 impl Connection {
@@ -145,15 +150,15 @@ impl Connection {
             format!("statenode-{:016x}", rand::Rng::gen::<u64>(&mut rand::thread_rng())).into()
         });
         let client = assigned.clone().unwrap_or_else(|| c.client_id.clone());
-        let expiry = c.properties.session_expiry_interval.unwrap_or(0);
-        let Attached { session_present, conn_id, outbox, sender: self_tx } =
-            match broker.attach(&client, c.clean_start, expiry) {
-                Ok(a) => a,
-                Err(Refused::Quota) => {
-                    refuse(wr, ConnectReasonCode::QuotaExceeded).await;
-                    return None;
-                }
-            };
+        let asked = c.properties.session_expiry_interval.unwrap_or(0);
+        let expiry = asked.min(MAX_SESSION_EXPIRY);
+        let Attached { session_present, conn_id, signals } = match broker.attach(&client, c.clean_start, expiry) {
+            Ok(a) => a,
+            Err(Refused::Quota) => {
+                refuse(wr, ConnectReasonCode::QuotaExceeded).await;
+                return None;
+            }
+        };
         let limits = broker.limits();
         let mut ack = Connack::new(session_present, ConnectReasonCode::Success);
         ack.properties = ConnackProperties {
@@ -166,26 +171,28 @@ impl Connection {
             wildcard_subscription_available: Some(true),
             subscription_id_available: Some(false),
             shared_subscription_available: Some(false),
+            session_expiry_interval: (expiry != asked).then_some(expiry),
             ..ConnackProperties::default()
         };
-        if codec::write(wr, &[ack.into()]).await.is_err() {
-            broker.detach(&client, conn_id, 0, Vec::new());
+        if write(wr, &[ack.into()]).await.is_err() {
+            broker.detach(&client, conn_id, expiry, Vec::new());
             return None;
         }
+        let (served_tx, served) = mpsc::unbounded_channel();
         Some(Connection {
             client,
             conn_id,
-            outbox,
-            self_tx,
+            signals,
+            served_tx,
+            served,
             keep_alive: (c.keep_alive > 0).then(|| Duration::from_millis(u64::from(c.keep_alive) * 1500)),
             expiry,
             will: c.last_will,
             client_receive_max: c.properties.receive_max.unwrap_or(u16::MAX).max(1).into(),
             client_max_packet: c.properties.max_packet_size.unwrap_or(u32::MAX),
             inflight: BTreeMap::new(),
-            pending: VecDeque::new(),
             next_pid: 1,
-            unacked_in: Arc::default(),
+            requests: 0,
             broker,
         })
     }
@@ -206,8 +213,11 @@ impl Connection {
                 }
             };
             let event = tokio::select! {
+                // Packets first: a client's burst is read before its acknowledgements go out.
+                biased;
                 p = inbox.recv() => Event::In(p),
-                o = self.outbox.recv() => Event::Out(o),
+                s = self.served.recv() => Event::Served(s.flatten()),
+                _ = self.signals.ready.notified() => Event::Ready,
                 _ = expire => Event::Silent,
                 _ = stop.wait_for(|s| *s) => Event::Stop,
             };
@@ -225,15 +235,21 @@ impl Connection {
                         Some(Err(_)) | None => Err(End::Lost),
                     }
                 }
-                Event::Out(Some(o)) => self.outgoing(o),
-                Event::Out(None) => Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
+                Event::Served(pid) => {
+                    self.requests -= 1;
+                    Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
+                }
+                Event::Ready if self.signals.taken_over.load(Ordering::SeqCst) => {
+                    Err(End::Server(DisconnectReasonCode::SessionTakenOver))
+                }
+                Event::Ready => Ok(self.pull()),
                 Event::Silent => Err(End::Server(DisconnectReasonCode::KeepAliveTimeout)),
                 Event::Stop => Err(End::Server(DisconnectReasonCode::ServerShuttingDown)),
             };
             match out {
                 Ok(packets) if packets.is_empty() => {}
                 Ok(packets) => {
-                    if codec::write(wr, &packets).await.is_err() {
+                    if write(wr, &packets).await.is_err() {
                         return End::Lost;
                     }
                 }
@@ -242,19 +258,12 @@ impl Connection {
         }
     }
 
-    /// Packets for `first` and whatever else is ready in the outbox, written together.
-    fn outgoing(&mut self, first: Out) -> Result<Vec<Packet>, End> {
-        let mut packets = Vec::new();
-        let mut next = Some(first);
-        while let Some(o) = next {
-            match o {
-                Out::Deliver(m) => packets.extend(self.send(m)),
-                Out::Packet(p) => packets.push(p),
-                Out::TakenOver => return Err(End::Server(DisconnectReasonCode::SessionTakenOver)),
-            }
-            next = if packets.len() < 64 { self.outbox.try_recv().ok() } else { None };
-        }
-        Ok(packets)
+    /// PUBLISHes for the messages waiting in the session, as many QoS 1 ones as the client's
+    /// Receive Maximum leaves room for.
+    fn pull(&mut self) -> Vec<Packet> {
+        let room = self.client_receive_max.saturating_sub(self.inflight.len());
+        let waiting = self.broker.take(&self.client, self.conn_id, room);
+        waiting.into_iter().filter_map(|m| self.publish_packet(m)).collect()
     }
 
     /// What to send for a packet from the client, or how the connection ends.
@@ -263,7 +272,7 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::Puback(ack) => {
                 self.inflight.remove(&ack.pid.value());
-                Ok(self.send_pending())
+                Ok(self.pull())
             }
             Packet::Subscribe(s) => Ok(self.on_subscribe(s)),
             Packet::Unsubscribe(u) => {
@@ -278,9 +287,15 @@ impl Connection {
                 Ok(vec![Unsuback::new(u.pid, codes).into()])
             }
             Packet::Pingreq => Ok(vec![Packet::Pingresp]),
+            // A session that ends with its connection cannot be made to outlive it now (§3.14.2.2.2).
+            Packet::Disconnect(d)
+                if self.expiry == 0 && d.properties.session_expiry_interval.is_some_and(|e| e > 0) =>
+            {
+                Err(End::Server(DisconnectReasonCode::ProtocolError))
+            }
             Packet::Disconnect(d) => Err(End::Client {
                 will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
-                expiry: d.properties.session_expiry_interval,
+                expiry: d.properties.session_expiry_interval.map(|e| e.min(MAX_SESSION_EXPIRY)),
             }),
             // QoS 2 is refused at CONNACK (Maximum QoS 1); a client that uses it anyway ends.
             Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_) => {
@@ -300,8 +315,16 @@ impl Connection {
         if p.properties.topic_alias.is_some() {
             return Err(End::Server(DisconnectReasonCode::TopicAliasInvalid));
         }
+        if p.topic_name.is_empty() {
+            return Err(End::Server(DisconnectReasonCode::ProtocolError));
+        }
         if &*p.topic_name == statestore::REQUEST_TOPIC {
             return self.on_request(p, pid);
+        }
+        if statestore::reserved(&p.topic_name) {
+            // Only the store publishes key notifications.
+            let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
+            return Ok(refused.into_iter().collect());
         }
         let m = Message {
             topic: p.topic_name,
@@ -318,27 +341,26 @@ impl Connection {
     /// A state store request: served on its own task; the reply is routed to the response
     /// topic and the PUBACK sent only then.
     fn on_request(&mut self, p: Publish, pid: Option<Pid>) -> Result<Vec<Packet>, End> {
-        let limit = usize::from(self.broker.limits().mqtt_receive_max);
-        if pid.is_some() && self.unacked_in.fetch_add(1, Ordering::SeqCst) >= limit {
-            return Err(End::Server(DisconnectReasonCode::ReceiveMaximumExceeded));
+        if self.requests >= usize::from(self.broker.limits().mqtt_receive_max) {
+            return match pid {
+                Some(_) => Err(End::Server(DisconnectReasonCode::ReceiveMaximumExceeded)),
+                None => Ok(Vec::new()), // QoS 0 over the limit: dropped, as QoS 0 may be
+            };
         }
-        let (broker, client, tx, unacked) =
-            (self.broker.clone(), self.client.clone(), self.self_tx.clone(), self.unacked_in.clone());
+        self.requests += 1;
+        let (broker, client, done) = (self.broker.clone(), self.client.clone(), self.served_tx.clone());
         tokio::spawn(async move {
             if let Some(reply) = statestore::serve(&broker, &client, p).await {
                 broker.publish(None, reply);
             }
-            if let Some(pid) = pid {
-                unacked.fetch_sub(1, Ordering::SeqCst);
-                let _ = tx.send(Out::Packet(Puback::new_success(pid).into())).await;
-            }
+            let _ = done.send(pid);
         });
         Ok(Vec::new())
     }
 
     fn on_subscribe(&mut self, s: mqtt_proto::v5::Subscribe) -> Vec<Packet> {
         let mut codes = Vec::with_capacity(s.topics.len());
-        let mut out = Vec::new();
+        let mut retained_out = Vec::new();
         for (filter, opts) in &s.topics {
             if filter.is_shared() {
                 codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
@@ -349,7 +371,10 @@ impl Connection {
                 continue;
             }
             let qos = opts.max_qos.min(QoS::Level1);
-            let (existed, retained) = self.broker.subscribe(&self.client, filter, qos, opts.no_local);
+            let Some((existed, retained)) = self.broker.subscribe(&self.client, filter, qos, opts.no_local) else {
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            };
             codes.push(if qos == QoS::Level0 {
                 SubscribeReasonCode::GrantedQoS0
             } else {
@@ -362,34 +387,17 @@ impl Connection {
                 DoNotSend => false,
             };
             if send_retained {
-                for mut m in retained {
+                retained_out.extend(retained.into_iter().map(|mut m| {
                     m.qos = m.qos.min(qos);
                     m.retain = true;
-                    out.extend(self.send(m));
-                }
+                    m
+                }));
             }
         }
+        self.broker.queue_for(&self.client, retained_out);
         let mut packets = vec![Suback::new(s.pid, codes).into()];
-        packets.extend(out);
+        packets.extend(self.pull());
         packets
-    }
-
-    /// A PUBLISH for `m` now, or later when the client has room (Receive Maximum).
-    fn send(&mut self, m: Message) -> Vec<Packet> {
-        if m.qos == QoS::Level1 && self.inflight.len() >= self.client_receive_max {
-            self.pending.push_back(m);
-            return Vec::new();
-        }
-        self.publish_packet(m).into_iter().collect()
-    }
-
-    fn send_pending(&mut self) -> Vec<Packet> {
-        let mut out = Vec::new();
-        while self.inflight.len() < self.client_receive_max {
-            let Some(m) = self.pending.pop_front() else { break };
-            out.extend(self.publish_packet(m));
-        }
-        out
     }
 
     fn publish_packet(&mut self, m: Message) -> Option<Packet> {
@@ -439,8 +447,8 @@ impl Connection {
                 // when the packet has properties.
                 let mut bye = Disconnect::new(*code);
                 bye.properties.reason_string = Some(format!("{code:?}").into());
-                let _ = codec::write(wr, &[bye.into()]).await;
-                (*code != DisconnectReasonCode::SessionTakenOver, self.expiry)
+                let _ = write(wr, &[bye.into()]).await;
+                (true, self.expiry)
             }
             End::Lost => (true, self.expiry),
         };
@@ -463,7 +471,7 @@ impl Connection {
             };
             self.broker.publish(Some(&self.client), m);
         }
-        let unacked: Vec<Message> = self.inflight.into_values().chain(self.pending).collect();
+        let unacked: Vec<Message> = self.inflight.into_values().collect();
         self.broker.detach(&self.client, self.conn_id, expiry, unacked);
     }
 }

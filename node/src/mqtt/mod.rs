@@ -24,11 +24,27 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
-pub use conn::Out;
+/// How the broker reaches the connection serving a session.
+#[derive(Default)]
+pub struct Signals {
+    /// Messages are waiting in the session's queue.
+    pub ready: Notify,
+    /// Another connection took the session over.
+    pub taken_over: std::sync::atomic::AtomicBool,
+}
+
+/// Most subscriptions, KEYNOTIFY registrations and cached replies one session may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+pub const MAX_OBSERVED: usize = 4096;
+const MAX_REPLIES: usize = 1024;
+/// Most retained messages per node.
+const MAX_RETAINED: usize = 10_000;
+/// Longest Session Expiry Interval granted (a week), so sessions cannot pin the quota forever.
+pub const MAX_SESSION_EXPIRY: u32 = 7 * 24 * 3600;
 
 /// An application message as the broker routes it.
 #[derive(Clone, Debug)]
@@ -64,9 +80,10 @@ struct Session {
     subs: Vec<Sub>,
     /// Session Expiry Interval, seconds: how long the session outlives its connection.
     expiry: u32,
-    /// The connection serving it, when connected: its id and its outbox.
-    conn: Option<(u64, mpsc::Sender<Out>)>,
-    /// QoS 1 messages waiting for the client to (re)connect or catch up.
+    /// The connection serving it, when connected: its id and how to wake it.
+    conn: Option<(u64, Arc<Signals>)>,
+    /// Messages waiting for the connection to take them (it takes QoS 1 ones as the
+    /// client's Receive Maximum allows), or for the client to come back (QoS 1 only).
     queue: VecDeque<Message>,
     offline_since: Option<Instant>,
     /// Keys this client observes (KEYNOTIFY).
@@ -89,28 +106,19 @@ impl Session {
         }
     }
 
-    /// Hands `m` to the connection, or keeps it (QoS 1) until the client can take it.
+    /// Queues `m` for the client and wakes its connection. Offline, QoS 0 is dropped; a full
+    /// queue drops its oldest message.
     fn deliver(&mut self, m: Message, max_queued: usize) {
-        if let Some((_, tx)) = &self.conn {
-            match tx.try_send(Out::Deliver(m)) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(Out::Deliver(m)))
-                | Err(mpsc::error::TrySendError::Closed(Out::Deliver(m))) => self.enqueue(m, max_queued),
-                Err(_) => {}
-            }
-            return;
-        }
-        self.enqueue(m, max_queued);
-    }
-
-    fn enqueue(&mut self, m: Message, max_queued: usize) {
-        if m.qos == QoS::Level0 {
+        if m.qos == QoS::Level0 && self.conn.is_none() {
             return;
         }
         if self.queue.len() >= max_queued {
             self.queue.pop_front();
         }
         self.queue.push_back(m);
+        if let Some((_, signals)) = &self.conn {
+            signals.ready.notify_one();
+        }
     }
 }
 
@@ -218,9 +226,7 @@ struct Shared {
 pub struct Attached {
     pub session_present: bool,
     pub conn_id: u64,
-    pub outbox: mpsc::Receiver<Out>,
-    /// Into `outbox`: for replies finished on other tasks.
-    pub sender: mpsc::Sender<Out>,
+    pub signals: Arc<Signals>,
 }
 
 /// Why a CONNECT was refused.
@@ -258,7 +264,7 @@ impl Broker {
     /// exists, else the stored one (queued messages first). A connection already serving
     /// the session is told to go (session taken over).
     pub fn attach(&self, client: &Arc<str>, clean_start: bool, expiry: u32) -> Result<Attached, Refused> {
-        let (tx, outbox) = mpsc::channel(self.inner.limits.mqtt_max_queued.max(16));
+        let signals = Arc::new(Signals::default());
         let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state();
         if !st.sessions.contains_key(client) && st.sessions.len() >= self.inner.limits.mqtt_max_sessions {
@@ -274,11 +280,9 @@ impl Broker {
         take_over(s);
         s.expiry = expiry;
         s.offline_since = None;
-        for m in s.queue.drain(..) {
-            let _ = tx.try_send(Out::Deliver(m));
-        }
-        s.conn = Some((conn_id, tx.clone()));
-        Ok(Attached { session_present, conn_id, outbox, sender: tx })
+        s.conn = Some((conn_id, signals.clone()));
+        signals.ready.notify_one(); // a resumed session may have messages waiting
+        Ok(Attached { session_present, conn_id, signals })
     }
 
     /// The connection `conn_id` of `client` ended: its session ends too (expiry 0) or
@@ -286,8 +290,13 @@ impl Broker {
     pub fn detach(&self, client: &Arc<str>, conn_id: u64, expiry: u32, unacked: Vec<Message>) {
         let mut st = self.state();
         let Some(s) = st.sessions.get_mut(client) else { return };
-        if s.conn.as_ref().is_none_or(|(id, _)| *id != conn_id) {
-            return; // taken over: the session belongs to the new connection now
+        if let Some((_, signals)) = s.conn.as_ref().filter(|(id, _)| *id != conn_id) {
+            // Taken over: the new connection sends what this one could not.
+            for m in unacked.into_iter().rev() {
+                s.queue.push_front(m);
+            }
+            signals.ready.notify_one();
+            return;
         }
         s.conn = None;
         if expiry == 0 {
@@ -308,7 +317,7 @@ impl Broker {
         if m.retain {
             if m.payload.is_empty() {
                 st.retained.remove(&*m.topic);
-            } else {
+            } else if st.retained.len() < MAX_RETAINED || st.retained.contains_key(&*m.topic) {
                 st.retained.insert(m.topic.to_string(), m.clone());
             }
         }
@@ -324,17 +333,31 @@ impl Broker {
         }
     }
 
-    /// Adds (or replaces) a subscription; returns the retained messages it should get.
-    fn subscribe(&self, client: &Arc<str>, filter: &str, qos: QoS, no_local: bool) -> (bool, Vec<Message>) {
+    /// Adds (or replaces) a subscription: whether it existed, and the retained messages it
+    /// matches; `None` when the session has too many.
+    fn subscribe(&self, client: &Arc<str>, filter: &str, qos: QoS, no_local: bool) -> Option<(bool, Vec<Message>)> {
         let mut st = self.state();
         let retained: Vec<Message> =
             st.retained.values().filter(|m| topic::matches(filter, &m.topic)).cloned().collect();
-        let Some(s) = st.sessions.get_mut(client) else { return (false, Vec::new()) };
+        let s = st.sessions.get_mut(client)?;
         let existed = s.subs.iter().any(|sub| sub.filter == filter);
+        if !existed && s.subs.len() >= MAX_SUBSCRIPTIONS {
+            return None;
+        }
         s.subs.retain(|sub| sub.filter != filter);
         s.subs.push(Sub { filter: filter.to_string(), qos, no_local });
         st.index.add(filter, client);
-        (existed, retained)
+        Some((existed, retained))
+    }
+
+    /// Queues `msgs` for `client` (retained messages for a new subscription).
+    fn queue_for(&self, client: &str, msgs: Vec<Message>) {
+        let max_queued = self.inner.limits.mqtt_max_queued;
+        if let Some(s) = self.state().sessions.get_mut(client) {
+            for m in msgs {
+                s.deliver(m, max_queued);
+            }
+        }
     }
 
     fn unsubscribe(&self, client: &Arc<str>, filter: &str) -> bool {
@@ -347,13 +370,37 @@ impl Broker {
         removed
     }
 
-    /// KEYNOTIFY: `client` observes `key`.
-    fn observe(&self, client: &Arc<str>, key: Bytes) {
+    /// KEYNOTIFY: `client` observes `key`; false when it observes too many keys already.
+    fn observe(&self, client: &Arc<str>, key: Bytes) -> bool {
         let mut st = self.state();
-        if let Some(s) = st.sessions.get_mut(client) {
-            s.observed.insert(key.clone());
-            st.observers.entry(key).or_default().insert(client.clone());
+        let Some(s) = st.sessions.get_mut(client) else { return true };
+        if s.observed.len() >= MAX_OBSERVED && !s.observed.contains(&key) {
+            return false;
         }
+        s.observed.insert(key.clone());
+        st.observers.entry(key).or_default().insert(client.clone());
+        true
+    }
+
+    /// Up to `room` QoS 1 messages (and the QoS 0 ones between them) waiting for `client`,
+    /// in order, when connection `conn_id` still serves it.
+    fn take(&self, client: &str, conn_id: u64, mut room: usize) -> Vec<Message> {
+        let mut st = self.state();
+        let Some(s) = st.sessions.get_mut(client).filter(|s| s.conn.as_ref().is_some_and(|(id, _)| *id == conn_id))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(m) = s.queue.front() {
+            if m.qos != QoS::Level0 {
+                if room == 0 {
+                    break;
+                }
+                room -= 1;
+            }
+            out.push(s.queue.pop_front().expect("front"));
+        }
+        out
     }
 
     /// KEYNOTIFY … STOP: whether `client` was observing `key`.
@@ -377,7 +424,13 @@ impl Broker {
 
     fn cache_reply(&self, client: &str, correlation: Bytes, until: Instant, reply: Message) {
         if let Some(s) = self.state().sessions.get_mut(client) {
-            s.replies.insert(correlation, (until, reply));
+            if s.replies.len() >= MAX_REPLIES {
+                let now = Instant::now();
+                s.replies.retain(|_, (until, _)| *until > now);
+            }
+            if s.replies.len() < MAX_REPLIES {
+                s.replies.insert(correlation, (until, reply));
+            }
         }
     }
 
@@ -406,8 +459,9 @@ impl Broker {
 
 /// Tells a connection still serving this session that another took it over.
 fn take_over(s: &Session) {
-    if let Some((_, tx)) = &s.conn {
-        let _ = tx.try_send(Out::TakenOver);
+    if let Some((_, signals)) = &s.conn {
+        signals.taken_over.store(true, Ordering::SeqCst);
+        signals.ready.notify_one();
     }
 }
 

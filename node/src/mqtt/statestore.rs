@@ -31,6 +31,11 @@ pub fn notify_topic(client: &str, key: &[u8]) -> String {
     format!("{NOTIFY_PREFIX}/{}/command/notify/{}", hex(client.as_bytes()), hex(key))
 }
 
+/// Topics only the store publishes to (key notifications).
+pub fn reserved(topic: &str) -> bool {
+    topic.starts_with(NOTIFY_PREFIX)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
 }
@@ -96,9 +101,13 @@ pub async fn serve(broker: &Broker, client: &Arc<str>, req: Publish) -> Option<M
         Some(refused) => refused,
         None => run(broker, client, props, &req.payload).await,
     };
+    // Only answers are kept for a repeat: after "unavailable" or "timed out" it runs again.
+    let answered = matches!(reply, Reply::Ok(..));
     let reply = message(response_topic, Some(correlation.clone()), reply);
-    let keep = Duration::from_secs(props.message_expiry_interval.unwrap_or(60).clamp(1, 3600).into());
-    broker.cache_reply(client, correlation, Instant::now() + keep, reply.clone());
+    if answered {
+        let keep = Duration::from_secs(props.message_expiry_interval.unwrap_or(60).clamp(1, 600).into());
+        broker.cache_reply(client, correlation, Instant::now() + keep, reply.clone());
+    }
     Some(reply)
 }
 
@@ -174,7 +183,10 @@ fn set_options(opts: &[Bytes]) -> Result<(PutCondition, Option<u64>), SyntaxErro
             b"PX" if ttl.is_none() => {
                 let ms = it.next().ok_or(SyntaxError)?;
                 let ms: u64 = std::str::from_utf8(ms).ok().and_then(|s| s.parse().ok()).ok_or(SyntaxError)?;
-                ttl = Some(ms.max(1));
+                ttl = Some(ms).filter(|ms| *ms > 0);
+                if ttl.is_none() {
+                    return Err(SyntaxError);
+                }
             }
             _ => return Err(SyntaxError),
         }
@@ -252,7 +264,9 @@ fn keynotify(broker: &Broker, m: &Meta<'_>, args: &[Bytes]) -> Result<Reply, Err
         Err(reply) => return Ok(reply),
     };
     if !stop {
-        broker.observe(m.client, key);
+        if !broker.observe(m.client, key) {
+            return Ok(Reply::err("the quota has been exceeded"));
+        }
         return Ok(Reply::Ok(resp3::OK.into(), None));
     }
     let was = broker.unobserve(m.client, &key);
@@ -366,7 +380,9 @@ mod tests {
         assert_eq!(set_options(&b(&[])), Ok((PutCondition::Always, None)));
         assert_eq!(set_options(&b(&["NX", "PX", "30000"])), Ok((PutCondition::IfAbsent, Some(30_000))));
         assert_eq!(set_options(&b(&["px", "10", "nex"])), Ok((PutCondition::IfAbsentOrEqual, Some(10))));
-        for bad in [&["NX", "NEX"][..], &["PX"], &["PX", "ten"], &["PX", "-1"], &["PX", "1", "PX", "2"], &["XX"]] {
+        for bad in
+            [&["NX", "NEX"][..], &["PX"], &["PX", "ten"], &["PX", "-1"], &["PX", "0"], &["PX", "1", "PX", "2"], &["XX"]]
+        {
             assert_eq!(set_options(&b(bad)), Err(SyntaxError), "{bad:?}");
         }
     }

@@ -109,8 +109,13 @@ impl Node {
                 Ok(Node { handle, consensus, stop, tasks, log })
             }
             Err(e) => {
+                // Stop the peer server; do not wait on connections someone else keeps open
+                // (a peer of a former node at this address keeps retrying).
                 let _ = stop.send(true);
-                let _ = peer.await;
+                let mut peer = peer;
+                if tokio::time::timeout(Duration::from_secs(1), &mut peer).await.is_err() {
+                    peer.abort();
+                }
                 Err(e)
             }
         }
