@@ -113,3 +113,25 @@ impl Io {
 pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
+
+/// The next accepted connection, reaping the finished tasks in `conns` meanwhile; `None` once
+/// `stop` turns true or the listener ends. Failed accepts are logged and skipped.
+pub async fn accept<T: 'static>(
+    incoming: &mut Incoming,
+    conns: &mut tokio::task::JoinSet<T>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    door: &str,
+) -> Option<Conn> {
+    loop {
+        let next = tokio::select! {
+            c = incoming.next() => c,
+            _ = stop.wait_for(|s| *s) => return None,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        match next {
+            Some(Ok(c)) => return Some(c),
+            Some(Err(e)) => tracing::debug!(door, error = %e, "accept failed"),
+            None => return None,
+        }
+    }
+}

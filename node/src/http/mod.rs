@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::StreamExt;
 
 /// What every HTTP request handler shares.
 pub struct HttpState {
@@ -39,20 +38,7 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
         (l.max_http_connections, l.http_header_timeout)
     };
     let mut conns = JoinSet::new();
-    loop {
-        let conn = tokio::select! {
-            c = incoming.next() => c,
-            _ = stop.wait_for(|s| *s) => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let conn = match conn {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "http accept failed");
-                continue;
-            }
-            None => break,
-        };
+    while let Some(conn) = crate::io::accept(&mut incoming, &mut conns, &mut stop, "http").await {
         while conns.try_join_next().is_some() {}
         if conns.len() >= max_conns {
             tracing::warn!(limit = max_conns, "http connection limit reached; closing a new connection");

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tokio_stream::StreamExt;
 
 /// How the broker reaches the connection serving a session.
 #[derive(Default)]
@@ -484,20 +483,7 @@ pub async fn serve(mut incoming: Incoming, broker: Broker, stop: watch::Receiver
     background.spawn(notify::run(broker.clone(), stop.clone()));
     background.spawn(sweep(broker.clone(), stop.clone()));
     let mut stopping = stop.clone();
-    loop {
-        let conn = tokio::select! {
-            c = incoming.next() => c,
-            _ = stopping.wait_for(|s| *s) => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let conn = match conn {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "mqtt accept failed");
-                continue;
-            }
-            None => break,
-        };
+    while let Some(conn) = crate::io::accept(&mut incoming, &mut conns, &mut stopping, "mqtt").await {
         conns.spawn(conn::run(broker.clone(), conn, stop.clone()));
     }
     // Each connection sees `stop` too and says goodbye; give them a moment to.
