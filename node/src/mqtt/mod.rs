@@ -127,21 +127,34 @@ struct State {
     sessions: HashMap<Arc<str>, Session>,
     retained: BTreeMap<String, Message>,
     /// key → clients observing it.
-    observers: HashMap<Bytes, BTreeSet<Arc<str>>>,
+    observers: Links<Bytes>,
     /// Which clients subscribed to which filters, so a publish looks at its candidates only.
     index: Index,
+}
+
+/// Which clients are linked to each key (a filter, an observed key).
+type Links<K> = BTreeMap<K, BTreeSet<Arc<str>>>;
+
+/// Unlinks `client` from `key`, dropping the key with its last client.
+fn unlink<K: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(links: &mut Links<K>, key: &Q, client: &Arc<str>) {
+    if let Some(clients) = links.get_mut(key) {
+        clients.remove(client);
+        if clients.is_empty() {
+            links.remove(key);
+        }
+    }
 }
 
 /// Subscribers by filter: filters without wildcards by exact topic (one lookup per
 /// publish), the others scanned.
 #[derive(Default)]
 struct Index {
-    exact: HashMap<String, BTreeSet<Arc<str>>>,
-    wild: BTreeMap<String, BTreeSet<Arc<str>>>,
+    exact: Links<String>,
+    wild: Links<String>,
 }
 
 impl Index {
-    fn side(&mut self, filter: &str) -> &mut dyn IndexSide {
+    fn side(&mut self, filter: &str) -> &mut Links<String> {
         if filter.contains(['+', '#']) {
             &mut self.wild
         } else {
@@ -150,11 +163,11 @@ impl Index {
     }
 
     fn add(&mut self, filter: &str, client: &Arc<str>) {
-        self.side(filter).add(filter, client);
+        self.side(filter).entry(filter.to_string()).or_default().insert(client.clone());
     }
 
     fn remove(&mut self, filter: &str, client: &Arc<str>) {
-        self.side(filter).remove(filter, client);
+        unlink(self.side(filter), filter, client);
     }
 
     /// Clients with a filter that matches `topic`.
@@ -168,32 +181,6 @@ impl Index {
         out
     }
 }
-
-/// One half of the index: filter → clients, dropping a filter with its last client.
-trait IndexSide {
-    fn add(&mut self, filter: &str, client: &Arc<str>);
-    fn remove(&mut self, filter: &str, client: &Arc<str>);
-}
-
-macro_rules! index_side {
-    ($map:ident) => {
-        impl IndexSide for $map<String, BTreeSet<Arc<str>>> {
-            fn add(&mut self, filter: &str, client: &Arc<str>) {
-                self.entry(filter.to_string()).or_default().insert(client.clone());
-            }
-            fn remove(&mut self, filter: &str, client: &Arc<str>) {
-                if let Some(clients) = self.get_mut(filter) {
-                    clients.remove(client);
-                    if clients.is_empty() {
-                        self.remove(filter);
-                    }
-                }
-            }
-        }
-    };
-}
-index_side!(HashMap);
-index_side!(BTreeMap);
 
 impl State {
     /// Ends `client`'s session: its subscriptions and observations go with it.
@@ -466,12 +453,7 @@ fn take_over(s: &Session) {
 
 fn forget_observations(st: &mut State, client: &Arc<str>, keys: &BTreeSet<Bytes>) {
     for k in keys {
-        if let Some(clients) = st.observers.get_mut(k) {
-            clients.remove(client);
-            if clients.is_empty() {
-                st.observers.remove(k);
-            }
-        }
+        unlink(&mut st.observers, k, client);
     }
 }
 
