@@ -19,9 +19,18 @@ pub enum HubMsg {
     },
 }
 
+/// Which MQTT sessions an apply changed, for the broker on this node.
+#[derive(Clone, Debug)]
+pub enum SessionNews {
+    Changed(Arc<str>),
+    /// Any may have (a snapshot replaced the state).
+    All,
+}
+
 pub struct EventHub {
     inner: Mutex<History>,
     tx: broadcast::Sender<HubMsg>,
+    sessions: broadcast::Sender<SessionNews>,
     capacity: usize,
 }
 
@@ -50,7 +59,20 @@ impl EventHub {
     pub fn with_live_capacity(capacity: usize, live: usize, next_revision: u64) -> Self {
         let (tx, _) = broadcast::channel(live.max(1));
         let inner = Mutex::new(History { events: VecDeque::new(), complete_from: next_revision });
-        Self { inner, tx, capacity }
+        let (sessions, _) = broadcast::channel(1024);
+        Self { inner, tx, sessions, capacity }
+    }
+
+    /// Tells the broker which sessions changed (nobody listening is fine).
+    pub fn publish_sessions(&self, clients: impl IntoIterator<Item = String>) {
+        for c in clients {
+            let _ = self.sessions.send(SessionNews::Changed(c.into()));
+        }
+    }
+
+    /// Session changes from now on; a receiver that lags must treat it as `All`.
+    pub fn subscribe_sessions(&self) -> broadcast::Receiver<SessionNews> {
+        self.sessions.subscribe()
     }
 
     pub fn publish(&self, events: Vec<Event>) {
@@ -78,6 +100,7 @@ impl EventHub {
         h.complete_from = next_revision;
         // Live watchers must hear about the jump too: never a silent gap.
         let _ = self.tx.send(HubMsg::Reset { next: next_revision });
+        let _ = self.sessions.send(SessionNews::All);
     }
 
     /// Subscribes to live events and, atomically with it, collects the backlog from `from`.

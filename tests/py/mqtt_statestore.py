@@ -1,5 +1,6 @@
 """The AIO state store protocol and broker behaviour, through paho-mqtt (MQTT v5), against
-statenode's MQTT door. Usage: mqtt_statestore.py MQTT_HOST:PORT HTTP_HOST:PORT
+statenode's MQTT door. Usage: mqtt_statestore.py MQTT_HOST:PORT HTTP_HOST:PORT OTHER_MQTT_HOST:PORT
+(the other MQTT address is another node's: sessions move between nodes)
 
 Each check prints a line; the first failure raises (exit code 1) with what was seen.
 Every wait is bounded."""
@@ -20,6 +21,7 @@ NOTIFY = "clients/statestore/v1/FA9AE35F-2F64-47CD-9BFF-08E2B32A0FE8"
 HOST, PORT = sys.argv[1].rsplit(":", 1)
 PORT = int(PORT)
 HTTP = sys.argv[2]
+OTHER_MQTT = sys.argv[3]
 TIMEOUT = 10
 
 
@@ -42,7 +44,7 @@ def now_hlc(offset_ms=0, node="pyclient"):
 class Client:
     """A paho client that collects what it receives."""
 
-    def __init__(self, cid, clean=True, expiry=300, will=None, keepalive=60):
+    def __init__(self, cid, clean=True, expiry=300, will=None, keepalive=60, addr=None):
         self.cid = cid
         self.msgs = []
         self.cond = threading.Condition()
@@ -58,7 +60,8 @@ class Client:
             self.c.will_set(will[0], will[1], qos=1)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = expiry
-        self.c.connect(HOST, PORT, keepalive=keepalive, clean_start=clean, properties=props)
+        host, port = (addr.rsplit(":", 1)[0], int(addr.rsplit(":", 1)[1])) if addr else (HOST, PORT)
+        self.c.connect(host, port, keepalive=keepalive, clean_start=clean, properties=props)
         self.c.loop_start()
         self.wait(lambda: self.connack is not None, "CONNACK")
 
@@ -299,6 +302,40 @@ def sessions():
         x.stop()
 
 
+def sessions_across_nodes():
+    """Sessions are replicated: resumed on another node with their subscriptions and
+    KEYNOTIFY registrations, taken over across nodes, and expired cluster-wide."""
+    a = StateStore("py-roam", clean=False, expiry=60)
+    a.sub("roam/#")
+    a.request(resp("KEYNOTIFY", "roam-key"))
+    # The same client id connects to another node: the session moves there.
+    b = Client("py-roam", clean=False, expiry=60, addr=OTHER_MQTT)
+    a.wait(lambda: a.disconnect_rc is not None, "DISCONNECT on take-over from another node")
+    check("take-over from another node", a.disconnect_rc.value, 0x8E)
+    a.c.loop_stop()
+    check("session present on another node", b.connack[0], True)
+    pub = Client("py-roam-pub", addr=OTHER_MQTT)
+    pub.c.publish("roam/1", b"there", qos=1).wait_for_publish(TIMEOUT)
+    check("subscription resumed on another node", b.take(lambda m: m.topic == "roam/1", "roam/1").payload, b"there")
+    req = urllib.request.Request("http://%s/v1/kv/roam-key" % HTTP, data=b"moved", method="PUT")
+    urllib.request.urlopen(req, timeout=TIMEOUT).read()
+    topic = "%s/%s/command/notify/%s" % (NOTIFY, hexup(b"py-roam"), hexup(b"roam-key"))
+    check("KEYNOTIFY resumed on another node", b.take(lambda m: m.topic == topic, "notification").payload,
+          resp("NOTIFY", "SET", "VALUE", "moved"))
+    b.stop()
+    back = Client("py-roam", clean=False, expiry=60)
+    check("session present back on the first node", back.connack[0], True)
+    back.stop()
+    fresh = Client("py-roam", clean=True, expiry=1, addr=OTHER_MQTT)
+    check("clean start: no session", fresh.connack[0], False)
+    fresh.stop()
+    time.sleep(2.5)  # the 1 s expiry runs out; the leader's reaper ends it cluster-wide
+    gone = Client("py-roam", clean=False, expiry=60)
+    check("expired session not present on another node", gone.connack[0], False)
+    gone.stop()
+    pub.stop()
+
+
 def qos2_is_refused():
     c = Client("py-qos2")
     c.c.publish("q/2", b"x", qos=2)
@@ -309,7 +346,7 @@ def qos2_is_refused():
 
 def main():
     for step in (state_store_commands, fencing, bad_requests, notifications_from_every_door, broker, sessions,
-                 qos2_is_refused):
+                 sessions_across_nodes, qos2_is_refused):
         print("--", step.__name__)
         step()
     print("all MQTT checks passed")

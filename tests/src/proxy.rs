@@ -1,4 +1,5 @@
-//! A loopback TCP proxy in front of a node's peer port, to cut, slow or drop its links.
+//! A loopback TCP proxy in front of a node's peer port, to cut, slow or drop its links; or in
+//! front of several nodes' client ports, as a Kubernetes Service balances them.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -29,15 +30,20 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: String) -> Proxy {
+        Self::balance(vec![upstream]).await
+    }
+
+    /// Each connection goes to the first of `upstreams` that accepts it.
+    pub async fn balance(upstreams: Vec<String>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr").to_string();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let m = mode.clone();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let (m, upstream) = (m.clone(), upstream.clone());
+                let (m, upstreams) = (m.clone(), upstreams.clone());
                 tokio::spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(&upstream).await {
+                    if let Some(outbound) = first_to_accept(&upstreams).await {
                         let (ri, wi) = inbound.into_split();
                         let (ro, wo) = outbound.into_split();
                         tokio::join!(pipe(ri, wo, m.clone()), pipe(ro, wi, m));
@@ -57,6 +63,15 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+async fn first_to_accept(upstreams: &[String]) -> Option<TcpStream> {
+    for u in upstreams {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(u)).await {
+            return Some(s);
+        }
+    }
+    None
 }
 
 async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mode: Arc<AtomicU8>) {

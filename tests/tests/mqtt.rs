@@ -14,7 +14,8 @@ async fn paho_speaks_the_state_store_protocol_through_a_follower() {
     let follower = c.nodes.iter().find(|n| n.id != leader).expect("a follower");
     let other = c.nodes.iter().find(|n| n.id != follower.id).expect("another node");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join("mqtt_statestore.py");
-    let out = Command::new("python3").arg(script).args([&follower.mqtt, &other.http]).output().expect("python3");
+    let out =
+        Command::new("python3").arg(script).args([&follower.mqtt, &other.http, &other.mqtt]).output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -6,7 +6,7 @@ mod route;
 mod write;
 
 pub use crate::api::*;
-pub use crate::watch::{EventStream, WatchItem};
+pub use crate::watch::{EventStream, SessionNews, WatchItem};
 
 use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
@@ -125,6 +125,16 @@ impl NodeHandle {
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> Result<EventStream> {
         self.inner.limits.check_request(prefix.len())?;
         Ok(EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id()))
+    }
+
+    /// `client`'s MQTT session record as this node applied it.
+    pub fn session_record(&self, client: &str) -> Option<crate::kv::SessionRecord> {
+        self.inner.sm.read().kv.session(client).cloned()
+    }
+
+    /// Which MQTT session records this node applies from now on.
+    pub fn session_news(&self) -> tokio::sync::broadcast::Receiver<SessionNews> {
+        self.inner.sm.hub().subscribe_sessions()
     }
 
     pub async fn status(&self) -> ClusterStatus {

@@ -6,7 +6,8 @@ use super::NodeHandle;
 use crate::api::{BatchDone, DeleteDone, PutDone, TxnDone};
 use crate::error::{Error, Result};
 use crate::kv::{
-    ClientRef, Command, CommandResult, Delete, DeleteOutcome, Op, OpResult, Outcome, Put, Rejection, TxnOp,
+    ClientRef, Command, CommandResult, Delete, DeleteOutcome, Op, OpResult, Outcome, Put, Rejection, SessionOp,
+    SessionResult, TxnOp,
 };
 use crate::raft::peer::{unexpected, PeerReply, PeerRequest};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +73,19 @@ impl NodeHandle {
         results.iter().try_for_each(refused)?;
         let failed = results.iter().enumerate().filter(|(_, r)| !applied(r)).map(|(i, _)| i).collect();
         Ok(BatchDone { revision: r.revision, failed })
+    }
+
+    /// An MQTT session change (`kv::session`): the session as it left it.
+    pub async fn session(&self, op: SessionOp) -> Result<SessionResult> {
+        if let SessionOp::Save { subs, observed, .. } = &op {
+            let size = subs.iter().map(|s| s.filter.len() + 2).sum::<usize>()
+                + observed.iter().map(|k| k.len()).sum::<usize>();
+            self.inner.limits.check_request(size)?;
+        }
+        match self.write(Op::Session(op), None).await?.outcome {
+            Outcome::Session(r) => Ok(r),
+            other => Err(Error::internal(format!("a session change answered {other:?}"))),
+        }
     }
 
     /// On the leader: deletes every key whose TTL ran out (the reaper's proposal).

@@ -1,6 +1,7 @@
 //! What a log entry asks the state machine to do, and what it answers.
 
 use super::hlc::Hlc;
+use super::session::{SessionOp, SessionResult};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +32,11 @@ pub enum Op {
     Txn(Vec<TxnOp>),
     /// Each op applied on its own (Dapr bulk save: partial success, one log entry).
     Batch(Vec<TxnOp>),
-    /// Delete every key whose expiry is at or before the command's `now_ms`.
+    /// Delete every key, and end every detached MQTT session, whose expiry is at or before
+    /// the command's `now_ms`.
     Expire,
+    /// An MQTT session change (`session.rs`).
+    Session(SessionOp),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +139,7 @@ pub enum Outcome {
     Expired {
         count: u32,
     },
+    Session(SessionResult),
     /// A membership or blank entry: nothing for the key space.
     None,
 }
@@ -144,7 +149,7 @@ impl Op {
     pub fn items(&self) -> &[TxnOp] {
         match self {
             Op::Txn(ops) | Op::Batch(ops) => ops,
-            Op::Put(_) | Op::Delete(_) | Op::Expire => &[],
+            Op::Put(_) | Op::Delete(_) | Op::Expire | Op::Session(_) => &[],
         }
     }
 }

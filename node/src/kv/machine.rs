@@ -4,6 +4,7 @@ use super::command::*;
 use super::dedup::{ClientWindow, DedupTable, Seen};
 use super::event::{Event, EventKind};
 use super::hlc::Hlc;
+use super::session::{SessionOp, SessionRecord, SessionResult, MAX_SESSIONS};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,7 @@ impl Entry {
 pub struct Dirty {
     pub keys: BTreeSet<Bytes>,
     pub clients: BTreeSet<u64>,
+    pub sessions: BTreeSet<String>,
 }
 
 /// Keys, versions and the dedup table: everything the replicas agree on.
@@ -58,6 +60,10 @@ pub struct StateMachine {
     /// is behind must not bring back a key that already expired).
     clock_ms: u64,
     dedup: DedupTable,
+    /// MQTT sessions by client id (`session.rs`).
+    sessions: BTreeMap<String, SessionRecord>,
+    /// `(ends_at_ms, client)` for every detached session, soonest first.
+    session_ends: BTreeSet<(u64, String)>,
     dirty: Dirty,
 }
 
@@ -111,9 +117,19 @@ impl StateMachine {
             .collect()
     }
 
-    /// The soonest expiry time of any key, for the leader's reaper.
+    /// The soonest expiry time of any key or session, for the leader's reaper.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry.first().map(|(t, _)| *t)
+        let key = self.expiry.first().map(|(t, _)| *t);
+        let session = self.session_ends.first().map(|(t, _)| *t);
+        key.into_iter().chain(session).min()
+    }
+
+    pub fn session(&self, client: &str) -> Option<&SessionRecord> {
+        self.sessions.get(client)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = (&String, &SessionRecord)> {
+        self.sessions.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -155,10 +171,13 @@ impl StateMachine {
         last_version: Hlc,
         clock_ms: u64,
         dedup: DedupTable,
+        sessions: impl IntoIterator<Item = (String, SessionRecord)>,
     ) -> Self {
         let keys: BTreeMap<Bytes, Entry> = keys.into_iter().collect();
         let expiry = keys.iter().filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone()))).collect();
-        Self { keys, expiry, last_version, clock_ms, dedup, dirty: Dirty::default() }
+        let sessions: BTreeMap<String, SessionRecord> = sessions.into_iter().collect();
+        let session_ends = sessions.iter().filter_map(|(c, r)| r.ends_at().map(|t| (t, c.clone()))).collect();
+        Self { keys, expiry, last_version, clock_ms, dedup, sessions, session_ends, dirty: Dirty::default() }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
@@ -176,6 +195,21 @@ impl StateMachine {
         }
         self.dirty.keys.insert(key.clone());
         self.keys.insert(key, entry);
+    }
+
+    /// Replaces (or with `None` removes) `client`'s session record.
+    fn set_session(&mut self, client: &str, record: Option<SessionRecord>) {
+        if let Some(t) = self.sessions.get(client).and_then(SessionRecord::ends_at) {
+            self.session_ends.remove(&(t, client.to_string()));
+        }
+        if let Some(t) = record.as_ref().and_then(SessionRecord::ends_at) {
+            self.session_ends.insert((t, client.to_string()));
+        }
+        self.dirty.sessions.insert(client.to_string());
+        match record {
+            Some(r) => self.sessions.insert(client.to_string(), r),
+            None => self.sessions.remove(client),
+        };
     }
 
     fn remove(&mut self, key: &Bytes) -> Option<Entry> {
@@ -203,8 +237,81 @@ impl Apply<'_> {
             Op::Delete(d) => Outcome::Op(self.delete(d)),
             Op::Batch(ops) => Outcome::Batch(ops.iter().map(|o| self.item(o)).collect()),
             Op::Txn(ops) => self.txn(ops),
-            Op::Expire => Outcome::Expired { count: self.expire_due() },
+            Op::Expire => Outcome::Expired { count: self.expire_due() + self.expire_sessions() },
+            Op::Session(s) => Outcome::Session(self.session(s)),
         }
+    }
+
+    fn session(&mut self, op: &SessionOp) -> SessionResult {
+        let now = self.now_ms;
+        let sm = &mut *self.sm;
+        let current = |sm: &StateMachine, client: &str| sm.sessions.get(client).cloned();
+        let owned = |sm: &StateMachine, client: &str, owner| current(sm, client).filter(|r| r.owner == Some(owner));
+        match op {
+            SessionOp::Open { client, owner, clean, expiry_s } => {
+                let previous = current(sm, client);
+                if previous.is_none() && sm.sessions.len() >= MAX_SESSIONS {
+                    return SessionResult::Quota;
+                }
+                let gen = previous.as_ref().map_or(0, |r| r.gen);
+                let live = previous.filter(|r| r.ends_at().is_none_or(|t| t > now));
+                let resumed = live.is_some() && !clean;
+                let mut record = live.filter(|_| resumed).unwrap_or_default();
+                // Saves count on from the previous owner's: a late one of its is stale.
+                record.gen = gen;
+                record.owner = Some(*owner);
+                record.expiry_s = *expiry_s;
+                record.detached_ms = 0;
+                sm.set_session(client, Some(record.clone()));
+                SessionResult::Done { resumed, record: Some(record) }
+            }
+            SessionOp::Save { client, owner, gen, subs, observed } => {
+                let Some(mut record) = owned(sm, client, *owner).filter(|r| *gen > r.gen) else {
+                    return SessionResult::Done { resumed: false, record: current(sm, client) };
+                };
+                record.gen = *gen;
+                record.subs = subs.clone();
+                record.observed = observed.clone();
+                sm.set_session(client, Some(record.clone()));
+                SessionResult::Done { resumed: false, record: Some(record) }
+            }
+            SessionOp::Close { client, owner, expiry_s } => {
+                let Some(mut record) = owned(sm, client, *owner) else {
+                    return SessionResult::Done { resumed: false, record: current(sm, client) };
+                };
+                record.owner = None;
+                record.expiry_s = *expiry_s;
+                record.detached_ms = now;
+                let record = (*expiry_s > 0).then_some(record);
+                sm.set_session(client, record.clone());
+                SessionResult::Done { resumed: false, record }
+            }
+            SessionOp::Orphan { node, boot } => {
+                let stale: Vec<(String, SessionRecord)> = sm
+                    .sessions
+                    .iter()
+                    .filter(|(_, r)| r.owner.is_some_and(|o| o.node == *node && o.boot != *boot))
+                    .map(|(c, r)| (c.clone(), r.clone()))
+                    .collect();
+                for (client, mut record) in stale.iter().cloned() {
+                    record.owner = None;
+                    record.detached_ms = now;
+                    let keep = record.expiry_s > 0;
+                    sm.set_session(&client, keep.then_some(record));
+                }
+                SessionResult::Orphaned(stale.len() as u32)
+            }
+        }
+    }
+
+    /// Ends every detached session whose expiry ran out by this command's time.
+    fn expire_sessions(&mut self) -> u32 {
+        let due: Vec<String> =
+            self.sm.session_ends.iter().take_while(|(t, _)| *t <= self.now_ms).map(|(_, c)| c.clone()).collect();
+        for client in &due {
+            self.sm.set_session(client, None);
+        }
+        due.len() as u32
     }
 
     fn item(&mut self, op: &TxnOp) -> OpResult {

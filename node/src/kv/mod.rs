@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod event;
 pub mod hlc;
 pub mod machine;
+pub mod session;
 pub mod snapshot;
 
 #[cfg(test)]
@@ -15,3 +16,4 @@ pub use command::*;
 pub use event::{Event, EventKind};
 pub use hlc::Hlc;
 pub use machine::{Entry, StateMachine};
+pub use session::{Owner, SessionOp, SessionRecord, SessionResult, SubRecord};

@@ -5,15 +5,27 @@
 use super::dedup::DedupTable;
 use super::hlc::Hlc;
 use super::machine::{Entry, StateMachine};
+use super::session::SessionRecord;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"SNKV";
 /// 2: the state-machine clock, and each dedup client's last write time.
-const FORMAT: u16 = 2;
+/// 3: MQTT sessions. Format 2 is still read (no sessions).
+const FORMAT: u16 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Body {
+    keys: Vec<(Bytes, Entry)>,
+    last_version: Hlc,
+    clock_ms: u64,
+    dedup: DedupTable,
+    sessions: Vec<(String, SessionRecord)>,
+}
+
+/// Format 2: the body without sessions.
+#[derive(Deserialize)]
+struct BodyV2 {
     keys: Vec<(Bytes, Entry)>,
     last_version: Hlc,
     clock_ms: u64,
@@ -36,6 +48,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
         last_version: sm.last_version(),
         clock_ms: sm.clock_ms(),
         dedup: sm.dedup().clone(),
+        sessions: sm.sessions().map(|(c, r)| (c.clone(), r.clone())).collect(),
     };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
@@ -49,9 +62,13 @@ pub fn decode(data: &[u8]) -> Result<StateMachine, SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     let format = u16::from_le_bytes([data[4], data[5]]);
-    if format != FORMAT {
-        return Err(SnapshotError::UnknownFormat(format));
-    }
-    let body: Body = bincode::deserialize(&data[6..])?;
-    Ok(StateMachine::from_parts(body.keys, body.last_version, body.clock_ms, body.dedup))
+    let body: Body = match format {
+        FORMAT => bincode::deserialize(&data[6..])?,
+        2 => {
+            let b: BodyV2 = bincode::deserialize(&data[6..])?;
+            Body { keys: b.keys, last_version: b.last_version, clock_ms: b.clock_ms, dedup: b.dedup, sessions: vec![] }
+        }
+        other => return Err(SnapshotError::UnknownFormat(other)),
+    };
+    Ok(StateMachine::from_parts(body.keys, body.last_version, body.clock_ms, body.dedup, body.sessions))
 }

@@ -342,3 +342,101 @@ proptest! {
         prop_assert_eq!(back.list(b"", b"", 100, 0), sm.list(b"", b"", 100, 0));
     }
 }
+
+fn owner(node: u64, boot: u64, conn: u64) -> Owner {
+    Owner { node, boot, conn }
+}
+
+fn session(sm: &mut StateMachine, index: u64, now_ms: u64, op: SessionOp) -> SessionResult {
+    match sm.apply(index, &cmd(now_ms, Op::Session(op))).0.outcome {
+        Outcome::Session(r) => r,
+        other => panic!("not a session result: {other:?}"),
+    }
+}
+
+fn open(client: &str, owner: Owner, clean: bool, expiry_s: u32) -> SessionOp {
+    SessionOp::Open { client: client.into(), owner, clean, expiry_s }
+}
+
+fn save(client: &str, owner: Owner, gen: u64, filter: &str) -> SessionOp {
+    let subs = vec![SubRecord { filter: filter.into(), qos: 1, no_local: false }];
+    SessionOp::Save { client: client.into(), owner, gen, subs, observed: vec![b("k")] }
+}
+
+#[test]
+fn sessions_resume_move_between_owners_and_expire() {
+    let mut sm = StateMachine::default();
+    let (o1, o2) = (owner(1, 10, 1), owner(2, 20, 1));
+    let r = session(&mut sm, 1, 1000, open("c", o1, false, 60));
+    assert!(matches!(r, SessionResult::Done { resumed: false, record: Some(ref rec) } if rec.owner == Some(o1)));
+    session(&mut sm, 2, 1000, save("c", o1, 1, "a/#"));
+    // A save that is not newer than the saved one changes nothing.
+    session(&mut sm, 3, 1000, save("c", o1, 1, "stale/#"));
+    assert_eq!(sm.session("c").unwrap().subs[0].filter, "a/#");
+    // Another node takes it over and resumes what was saved.
+    let SessionResult::Done { resumed, record } = session(&mut sm, 4, 1100, open("c", o2, false, 60)) else {
+        panic!("open refused")
+    };
+    let record = record.unwrap();
+    assert!(resumed);
+    assert_eq!((record.owner, record.gen, record.subs[0].filter.as_str()), (Some(o2), 1, "a/#"));
+    assert_eq!(record.observed, vec![b("k")]);
+    // The old owner can no longer save or close it.
+    session(&mut sm, 5, 1100, save("c", o1, 9, "old/#"));
+    session(&mut sm, 6, 1100, SessionOp::Close { client: "c".into(), owner: o1, expiry_s: 60 });
+    assert_eq!(sm.session("c").unwrap().owner, Some(o2));
+    assert_eq!(sm.session("c").unwrap().subs[0].filter, "a/#");
+    assert_eq!(sm.next_expiry(), None, "an owned session does not expire");
+    // Closed: it waits 60 s for the client, then the reaper's Expire ends it.
+    session(&mut sm, 7, 2000, SessionOp::Close { client: "c".into(), owner: o2, expiry_s: 60 });
+    assert_eq!(sm.next_expiry(), Some(62_000));
+    sm.apply(8, &cmd(61_999, Op::Expire));
+    assert!(sm.session("c").is_some());
+    let (r, _) = sm.apply(9, &cmd(62_000, Op::Expire));
+    assert_eq!(r.outcome, Outcome::Expired { count: 1 });
+    assert!(sm.session("c").is_none());
+    assert_eq!(sm.next_expiry(), None);
+}
+
+#[test]
+fn clean_start_and_an_expired_session_do_not_resume() {
+    let mut sm = StateMachine::default();
+    let o = owner(1, 1, 1);
+    session(&mut sm, 1, 1000, open("c", o, false, 1));
+    session(&mut sm, 2, 1000, save("c", o, 1, "a"));
+    let r = session(&mut sm, 3, 1000, open("c", owner(1, 1, 2), true, 1));
+    assert!(matches!(r, SessionResult::Done { resumed: false, record: Some(ref rec) } if rec.subs.is_empty()));
+    session(&mut sm, 4, 1000, SessionOp::Close { client: "c".into(), owner: owner(1, 1, 2), expiry_s: 1 });
+    // Ran out at 2000 but not reaped yet: not resumed all the same.
+    let r = session(&mut sm, 5, 2500, open("c", o, false, 1));
+    assert!(matches!(r, SessionResult::Done { resumed: false, .. }));
+    // Expiry 0: closing ends it.
+    session(&mut sm, 6, 2500, SessionOp::Close { client: "c".into(), owner: o, expiry_s: 0 });
+    assert!(sm.session("c").is_none());
+}
+
+#[test]
+fn a_restarted_node_orphans_its_earlier_runs_sessions() {
+    let mut sm = StateMachine::default();
+    session(&mut sm, 1, 1000, open("old", owner(1, 1, 1), false, 30));
+    session(&mut sm, 2, 1000, open("new", owner(1, 2, 1), false, 30));
+    session(&mut sm, 3, 1000, open("gone", owner(1, 1, 2), false, 0));
+    session(&mut sm, 4, 1000, open("other", owner(2, 1, 1), false, 30));
+    let r = session(&mut sm, 5, 5000, SessionOp::Orphan { node: 1, boot: 2 });
+    assert_eq!(r, SessionResult::Orphaned(2));
+    assert_eq!(sm.session("old").unwrap().ends_at(), Some(35_000));
+    assert!(sm.session("gone").is_none(), "expiry 0 ends with its connection");
+    assert!(sm.session("new").unwrap().owner.is_some());
+    assert!(sm.session("other").unwrap().owner.is_some());
+}
+
+#[test]
+fn sessions_survive_a_snapshot() {
+    let mut sm = StateMachine::default();
+    session(&mut sm, 1, 1000, open("c", owner(1, 1, 1), false, 30));
+    session(&mut sm, 2, 1000, save("c", owner(1, 1, 1), 1, "x/+"));
+    session(&mut sm, 3, 2000, SessionOp::Close { client: "c".into(), owner: owner(1, 1, 1), expiry_s: 30 });
+    let back = snapshot::decode(&snapshot::encode(&sm)).unwrap();
+    assert_eq!(back.session("c"), sm.session("c"));
+    assert_eq!(back.next_expiry(), Some(32_000));
+}

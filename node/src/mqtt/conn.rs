@@ -152,10 +152,15 @@ impl Connection {
         let client = assigned.clone().unwrap_or_else(|| c.client_id.clone());
         let asked = c.properties.session_expiry_interval.unwrap_or(0);
         let expiry = asked.min(MAX_SESSION_EXPIRY);
-        let Attached { session_present, conn_id, signals } = match broker.attach(&client, c.clean_start, expiry) {
+        let Attached { session_present, conn_id, signals } = match broker.connect(&client, c.clean_start, expiry).await
+        {
             Ok(a) => a,
             Err(Refused::Quota) => {
                 refuse(wr, ConnectReasonCode::QuotaExceeded).await;
+                return None;
+            }
+            Err(Refused::Unavailable) => {
+                refuse(wr, ConnectReasonCode::ServerUnavailable).await;
                 return None;
             }
         };
@@ -176,6 +181,7 @@ impl Connection {
         };
         if write(wr, &[ack.into()]).await.is_err() {
             broker.detach(&client, conn_id, expiry, Vec::new());
+            broker.close(&client, conn_id, expiry);
             return None;
         }
         let (served_tx, served) = mpsc::unbounded_channel();
@@ -274,9 +280,9 @@ impl Connection {
                 self.inflight.remove(&ack.pid.value());
                 Ok(self.pull())
             }
-            Packet::Subscribe(s) => Ok(self.on_subscribe(s)),
+            Packet::Subscribe(s) => Ok(self.on_subscribe(s).await),
             Packet::Unsubscribe(u) => {
-                let codes = u
+                let mut codes: Vec<_> = u
                     .topics
                     .iter()
                     .map(|f| match self.broker.unsubscribe(&self.client, f) {
@@ -284,6 +290,10 @@ impl Connection {
                         false => UnsubscribeReasonCode::NoSubscriptionExisted,
                     })
                     .collect();
+                if let Err(e) = self.broker.save(&self.client).await {
+                    tracing::warn!(error = %e, "unsubscribe not saved to the session");
+                    codes.fill(UnsubscribeReasonCode::UnspecifiedError);
+                }
                 Ok(vec![Unsuback::new(u.pid, codes).into()])
             }
             Packet::Pingreq => Ok(vec![Packet::Pingresp]),
@@ -358,7 +368,9 @@ impl Connection {
         Ok(Vec::new())
     }
 
-    fn on_subscribe(&mut self, s: mqtt_proto::v5::Subscribe) -> Vec<Packet> {
+    /// Subscribes, saves the session's subscriptions (before the SUBACK, so a session
+    /// resumed on another node has them) and queues the retained messages that match.
+    async fn on_subscribe(&mut self, s: mqtt_proto::v5::Subscribe) -> Vec<Packet> {
         let mut codes = Vec::with_capacity(s.topics.len());
         let mut retained_out = Vec::new();
         for (filter, opts) in &s.topics {
@@ -393,6 +405,17 @@ impl Connection {
                     m
                 }));
             }
+        }
+        if let Err(e) = self.broker.save(&self.client).await {
+            // Granted here but not in the session's record: taken back.
+            tracing::warn!(error = %e, "subscription not saved to the session");
+            for ((filter, _), code) in s.topics.iter().zip(codes.iter_mut()) {
+                if matches!(code, SubscribeReasonCode::GrantedQoS0 | SubscribeReasonCode::GrantedQoS1) {
+                    self.broker.unsubscribe(&self.client, filter);
+                    *code = SubscribeReasonCode::UnspecifiedError;
+                }
+            }
+            retained_out.clear();
         }
         self.broker.queue_for(&self.client, retained_out);
         let mut packets = vec![Suback::new(s.pid, codes).into()];
@@ -473,5 +496,6 @@ impl Connection {
         }
         let unacked: Vec<Message> = self.inflight.into_values().collect();
         self.broker.detach(&self.client, self.conn_id, expiry, unacked);
+        self.broker.close(&self.client, self.conn_id, expiry);
     }
 }

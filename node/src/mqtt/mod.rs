@@ -5,11 +5,13 @@
 //! `Broker` (here) keeps the sessions, subscriptions, retained messages and KEYNOTIFY
 //! registrations of this node and routes messages between them; `statestore.rs` serves the
 //! state store's commands through `NodeHandle`; `notify.rs` turns the applied log into key
-//! notifications. Sessions live on the node a client connects to (not yet replicated).
+//! notifications; `replica.rs` keeps each session's record in the replicated state, so a
+//! client resumes its session on any node.
 
 pub mod codec;
 mod conn;
 mod notify;
+mod replica;
 pub mod resp3;
 pub mod statestore;
 pub mod topic;
@@ -17,6 +19,7 @@ pub mod topic;
 use crate::config::Limits;
 use crate::handle::NodeHandle;
 use crate::io::Incoming;
+use crate::kv::{SessionRecord, SubRecord};
 use bytes::Bytes;
 use mqtt_proto::v5::PublishProperties;
 use mqtt_proto::{QoS, TopicName};
@@ -74,6 +77,17 @@ struct Sub {
     no_local: bool,
 }
 
+impl Sub {
+    fn record(&self) -> SubRecord {
+        SubRecord { filter: self.filter.clone(), qos: self.qos as u8, no_local: self.no_local }
+    }
+
+    fn from_record(r: &SubRecord) -> Self {
+        let qos = if r.qos == 0 { QoS::Level0 } else { QoS::Level1 };
+        Sub { filter: r.filter.clone(), qos, no_local: r.no_local }
+    }
+}
+
 /// A client's session on this node.
 struct Session {
     subs: Vec<Sub>,
@@ -90,6 +104,8 @@ struct Session {
     /// State store replies by correlation data, kept until the request expires: a
     /// repeated request is answered from here, not executed again.
     replies: HashMap<Bytes, (Instant, Message)>,
+    /// The last change saved to the session's record (`replica.rs`).
+    gen: u64,
 }
 
 impl Session {
@@ -102,6 +118,7 @@ impl Session {
             offline_since: None,
             observed: BTreeSet::new(),
             replies: HashMap::new(),
+            gen: 0,
         }
     }
 
@@ -192,6 +209,24 @@ impl State {
         forget_observations(self, client, &old.observed);
         Some(old)
     }
+
+    /// Gives `client`'s session the subscriptions and observations of its record.
+    fn restore(&mut self, client: &Arc<str>, record: &SessionRecord) {
+        let Some(s) = self.sessions.get_mut(client) else { return };
+        let old_subs = std::mem::replace(&mut s.subs, record.subs.iter().map(Sub::from_record).collect());
+        let old_observed = std::mem::replace(&mut s.observed, record.observed.iter().cloned().collect());
+        let (subs, observed) = (s.subs.clone(), s.observed.clone());
+        for sub in &old_subs {
+            self.index.remove(&sub.filter, client);
+        }
+        forget_observations(self, client, &old_observed);
+        for sub in &subs {
+            self.index.add(&sub.filter, client);
+        }
+        for k in observed {
+            self.observers.entry(k).or_default().insert(client.clone());
+        }
+    }
 }
 
 /// The MQTT broker of this node; cheap to clone.
@@ -206,6 +241,8 @@ struct Shared {
     state: Mutex<State>,
     connections: AtomicUsize,
     next_conn: AtomicU64,
+    /// Random per run: tells this run's connections from an earlier run's in session records.
+    boot: u64,
 }
 
 /// What CONNECT found: the session to resume (or a new one) and where its messages go.
@@ -218,8 +255,10 @@ pub struct Attached {
 /// Why a CONNECT was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// Too many sessions on this node.
+    /// Too many sessions on this node, or in the cluster.
     Quota,
+    /// The session could not be recorded (no leader in time).
+    Unavailable,
 }
 
 impl Broker {
@@ -230,6 +269,7 @@ impl Broker {
             state: Mutex::default(),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            boot: rand::Rng::gen(&mut rand::thread_rng()),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -246,29 +286,34 @@ impl Broker {
         self.inner.state.lock().expect("poisoned")
     }
 
-    /// Attaches a connection to `client`'s session: a new one when `clean_start` or none
-    /// exists, else the stored one (queued messages first). A connection already serving
-    /// the session is told to go (session taken over).
-    pub fn attach(&self, client: &Arc<str>, clean_start: bool, expiry: u32) -> Result<Attached, Refused> {
+    /// Whether a session for `client` fits in this node's quota.
+    fn has_room(&self, client: &str) -> bool {
+        let st = self.state();
+        st.sessions.contains_key(client) || st.sessions.len() < self.inner.limits.mqtt_max_sessions
+    }
+
+    /// Attaches connection `conn_id` to `client`'s session as the cluster's `record` of it
+    /// says: resumed (queued messages first, subscriptions and observations from the
+    /// record) or new. A connection already serving the session here is told to go.
+    fn attach(&self, client: &Arc<str>, conn_id: u64, expiry: u32, resumed: bool, record: &SessionRecord) -> Attached {
         let signals = Arc::new(Signals::default());
-        let conn_id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state();
-        if !st.sessions.contains_key(client) && st.sessions.len() >= self.inner.limits.mqtt_max_sessions {
-            return Err(Refused::Quota);
-        }
-        if clean_start {
+        if !resumed {
             if let Some(old) = st.remove_session(client) {
                 take_over(&old);
             }
         }
-        let session_present = st.sessions.contains_key(client);
         let s = st.sessions.entry(client.clone()).or_insert_with(|| Session::new(expiry));
         take_over(s);
         s.expiry = expiry;
         s.offline_since = None;
         s.conn = Some((conn_id, signals.clone()));
+        s.gen = record.gen;
+        if resumed {
+            st.restore(client, record);
+        }
         signals.ready.notify_one(); // a resumed session may have messages waiting
-        Ok(Attached { session_present, conn_id, signals })
+        Attached { session_present: resumed, conn_id, signals }
     }
 
     /// The connection `conn_id` of `client` ended: its session ends too (expiry 0) or
@@ -464,6 +509,8 @@ pub async fn serve(mut incoming: Incoming, broker: Broker, stop: watch::Receiver
     let mut background = JoinSet::new();
     background.spawn(notify::run(broker.clone(), stop.clone()));
     background.spawn(sweep(broker.clone(), stop.clone()));
+    background.spawn(replica::follow(broker.clone(), stop.clone()));
+    background.spawn(replica::orphan(broker.clone(), stop.clone()));
     let mut stopping = stop.clone();
     while let Some(conn) = crate::io::accept(&mut incoming, &mut conns, &mut stopping, "mqtt").await {
         conns.spawn(conn::run(broker.clone(), conn, stop.clone()));

@@ -146,7 +146,7 @@ async fn run(broker: &Broker, client: &Arc<str>, props: &PublishProperties, payl
         b"SET" => set(broker, &meta, &args).await,
         b"GET" => get(broker, &args).await,
         b"DEL" | b"VDEL" => del(broker, &meta, &args, verb == b"VDEL").await,
-        b"KEYNOTIFY" => keynotify(broker, &meta, &args),
+        b"KEYNOTIFY" => keynotify(broker, &meta, &args).await,
         b"SCAN" => scan(broker, &args).await,
         _ => Ok(Reply::err("unknown command")),
     };
@@ -251,8 +251,8 @@ async fn del(broker: &Broker, m: &Meta<'_>, args: &[Bytes], by_value: bool) -> R
     Ok(Reply::Ok(resp3::int(n), None))
 }
 
-/// `KEYNOTIFY key [STOP]`.
-fn keynotify(broker: &Broker, m: &Meta<'_>, args: &[Bytes]) -> Result<Reply, Error> {
+/// `KEYNOTIFY key [STOP]`; the registration is saved to the session before the reply.
+async fn keynotify(broker: &Broker, m: &Meta<'_>, args: &[Bytes]) -> Result<Reply, Error> {
     let stop = match args.get(2).map(|a| a.to_ascii_uppercase()) {
         None if args.len() == 2 => false,
         Some(s) if s == b"STOP" && args.len() == 3 => true,
@@ -267,9 +267,11 @@ fn keynotify(broker: &Broker, m: &Meta<'_>, args: &[Bytes]) -> Result<Reply, Err
         if !broker.observe(m.client, key) {
             return Ok(Reply::err("the quota has been exceeded"));
         }
+        broker.save(m.client).await?;
         return Ok(Reply::Ok(resp3::OK.into(), None));
     }
     let was = broker.unobserve(m.client, &key);
+    broker.save(m.client).await?;
     Ok(Reply::Ok(if was { resp3::OK.into() } else { resp3::int(0) }, None))
 }
 

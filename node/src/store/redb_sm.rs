@@ -12,6 +12,8 @@ use std::path::Path;
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DEDUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup");
+/// MQTT sessions by client id.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// last_applied, membership, last_version, clock_ms, snapshot_meta, snapshot_data.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
@@ -21,7 +23,7 @@ pub struct RedbSm {
 
 impl RedbSm {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = redb_db::open(path, &[&KV, &DEDUP, &META])?;
+        let db = redb_db::open(path, &[&KV, &DEDUP, &SESSIONS, &META])?;
         Ok(Self { db })
     }
 }
@@ -56,6 +58,13 @@ impl SmDisk for RedbSm {
                     None => drop(dd.remove(*id)?),
                 }
             }
+            let mut ss = txn.open_table(SESSIONS)?;
+            for (client, r) in &c.sessions {
+                match r {
+                    Some(r) => drop(ss.insert(client.as_str(), enc(r)?.as_slice())?),
+                    None => drop(ss.remove(client.as_str())?),
+                }
+            }
             let (applied, membership) = (enc(&c.last_applied)?, enc(&c.membership)?);
             let (version, clock) = (enc(&c.last_version)?, enc(&c.clock_ms)?);
             put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
@@ -67,6 +76,7 @@ impl SmDisk for RedbSm {
         redb_db::write(&self.db, |txn| {
             txn.delete_table(KV)?;
             txn.delete_table(DEDUP)?;
+            txn.delete_table(SESSIONS)?;
             let mut kv = txn.open_table(KV)?;
             for (k, e) in sm.entries() {
                 kv.insert(k.as_ref(), enc(e)?.as_slice())?;
@@ -74,6 +84,10 @@ impl SmDisk for RedbSm {
             let mut dd = txn.open_table(DEDUP)?;
             for (id, w) in sm.dedup().windows() {
                 dd.insert(*id, enc(w)?.as_slice())?;
+            }
+            let mut ss = txn.open_table(SESSIONS)?;
+            for (client, r) in sm.sessions() {
+                ss.insert(client.as_str(), enc(r)?.as_slice())?;
             }
             let (applied, membership) = (enc(&meta.last_log_id)?, enc(&meta.last_membership)?);
             let (version, clock) = (enc(&sm.last_version())?, enc(&sm.clock_ms())?);
@@ -116,7 +130,12 @@ impl SmDisk for RedbSm {
                 let (id, w) = row?;
                 dedup.insert_window(id.value(), dec(w.value())?);
             }
-            let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup);
+            let mut sessions = Vec::new();
+            for row in txn.open_table(SESSIONS)?.iter()? {
+                let (client, r) = row?;
+                sessions.push((client.value().to_string(), dec(r.value())?));
+            }
+            let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup, sessions);
             Ok(Loaded { kv, last_applied, membership, snapshot })
         })
     }

@@ -80,7 +80,7 @@ impl SmStore {
     }
 
     /// Applies a batch in memory; returns results, events and what disk mode must write.
-    fn apply_batch(&self, entries: Vec<Entry>) -> (Vec<CommandResult>, Vec<Event>, Option<Changes>) {
+    fn apply_batch(&self, entries: Vec<Entry>) -> (Vec<CommandResult>, Applied, Option<Changes>) {
         let mut st = self.shared.state.write().expect("poisoned");
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
@@ -102,6 +102,7 @@ impl SmStore {
             results.push(result);
         }
         let dirty = st.kv.take_dirty();
+        let sessions: Vec<String> = dirty.sessions.iter().cloned().collect();
         let changes = self.shared.disk.as_ref().map(|_| Changes {
             keys: dirty
                 .keys
@@ -112,13 +113,21 @@ impl SmStore {
                 })
                 .collect(),
             clients: dirty.clients.into_iter().map(|id| (id, st.kv.client_window(id).cloned())).collect(),
+            sessions: sessions.iter().map(|c| (c.clone(), st.kv.session(c).cloned())).collect(),
             last_applied: st.last_applied,
             membership: st.membership.clone(),
             last_version: st.kv.last_version(),
             clock_ms: st.kv.clock_ms(),
         });
-        (results, events, changes)
+        (results, Applied { events, sessions }, changes)
     }
+}
+
+/// What an apply batch tells the watchers and the broker on this node.
+struct Applied {
+    events: Vec<Event>,
+    /// Client ids whose MQTT session changed.
+    sessions: Vec<String>,
 }
 
 /// Runs `f` on the blocking pool when the disk does real I/O, inline otherwise.
@@ -171,11 +180,12 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (results, events, changes) = self.apply_batch(entries.into_iter().collect());
+        let (results, applied, changes) = self.apply_batch(entries.into_iter().collect());
         if let (Some(changes), Some(disk)) = (changes, &self.shared.disk) {
             blocking(disk, move |disk| disk.persist(&changes)).await.map_err(sm_err(ErrorVerb::Write))?;
         }
-        self.shared.hub.publish(events);
+        self.shared.hub.publish(applied.events);
+        self.shared.hub.publish_sessions(applied.sessions);
         Ok(results)
     }
 

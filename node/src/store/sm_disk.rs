@@ -2,7 +2,7 @@
 //! simulation keeps outside the node so it survives a crash like a disk would.
 
 use crate::kv::dedup::{ClientWindow, DedupTable};
-use crate::kv::{Entry, Hlc, StateMachine};
+use crate::kv::{Entry, Hlc, SessionRecord, StateMachine};
 use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -13,6 +13,7 @@ use std::sync::Mutex;
 pub struct Changes {
     pub keys: Vec<(Bytes, Option<Entry>)>,
     pub clients: Vec<(u64, Option<ClientWindow>)>,
+    pub sessions: Vec<(String, Option<SessionRecord>)>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub last_version: Hlc,
@@ -59,6 +60,7 @@ pub struct MemSmDisk {
 struct MemSm {
     keys: BTreeMap<Bytes, Entry>,
     clients: BTreeMap<u64, ClientWindow>,
+    sessions: BTreeMap<String, SessionRecord>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     last_version: Hlc,
@@ -81,6 +83,12 @@ impl SmDisk for MemSmDisk {
                 None => g.clients.remove(id),
             };
         }
+        for (client, r) in &c.sessions {
+            match r {
+                Some(r) => g.sessions.insert(client.clone(), r.clone()),
+                None => g.sessions.remove(client),
+            };
+        }
         g.last_applied = c.last_applied;
         g.membership = c.membership.clone();
         g.last_version = c.last_version;
@@ -92,6 +100,7 @@ impl SmDisk for MemSmDisk {
         let mut g = self.inner.lock().expect("poisoned");
         g.keys = sm.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
         g.clients = sm.dedup().windows().map(|(id, w)| (*id, w.clone())).collect();
+        g.sessions = sm.sessions().map(|(c, r)| (c.clone(), r.clone())).collect();
         g.last_applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
         g.last_version = sm.last_version();
@@ -114,7 +123,7 @@ impl SmDisk for MemSmDisk {
         for (id, w) in &g.clients {
             dedup.insert_window(*id, w.clone());
         }
-        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, dedup);
+        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, dedup, g.sessions.clone());
         Ok(Loaded { kv, last_applied: g.last_applied, membership: g.membership.clone(), snapshot: g.snapshot.clone() })
     }
 }

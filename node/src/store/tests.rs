@@ -69,6 +69,11 @@ mod restart {
             log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 9)).await.unwrap();
             sm.apply((1..=8).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
             sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let owner = crate::kv::Owner { node: 1, boot: 7, conn: 1 };
+            let open = crate::kv::SessionOp::Open { client: "mqtt-c".into(), owner, clean: true, expiry_s: 60 };
+            let open = Command { client: None, now_ms: 1, op: Op::Session(open) };
+            let log_id = LogId::new(CommittedLeaderId::new(1, 1), 9);
+            sm.apply([Entry { log_id, payload: EntryPayload::Normal(open) }]).await.unwrap();
         }
         let (mut log, mut sm) = open(dir.path());
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(1, 1)));
@@ -78,8 +83,10 @@ mod restart {
         let entries = log.try_get_log_entries(4..9).await.unwrap();
         assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
         let (applied, _) = sm.applied_state().await.unwrap();
-        assert_eq!(applied.map(|l| l.index), Some(8));
+        assert_eq!(applied.map(|l| l.index), Some(9));
         assert!(sm.read().kv.get(b"k8", 0).is_some());
+        let session = sm.read().kv.session("mqtt-c").cloned().expect("the MQTT session survives");
+        assert_eq!((session.owner.map(|o| o.boot), session.expiry_s), (Some(7), 60));
         let snap = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(8));
     }

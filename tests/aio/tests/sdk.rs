@@ -163,6 +163,63 @@ async fn observers_hear_of_every_change_from_every_door() {
     app.stop().await;
 }
 
+/// The node a client is connected to dies: the client reconnects through a loopback
+/// balancer (as through a Kubernetes Service) to another node, which resumes its session
+/// from the replicated record (`session_present = 1`: the SDK would end its session
+/// otherwise) with its subscriptions, so its requests and notifications carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_node_dies_carries_on_with_its_session_through_a_balancer() {
+    let mut c = TestCluster::start(3, false).await;
+    let leader = c.wait_leader(None, Duration::from_secs(20)).await;
+    let doomed = c.follower(leader).id;
+    let mut order: Vec<&statenode_e2e::Proc> = c.nodes.iter().collect();
+    order.sort_by_key(|n| (n.id != doomed, n.id));
+    let lb = statenode_e2e::proxy::Proxy::balance(order.iter().map(|n| n.mqtt.clone()).collect()).await;
+    let leader_http = c.nodes.iter().find(|n| n.id == leader).expect("leader").http.clone();
+
+    let app = App::connect(&lb.addr, "aio-sdk-failover");
+    let s = &app.client;
+    let key = || b"sdk-failover".to_vec();
+    assert!(s.set(b"sdk-kept".to_vec(), b"before".to_vec(), T, None, SetOptions::default()).await.unwrap().response);
+    let mut obs = s.observe(key(), T).await.expect("observe").response;
+    s.set(key(), b"one".to_vec(), T, None, SetOptions::default()).await.unwrap();
+    assert_eq!(next(&mut obs, "SET before the failover").await.operation, Operation::Set(b"one".to_vec()));
+
+    c.node(doomed).kill9();
+    let killed = Instant::now();
+    // Requests carry on once the session reconnected (the SDK may fail some meanwhile).
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match s.set(b"sdk-after".to_vec(), b"after".to_vec(), T, None, SetOptions::default()).await {
+            Ok(r) => {
+                assert!(r.response);
+                break;
+            }
+            Err(e) if killed.elapsed() < Duration::from_secs(40) => {
+                eprintln!("while failing over: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no request succeeded within 40 s of the kill: {e:?}"),
+        }
+    }
+    eprintln!("first request after the kill succeeded after {:?} ({attempts} attempts)", killed.elapsed());
+    assert!(!app.session.is_finished(), "the SDK ended its session: it was not resumed");
+    assert_eq!(s.get(b"sdk-kept".to_vec(), T).await.unwrap().response, Some(b"before".to_vec()));
+
+    // The SDK drops its observations when a connection drops (AIO's store forgets them), so
+    // the application observes again; the notifications come over the resumed subscription.
+    drop(obs);
+    let mut obs = s.observe(key(), T).await.expect("observe after the failover").response;
+    let put = tokio::task::spawn_blocking(move || http_put(&leader_http, "sdk-failover", b"two")).await.unwrap();
+    assert_eq!(put, 200);
+    assert_eq!(next(&mut obs, "notification after the failover").await.operation, Operation::Set(b"two".to_vec()));
+    s.del(key(), None, T).await.unwrap();
+    assert_eq!(next(&mut obs, "DELETE after the failover").await.operation, Operation::Del);
+    assert!(!app.session.is_finished(), "the SDK ended its session");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_locks_exclude_each_other() {
     let (_c, mqtt, _) = cluster().await;
