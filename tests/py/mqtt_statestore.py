@@ -336,6 +336,25 @@ def sessions_across_nodes():
     pub.stop()
 
 
+def retries_across_nodes():
+    """A write retried through another node after its client moved there (same __ts, same
+    correlation data) is answered from the replicated dedup table, not applied again."""
+    a = StateStore("py-retry", clean=False, expiry=60)
+    ts, corr = now_hlc(node="py-retry"), uuid.uuid4().bytes
+    first = a.request(resp("SET", "retried", "once"), ts=ts, corr=corr)
+    a.stop()
+    b = StateStore("py-retry", clean=False, expiry=60, addr=OTHER_MQTT)
+    check("a retry through another node answers as the first time",
+          b.request(resp("SET", "retried", "once"), ts=ts, corr=corr), first)
+    check("and applies once", b.request(resp("GET", "retried"))[1], first[1])
+    ts = now_hlc(node="py-retry")
+    deleted = b.request(resp("DEL", "retried"), ts=ts, corr=b"del-1")
+    b.stop()
+    c = StateStore("py-retry", clean=False, expiry=60)
+    check("a retried DEL answers as the first time", c.request(resp("DEL", "retried"), ts=ts, corr=b"del-1"), deleted)
+    c.stop()
+
+
 def qos2_is_refused():
     c = Client("py-qos2")
     c.c.publish("q/2", b"x", qos=2)
@@ -346,7 +365,7 @@ def qos2_is_refused():
 
 def main():
     for step in (state_store_commands, fencing, bad_requests, notifications_from_every_door, broker, sessions,
-                 sessions_across_nodes, qos2_is_refused):
+                 sessions_across_nodes, retries_across_nodes, qos2_is_refused):
         print("--", step.__name__)
         step()
     print("all MQTT checks passed")

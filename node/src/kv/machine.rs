@@ -248,7 +248,7 @@ impl Apply<'_> {
         let current = |sm: &StateMachine, client: &str| sm.sessions.get(client).cloned();
         let owned = |sm: &StateMachine, client: &str, owner| current(sm, client).filter(|r| r.owner == Some(owner));
         match op {
-            SessionOp::Open { client, owner, clean, expiry_s } => {
+            SessionOp::Open { client, owner, clean, expiry_s, dedup_id } => {
                 let previous = current(sm, client);
                 if previous.is_none() && sm.sessions.len() >= MAX_SESSIONS {
                     return SessionResult::Quota;
@@ -256,7 +256,9 @@ impl Apply<'_> {
                 let gen = previous.as_ref().map_or(0, |r| r.gen);
                 let live = previous.filter(|r| r.ends_at().is_none_or(|t| t > now));
                 let resumed = live.is_some() && !clean;
-                let mut record = live.filter(|_| resumed).unwrap_or_default();
+                let mut record = live
+                    .filter(|_| resumed)
+                    .unwrap_or_else(|| SessionRecord { dedup_id: *dedup_id, ..Default::default() });
                 // Saves count on from the previous owner's: a late one of its is stale.
                 record.gen = gen;
                 record.owner = Some(*owner);

@@ -40,6 +40,10 @@ pub struct SessionRecord {
     pub subs: Vec<SubRecord>,
     /// Keys observed with KEYNOTIFY.
     pub observed: Vec<bytes::Bytes>,
+    /// The dedup client id of the session's state store writes (`ClientRef::client_id`):
+    /// a request retried after a failover is answered from the dedup table, not applied again.
+    /// Chosen at random by the node that opened the session; kept when it resumes.
+    pub dedup_id: u64,
 }
 
 impl SessionRecord {
@@ -53,7 +57,7 @@ impl SessionRecord {
 pub enum SessionOp {
     /// A connection opened for `client`: it owns the session from now on (whoever owned it
     /// before is taken over). `clean` starts from nothing; otherwise a live session resumes.
-    Open { client: String, owner: Owner, clean: bool, expiry_s: u32 },
+    Open { client: String, owner: Owner, clean: bool, expiry_s: u32, dedup_id: u64 },
     /// The owner's subscriptions and observations as of its change `gen`; ignored unless
     /// `owner` still owns the session and `gen` is newer than the saved one.
     Save { client: String, owner: Owner, gen: u64, subs: Vec<SubRecord>, observed: Vec<bytes::Bytes> },

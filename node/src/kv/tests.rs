@@ -355,7 +355,7 @@ fn session(sm: &mut StateMachine, index: u64, now_ms: u64, op: SessionOp) -> Ses
 }
 
 fn open(client: &str, owner: Owner, clean: bool, expiry_s: u32) -> SessionOp {
-    SessionOp::Open { client: client.into(), owner, clean, expiry_s }
+    SessionOp::Open { client: client.into(), owner, clean, expiry_s, dedup_id: owner.boot * 100 + owner.conn }
 }
 
 fn save(client: &str, owner: Owner, gen: u64, filter: &str) -> SessionOp {
@@ -381,6 +381,7 @@ fn sessions_resume_move_between_owners_and_expire() {
     assert!(resumed);
     assert_eq!((record.owner, record.gen, record.subs[0].filter.as_str()), (Some(o2), 1, "a/#"));
     assert_eq!(record.observed, vec![b("k")]);
+    assert_eq!(record.dedup_id, 1001, "a resumed session keeps its dedup id");
     // The old owner can no longer save or close it.
     session(&mut sm, 5, 1100, save("c", o1, 9, "old/#"));
     session(&mut sm, 6, 1100, SessionOp::Close { client: "c".into(), owner: o1, expiry_s: 60 });

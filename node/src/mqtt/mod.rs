@@ -19,7 +19,7 @@ pub mod topic;
 use crate::config::Limits;
 use crate::handle::NodeHandle;
 use crate::io::Incoming;
-use crate::kv::{SessionRecord, SubRecord};
+use crate::kv::{ClientRef, Hlc, SessionRecord, SubRecord};
 use bytes::Bytes;
 use mqtt_proto::v5::PublishProperties;
 use mqtt_proto::{QoS, TopicName};
@@ -106,6 +106,8 @@ struct Session {
     replies: HashMap<Bytes, (Instant, Message)>,
     /// The last change saved to the session's record (`replica.rs`).
     gen: u64,
+    /// The record's dedup client id for state store writes.
+    dedup_id: u64,
 }
 
 impl Session {
@@ -119,6 +121,7 @@ impl Session {
             observed: BTreeSet::new(),
             replies: HashMap::new(),
             gen: 0,
+            dedup_id: 0,
         }
     }
 
@@ -309,6 +312,7 @@ impl Broker {
         s.offline_since = None;
         s.conn = Some((conn_id, signals.clone()));
         s.gen = record.gen;
+        s.dedup_id = record.dedup_id;
         if resumed {
             st.restore(client, record);
         }
@@ -444,6 +448,16 @@ impl Broker {
 
     fn observers(&self, key: &[u8]) -> Vec<Arc<str>> {
         self.state().observers.get(key).map(|c| c.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The dedup reference of a state store write from `client` stamped `ts`, from the
+    /// session's dedup id and the request's HLC (strictly increasing per client, as the SDKs
+    /// stamp it): the same request retried through any node finds its result. One dedup
+    /// client per 256 ms of requests keeps each window (rewritten with every write) small.
+    fn client_ref(&self, client: &str, ts: Hlc) -> Option<ClientRef> {
+        let id = self.state().sessions.get(client)?.dedup_id;
+        let client_id = id.wrapping_add(ts.ms >> 8);
+        Some(ClientRef { client_id, seq: ((ts.ms & 0xFF) << 32) | u64::from(ts.counter) })
     }
 
     /// A reply this session already sent for `correlation`, if still fresh.

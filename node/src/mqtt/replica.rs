@@ -28,7 +28,9 @@ impl Broker {
             return Err(Refused::Quota);
         }
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let op = SessionOp::Open { client: client.to_string(), owner: self.owner(conn), clean, expiry_s: expiry };
+        let dedup_id = rand::Rng::gen(&mut rand::thread_rng());
+        let op =
+            SessionOp::Open { client: client.to_string(), owner: self.owner(conn), clean, expiry_s: expiry, dedup_id };
         match self.handle().session(op).await {
             Ok(SessionResult::Done { resumed, record: Some(record) }) => {
                 Ok(self.attach(client, conn, expiry, resumed, &record))

@@ -209,7 +209,8 @@ async fn set(broker: &Broker, m: &Meta<'_>, args: &[Bytes]) -> Result<Reply, Err
         Ok(p) => p,
         Err(reply) => return Ok(reply),
     };
-    let done = broker.handle().put(put, None).await?;
+    let client = put.client_ts.and_then(|ts| broker.client_ref(m.client, ts));
+    let done = broker.handle().put(put, client).await?;
     let version = done.meta.map(|meta| meta.version);
     Ok(Reply::Ok(if done.applied { resp3::OK.into() } else { resp3::int(-1) }, version))
 }
@@ -243,7 +244,9 @@ async fn del(broker: &Broker, m: &Meta<'_>, args: &[Bytes], by_value: bool) -> R
         Ok(d) => d,
         Err(reply) => return Ok(reply),
     };
-    let n = match broker.handle().delete(del, None).await?.outcome {
+    let ts = m.ts.and_then(|t| t.parse::<Hlc>().ok());
+    let client = ts.and_then(|ts| broker.client_ref(m.client, ts));
+    let n = match broker.handle().delete(del, client).await?.outcome {
         DeleteOutcome::Deleted => 1,
         DeleteOutcome::NotFound => 0,
         DeleteOutcome::ConditionFailed => -1,

@@ -70,7 +70,8 @@ mod restart {
             sm.apply((1..=8).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
             sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
             let owner = crate::kv::Owner { node: 1, boot: 7, conn: 1 };
-            let open = crate::kv::SessionOp::Open { client: "mqtt-c".into(), owner, clean: true, expiry_s: 60 };
+            let open =
+                crate::kv::SessionOp::Open { client: "mqtt-c".into(), owner, clean: true, expiry_s: 60, dedup_id: 3 };
             let open = Command { client: None, now_ms: 1, op: Op::Session(open) };
             let log_id = LogId::new(CommittedLeaderId::new(1, 1), 9);
             sm.apply([Entry { log_id, payload: EntryPayload::Normal(open) }]).await.unwrap();
