@@ -1,6 +1,7 @@
 //! One `Config`: defaults < TOML file < `STATENODE_*` environment < flags; `validate()`.
 
 use crate::api::ListQuery;
+use crate::auth::rules::Authorization;
 use crate::error::{Error, Result};
 use crate::kv::Put;
 use serde::Deserialize;
@@ -24,7 +25,7 @@ pub struct Config {
     pub grpc_advertise: Option<String>,
     /// HTTP front door: Dapr's state API and the native `/v1` API.
     pub http: String,
-    /// Reserved for the MQTT front door (AIO state store); not served by this release.
+    /// MQTT v5 front door: a broker with the AIO state store (docs/mqtt.md).
     pub mqtt: String,
     /// Number of nodes that start together and form the first configuration.
     pub bootstrap_expect: usize,
@@ -51,6 +52,8 @@ pub struct Config {
     pub stores: Vec<StoreConfig>,
     pub raft: RaftTuning,
     pub limits: Limits,
+    /// MQTT users and per-key, per-topic rules (`auth::rules`); none: everything allowed.
+    pub authorization: Option<Authorization>,
 }
 
 /// One Dapr state store (a Dapr component, in daprd's terms).
@@ -180,6 +183,7 @@ impl Default for Config {
             stores: vec![StoreConfig { name: "statestore".into(), key_prefix: default_key_prefix() }],
             raft: RaftTuning::default(),
             limits: Limits::default(),
+            authorization: None,
         }
     }
 }
@@ -309,6 +313,9 @@ impl Config {
         }
         if self.stores.is_empty() {
             return Err(Error::invalid("at least one state store must be configured"));
+        }
+        if let Some(a) = &self.authorization {
+            a.check()?;
         }
         for (i, st) in self.stores.iter().enumerate() {
             st.validate()?;

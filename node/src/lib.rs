@@ -18,6 +18,7 @@ pub mod kv;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;
+pub mod pattern;
 pub mod raft;
 pub mod store;
 pub mod watch;

@@ -21,7 +21,7 @@ NOTIFY = "clients/statestore/v1/FA9AE35F-2F64-47CD-9BFF-08E2B32A0FE8"
 HOST, PORT = sys.argv[1].rsplit(":", 1)
 PORT = int(PORT)
 HTTP = sys.argv[2]
-OTHER_MQTT = sys.argv[3]
+OTHER_MQTT = sys.argv[3] if len(sys.argv) > 3 else None
 TIMEOUT = 10
 
 
@@ -44,7 +44,7 @@ def now_hlc(offset_ms=0, node="pyclient"):
 class Client:
     """A paho client that collects what it receives."""
 
-    def __init__(self, cid, clean=True, expiry=300, will=None, keepalive=60, addr=None):
+    def __init__(self, cid, clean=True, expiry=300, will=None, keepalive=60, addr=None, auth=None):
         self.cid = cid
         self.msgs = []
         self.cond = threading.Condition()
@@ -55,7 +55,11 @@ class Client:
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
         self.c.on_subscribe = self._on_subscribe
-        self.subacks = set()
+        self.c.on_publish = self._on_publish
+        self.subacks = {}
+        self.pubacks = {}
+        if auth:
+            self.c.username_pw_set(*auth)
         if will:
             self.c.will_set(will[0], will[1], qos=1)
         props = Properties(PacketTypes.CONNECT)
@@ -77,7 +81,12 @@ class Client:
 
     def _on_subscribe(self, c, u, mid, codes, props):
         with self.cond:
-            self.subacks.add(mid)
+            self.subacks[mid] = [code.value for code in codes]
+            self.cond.notify_all()
+
+    def _on_publish(self, c, u, mid, rc, props):
+        with self.cond:
+            self.pubacks[mid] = rc.value
             self.cond.notify_all()
 
     def _on_message(self, c, u, m):
@@ -94,10 +103,17 @@ class Client:
         return [(m.topic, m.payload) for m in self.msgs]
 
     def sub(self, topic, qos=1):
-        """Subscribes and waits for the SUBACK."""
+        """Subscribes and waits for the SUBACK; its reason codes."""
         result, mid = self.c.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS, result
         self.wait(lambda: mid in self.subacks, "SUBACK for %s" % topic)
+        return self.subacks[mid]
+
+    def pub(self, topic, payload):
+        """Publishes at QoS 1 and waits for the PUBACK; its reason code."""
+        info = self.c.publish(topic, payload, qos=1)
+        self.wait(lambda: info.mid in self.pubacks, "PUBACK for %s" % topic)
+        return self.pubacks[info.mid]
 
     def take(self, pred, what, timeout=TIMEOUT):
         """Waits for, removes and returns the first message matching pred."""

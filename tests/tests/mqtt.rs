@@ -25,3 +25,24 @@ async fn paho_speaks_the_state_store_protocol_through_a_follower() {
     );
     assert!(stdout.contains("all MQTT checks passed"), "{stdout}");
 }
+
+/// A node with authorization rules (tests/py/authz.toml): connect, publish, subscribe and
+/// key access allowed only as the rules say, with the AIO reason codes and `-ERR` text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_meets_the_authorization_rules() {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py");
+    let rules = py.join("authz.toml");
+    let c = TestCluster::start_with_args(1, true, &["--config", rules.to_str().expect("utf-8 path")]).await;
+    c.wait_leader(None, Duration::from_secs(20)).await;
+    let node = &c.nodes[0];
+    let out =
+        Command::new("python3").arg(py.join("mqtt_authz.py")).args([&node.mqtt, &node.http]).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mqtt_authz.py failed:\n{stdout}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log_tail()
+    );
+    assert!(stdout.contains("all MQTT authorization checks passed"), "{stdout}");
+}

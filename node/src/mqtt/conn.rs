@@ -3,6 +3,7 @@
 
 use super::codec::{self, ReadError};
 use super::{statestore, topic, Attached, Broker, Message, Refused, Signals, MAX_SESSION_EXPIRY};
+use crate::auth::rules::{Principal, Refusal};
 use crate::io::Conn;
 use mqtt_proto::v5::{
     Connack, ConnackProperties, Connect, ConnectReasonCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Puback,
@@ -125,6 +126,8 @@ enum End {
 struct Connection {
     broker: Broker,
     client: Arc<str>,
+    /// Who the client is, for the authorization rules.
+    principal: Arc<Principal>,
     conn_id: u64,
     signals: Arc<Signals>,
     /// Request tasks report here when they are done (with the PUBACK's packet id).
@@ -150,6 +153,18 @@ impl Connection {
             format!("statenode-{:016x}", rand::Rng::gen::<u64>(&mut rand::thread_rng())).into()
         });
         let client = assigned.clone().unwrap_or_else(|| c.client_id.clone());
+        let principal = match broker.policy().authenticate(&client, c.username.as_deref(), c.password.as_deref()) {
+            Ok(p) => Arc::new(p),
+            Err(refusal) => {
+                let code = match refusal {
+                    Refusal::BadCredentials => ConnectReasonCode::BadUserNameOrPassword,
+                    Refusal::NotAuthorized => ConnectReasonCode::NotAuthorized,
+                };
+                tracing::info!(client = %client, ?refusal, "MQTT connection refused");
+                refuse(wr, code).await;
+                return None;
+            }
+        };
         let asked = c.properties.session_expiry_interval.unwrap_or(0);
         let expiry = asked.min(MAX_SESSION_EXPIRY);
         let Attached { session_present, conn_id, signals } = match broker.connect(&client, c.clean_start, expiry).await
@@ -187,6 +202,7 @@ impl Connection {
         let (served_tx, served) = mpsc::unbounded_channel();
         Some(Connection {
             client,
+            principal,
             conn_id,
             signals,
             served_tx,
@@ -328,6 +344,10 @@ impl Connection {
         if p.topic_name.is_empty() {
             return Err(End::Server(DisconnectReasonCode::ProtocolError));
         }
+        if !self.broker.policy().can_publish(&self.principal, &p.topic_name) {
+            let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
+            return Ok(refused.into_iter().collect());
+        }
         if &*p.topic_name == statestore::REQUEST_TOPIC {
             return self.on_request(p, pid);
         }
@@ -359,8 +379,9 @@ impl Connection {
         }
         self.requests += 1;
         let (broker, client, done) = (self.broker.clone(), self.client.clone(), self.served_tx.clone());
+        let principal = self.principal.clone();
         tokio::spawn(async move {
-            if let Some(reply) = statestore::serve(&broker, &client, p).await {
+            if let Some(reply) = statestore::serve(&broker, &client, &principal, p).await {
                 broker.publish(None, reply);
             }
             let _ = done.send(pid);
@@ -380,6 +401,10 @@ impl Connection {
             }
             if !topic::valid_filter(filter) {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if !self.broker.policy().can_subscribe(&self.principal, filter) {
+                codes.push(SubscribeReasonCode::NotAuthorized);
                 continue;
             }
             let qos = opts.max_qos.min(QoS::Level1);
@@ -475,7 +500,8 @@ impl Connection {
             }
             End::Lost => (true, self.expiry),
         };
-        if let (true, Some(w)) = (send_will, self.will) {
+        let will = self.will.filter(|w| self.broker.policy().can_publish(&self.principal, &w.topic_name));
+        if let (true, Some(w)) = (send_will, will) {
             let m = Message {
                 topic: w.topic_name,
                 payload: w.payload,

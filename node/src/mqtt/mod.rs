@@ -16,6 +16,7 @@ pub mod resp3;
 pub mod statestore;
 pub mod topic;
 
+use crate::auth::rules::Policy;
 use crate::config::Limits;
 use crate::handle::NodeHandle;
 use crate::io::Incoming;
@@ -241,6 +242,7 @@ pub struct Broker {
 struct Shared {
     handle: NodeHandle,
     limits: Limits,
+    policy: Policy,
     state: Mutex<State>,
     connections: AtomicUsize,
     next_conn: AtomicU64,
@@ -265,10 +267,11 @@ pub enum Refused {
 }
 
 impl Broker {
-    pub fn new(handle: NodeHandle, limits: Limits) -> Self {
+    pub fn new(handle: NodeHandle, limits: Limits, policy: Policy) -> Self {
         let inner = Shared {
             handle,
             limits,
+            policy,
             state: Mutex::default(),
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
@@ -283,6 +286,10 @@ impl Broker {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -232,7 +232,8 @@ fn serve_clients(
         tasks.push(tokio::spawn(crate::http::serve(http, state, stop.clone())));
     }
     if let Some(mqtt) = mqtt {
-        let broker = crate::mqtt::Broker::new(handle.clone(), config.limits.clone());
+        let policy = crate::auth::rules::Policy::new(config.authorization.clone());
+        let broker = crate::mqtt::Broker::new(handle.clone(), config.limits.clone(), policy);
         tasks.push(tokio::spawn(crate::mqtt::serve(mqtt, broker, stop.clone())));
     }
     tasks

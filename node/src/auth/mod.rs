@@ -1,4 +1,7 @@
-//! The API token check, the same for every client door.
+//! The API token check, the same for every client door; the per-key and per-topic rules
+//! (`rules.rs`).
+
+pub mod rules;
 
 pub use statenode_proto::headers::API_TOKEN as TOKEN_HEADER;
 
