@@ -352,6 +352,29 @@ def sessions_across_nodes():
     pub.stop()
 
 
+def publish_across_nodes():
+    """A publish reaches the subscribers on every node; a retained message, every node."""
+    there = Client("py-x-sub", expiry=0, addr=OTHER_MQTT)
+    there.sub("x-node/#")
+    away = Client("py-x-away", clean=False, expiry=60, addr=OTHER_MQTT)
+    away.sub("x-node/#")
+    away.stop()
+    here = Client("py-x-pub")
+    check("PUBACK", here.pub("x-node/1", b"across"), 0)
+    check("delivered on another node", there.take(lambda m: m.topic == "x-node/1", "x-node/1").payload, b"across")
+    back = Client("py-x-away", clean=False, expiry=60, addr=OTHER_MQTT)
+    check("queued on another node for a client away", back.take(lambda m: m.topic == "x-node/1", "queued").payload,
+          b"across")
+    here.c.publish("x-ret/1", b"kept everywhere", qos=1, retain=True).wait_for_publish(TIMEOUT)
+    time.sleep(0.5)  # relayed in the background
+    late = Client("py-x-late", addr=OTHER_MQTT)
+    late.sub("x-ret/#")
+    m = late.take(lambda m: m.topic == "x-ret/1", "retained x-ret/1 on another node")
+    check("retained on another node", (m.payload, m.retain), (b"kept everywhere", True))
+    for c in (there, back, here, late):
+        c.stop()
+
+
 def retries_across_nodes():
     """A write retried through another node after its client moved there (same __ts, same
     correlation data) is answered from the replicated dedup table, not applied again."""
@@ -381,7 +404,7 @@ def qos2_is_refused():
 
 def main():
     for step in (state_store_commands, fencing, bad_requests, notifications_from_every_door, broker, sessions,
-                 sessions_across_nodes, retries_across_nodes, qos2_is_refused):
+                 sessions_across_nodes, retries_across_nodes, publish_across_nodes, qos2_is_refused):
         print("--", step.__name__)
         step()
     print("all MQTT checks passed")

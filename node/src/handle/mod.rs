@@ -42,6 +42,8 @@ struct Inner {
     own_refs: OwnRefs,
     /// One expiry proposal at a time for linearizable reads that find a key due.
     expiring: tokio::sync::Mutex<()>,
+    /// Where messages other nodes deliver to this node's MQTT clients go (`mailbox`).
+    mailbox: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Bytes>>>,
 }
 
 impl NodeHandle {
@@ -55,8 +57,10 @@ impl NodeHandle {
         me: NodeInfo,
         clock: Clock,
     ) -> Self {
-        let (metrics, own_refs, expiring) = (Arc::default(), OwnRefs::new(), Default::default());
-        Self { inner: Arc::new(Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring }) }
+        let (metrics, own_refs, expiring, mailbox) =
+            (Arc::default(), OwnRefs::new(), Default::default(), Default::default());
+        let inner = Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring, mailbox };
+        Self { inner: Arc::new(inner) }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -135,6 +139,39 @@ impl NodeHandle {
     /// Which MQTT session records this node applies from now on.
     pub fn session_news(&self) -> tokio::sync::broadcast::Receiver<SessionNews> {
         self.inner.sm.hub().subscribe_sessions()
+    }
+
+    /// Every MQTT session record this node applied.
+    pub fn session_records(&self) -> Vec<(String, crate::kv::SessionRecord)> {
+        self.inner.sm.read().kv.sessions().map(|(c, r)| (c.clone(), r.clone())).collect()
+    }
+
+    /// From now on, messages other nodes deliver here (`deliver`) arrive on the returned
+    /// channel (one taker: a later call replaces it). A full channel drops them.
+    pub fn mailbox(&self, capacity: usize) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        *self.inner.mailbox.lock().expect("poisoned") = Some(tx);
+        rx
+    }
+
+    /// Hands `message` to node `to`'s mailbox, at most once (not retried).
+    pub async fn deliver(&self, to: NodeId, message: Bytes) -> Result<()> {
+        let members = self.inner.consensus.status().members;
+        let member = members.iter().find(|m| m.id == to).ok_or_else(|| Error::NotFound(format!("node {to}")))?;
+        let mut client = self.inner.peers.client(&member.peer_addr).map_err(Error::unavailable)?;
+        let call = client.forward(crate::raft::network::encode(&PeerRequest::Deliver(message)));
+        let reply = tokio::time::timeout(self.inner.limits.request_timeout, call)
+            .await
+            .map_err(|_| Error::Timeout(format!("delivery to node {to} timed out")))?
+            .map_err(|s| Error::unavailable(s.message()))?;
+        crate::raft::network::decode::<Result<PeerReply>>(reply.get_ref()).map_err(Error::internal)?.map(drop)
+    }
+
+    /// A message another node delivered (`PeerRequest::Deliver`).
+    pub(crate) fn take_delivery(&self, message: Bytes) {
+        if let Some(tx) = &*self.inner.mailbox.lock().expect("poisoned") {
+            let _ = tx.try_send(message);
+        }
     }
 
     pub async fn status(&self) -> ClusterStatus {

@@ -82,6 +82,10 @@ impl NodeHandle {
             PeerRequest::Leave { id } => Ok(PeerReply::Members(c.leave(id).await?)),
             PeerRequest::Status => Ok(PeerReply::Status(c.status())),
             PeerRequest::Hello => Ok(PeerReply::Hello(self.id(), self.inner.me.clone())),
+            PeerRequest::Deliver(message) => {
+                self.take_delivery(message);
+                Ok(PeerReply::Delivered)
+            }
         }
     }
 

@@ -262,6 +262,7 @@ impl Apply<'_> {
                 // Saves count on from the previous owner's: a late one of its is stale.
                 record.gen = gen;
                 record.owner = Some(*owner);
+                record.home = owner.node;
                 record.expiry_s = *expiry_s;
                 record.detached_ms = 0;
                 sm.set_session(client, Some(record.clone()));

@@ -31,6 +31,9 @@ pub struct SubRecord {
 pub struct SessionRecord {
     /// The connection serving it; `None` while the client is away.
     pub owner: Option<Owner>,
+    /// The node of the last owner: where messages for the session go (while the client is
+    /// away, that node queues them).
+    pub home: u64,
     /// Session Expiry Interval, seconds.
     pub expiry_s: u32,
     /// When the owner went away (state-machine clock, ms): the session ends `expiry_s` later.

@@ -77,11 +77,15 @@ async fn decode_body(h: Header, b: &mut &[u8]) -> Result<Result<Packet, ReadErro
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, packets: &[Packet]) -> std::io::Result<()> {
     let mut buf = Vec::new();
     for p in packets {
-        let bytes = p.encode().map_err(|e| std::io::Error::other(e.to_string()))?;
-        buf.extend_from_slice(bytes.as_ref());
+        buf.extend_from_slice(&encode(p)?);
     }
     w.write_all(&buf).await?;
     w.flush().await
+}
+
+/// One packet as bytes (for another node: `relay.rs`).
+pub fn encode(packet: &Packet) -> std::io::Result<Vec<u8>> {
+    Ok(packet.encode().map_err(|e| std::io::Error::other(e.to_string()))?.as_ref().to_vec())
 }
 
 #[cfg(test)]

@@ -364,7 +364,7 @@ impl Connection {
             properties: p.properties,
             received: Instant::now(),
         };
-        self.broker.publish(Some(&self.client), m);
+        self.broker.publish_everywhere(&self.client, m);
         Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
     }
 
@@ -518,7 +518,7 @@ impl Connection {
                 },
                 received: Instant::now(),
             };
-            self.broker.publish(Some(&self.client), m);
+            self.broker.publish_everywhere(&self.client, m);
         }
         let unacked: Vec<Message> = self.inflight.into_values().collect();
         self.broker.detach(&self.client, self.conn_id, expiry, unacked);

@@ -11,6 +11,7 @@
 pub mod codec;
 mod conn;
 mod notify;
+mod relay;
 mod replica;
 pub mod resp3;
 pub mod statestore;
@@ -151,6 +152,8 @@ struct State {
     observers: Links<Bytes>,
     /// Which clients subscribed to which filters, so a publish looks at its candidates only.
     index: Index,
+    /// The sessions other nodes are home to (`relay.rs`).
+    remote: relay::Remote,
 }
 
 /// Which clients are linked to each key (a filter, an observed key).
@@ -532,6 +535,7 @@ pub async fn serve(mut incoming: Incoming, broker: Broker, stop: watch::Receiver
     background.spawn(sweep(broker.clone(), stop.clone()));
     background.spawn(replica::follow(broker.clone(), stop.clone()));
     background.spawn(replica::orphan(broker.clone(), stop.clone()));
+    background.spawn(relay::receive(broker.clone(), stop.clone()));
     let mut stopping = stop.clone();
     while let Some(conn) = crate::io::accept(&mut incoming, &mut conns, &mut stopping, "mqtt").await {
         conns.spawn(conn::run(broker.clone(), conn, stop.clone()));

@@ -47,12 +47,12 @@ impl Broker {
         }
     }
 
-    /// Saves `client`'s subscriptions and observations to its record, when its session can
-    /// outlive the connection (a Session Expiry Interval above 0).
+    /// Saves `client`'s subscriptions and observations to its record: a session resumed
+    /// on another node has them, and other nodes relay messages for them here.
     pub async fn save(&self, client: &Arc<str>) -> Result<()> {
         let op = {
             let mut st = self.state();
-            let Some(s) = st.sessions.get_mut(client).filter(|s| s.expiry > 0) else { return Ok(()) };
+            let Some(s) = st.sessions.get_mut(client) else { return Ok(()) };
             let Some((conn, _)) = s.conn else { return Ok(()) };
             s.gen += 1;
             SessionOp::Save {
@@ -83,6 +83,7 @@ impl Broker {
     /// or that it ended while the client was away.
     fn reconcile(&self, client: &str) {
         let record = self.handle().session_record(client);
+        self.track_remote(client, record.as_ref());
         let here = (self.handle().id(), self.inner.boot);
         let mut st = self.state();
         let Some(s) = st.sessions.get(client) else { return };
@@ -100,9 +101,11 @@ impl Broker {
     }
 }
 
-/// Follows the session records this node applies.
+/// Follows the session records this node applies: ends sessions taken elsewhere, and keeps
+/// the map of where other sessions live (`relay.rs`).
 pub(super) async fn follow(broker: Broker, mut stop: watch::Receiver<bool>) {
     let mut news = broker.handle().session_news();
+    broker.track_all_remote();
     loop {
         let n = tokio::select! {
             n = news.recv() => n,
@@ -111,6 +114,7 @@ pub(super) async fn follow(broker: Broker, mut stop: watch::Receiver<bool>) {
         match n {
             Ok(SessionNews::Changed(client)) => broker.reconcile(&client),
             Ok(SessionNews::All) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                broker.track_all_remote();
                 for client in broker.local_clients() {
                     broker.reconcile(&client);
                 }

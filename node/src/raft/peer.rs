@@ -28,6 +28,9 @@ pub enum PeerRequest {
     Status,
     /// Who are you? Answered even before the cluster forms (bootstrap).
     Hello,
+    /// An MQTT message for the clients of the node asked (opaque here; `mqtt/relay.rs`).
+    /// Served by the node asked, never forwarded.
+    Deliver(Bytes),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +41,7 @@ pub enum PeerReply {
     Members(Vec<Member>),
     Status(ClusterStatus),
     Hello(NodeId, NodeInfo),
+    Delivered,
 }
 
 /// What serves a forwarded request on this node, without forwarding it again: the node's
