@@ -30,6 +30,23 @@ fn step(state: &State, op: &Op) -> Option<State> {
         (Kind::PutIfAbsent(v), Outcome::Unknown) => {
             Some(if state.is_none() { Some((v.clone(), false)) } else { state.clone() })
         }
+        (Kind::PutIfAbsentOrEqual(v), Outcome::Put { applied: true, .. }) => {
+            (may_be_gone || value == Some(v)).then(|| Some((v.clone(), false)))
+        }
+        // Refused: the key holds another value (a TTL one that may still be there).
+        (Kind::PutIfAbsentOrEqual(v), Outcome::Put { applied: false, .. }) => {
+            (state.is_some() && value != Some(v)).then(|| state.clone())
+        }
+        (Kind::PutIfAbsentOrEqual(v), Outcome::Unknown) => {
+            Some(if state.is_none() || value == Some(v) { Some((v.clone(), false)) } else { state.clone() })
+        }
+        (Kind::DeleteIfValue(v), Outcome::Delete { deleted: true }) => (value == Some(v)).then_some(None),
+        // Not deleted: absent, another value, or this TTL value just expired.
+        (Kind::DeleteIfValue(v), Outcome::Delete { deleted: false }) => match value == Some(v) {
+            true => may_be_gone.then_some(None),
+            false => Some(state.clone()),
+        },
+        (Kind::DeleteIfValue(v), Outcome::Unknown) => Some(if value == Some(v) { None } else { state.clone() }),
         (Kind::Delete, Outcome::Delete { deleted: true }) => state.is_some().then_some(None),
         (Kind::Delete, Outcome::Delete { deleted: false }) => may_be_gone.then_some(None),
         (Kind::Delete, Outcome::Unknown) => Some(None),
@@ -204,9 +221,10 @@ pub fn versions_monotonic(h: &History) -> Result<(), String> {
     let mut seen: BTreeMap<(String, u64), (String, Option<String>)> = BTreeMap::new();
     for op in &h.ops {
         let (rev, version, value) = match (&op.kind, &op.outcome) {
-            (Kind::Put(v) | Kind::PutIfAbsent(v), Outcome::Put { applied: true, revision, version }) => {
-                (*revision, version.clone(), Some(v.clone()))
-            }
+            (
+                Kind::Put(v) | Kind::PutIfAbsent(v) | Kind::PutIfAbsentOrEqual(v),
+                Outcome::Put { applied: true, revision, version },
+            ) => (*revision, version.clone(), Some(v.clone())),
             (_, Outcome::Get(Some(r))) => (r.revision, r.version.clone(), Some(r.value.clone())),
             _ => continue,
         };
@@ -295,8 +313,10 @@ pub fn watch_complete(h: &History, seen: &[Seen]) -> Result<(), String> {
     let Some(first) = first else { return Ok(()) };
     let in_gap = |r: u64| gaps.iter().any(|&(a, b)| r > a && r < b);
     for op in &h.ops {
-        let (Kind::Put(v) | Kind::PutIfAbsent(v), Outcome::Put { applied: true, revision, .. }) =
-            (&op.kind, &op.outcome)
+        let (
+            Kind::Put(v) | Kind::PutIfAbsent(v) | Kind::PutIfAbsentOrEqual(v),
+            Outcome::Put { applied: true, revision, .. },
+        ) = (&op.kind, &op.outcome)
         else {
             continue;
         };
@@ -414,6 +434,33 @@ mod tests {
             .unwrap();
         check(&[nx("a", true, 0, 1), nx("b", true, 2, 3)]).unwrap_err();
         check(&[del(true, 0, 1)]).unwrap_err();
+    }
+
+    #[test]
+    fn nex_and_vdel_follow_the_model() {
+        let nex = |v: &str, applied, t0, t1| {
+            op(
+                2,
+                Kind::PutIfAbsentOrEqual(v.into()),
+                t0,
+                Some(t1),
+                Outcome::Put { applied, revision: 0, version: String::new() },
+            )
+        };
+        let vdel =
+            |v: &str, deleted, t0, t1| op(3, Kind::DeleteIfValue(v.into()), t0, Some(t1), Outcome::Delete { deleted });
+        check(&[
+            nex("a", true, 0, 1),
+            nex("a", true, 2, 3),
+            nex("b", false, 4, 5),
+            vdel("b", false, 6, 7),
+            vdel("a", true, 8, 9),
+        ])
+        .unwrap();
+        check(&[nex("a", true, 0, 1), nex("b", true, 2, 3)]).unwrap_err();
+        check(&[nex("a", true, 0, 1), vdel("b", true, 2, 3)]).unwrap_err();
+        check(&[nex("a", true, 0, 1), vdel("a", false, 2, 3)]).unwrap_err();
+        check(&[vdel("a", false, 0, 1), nex("a", false, 2, 3)]).unwrap_err();
     }
 
     #[test]

@@ -10,7 +10,11 @@ pub enum Kind {
     PutTtl(String, u64),
     /// NX: put only if absent.
     PutIfAbsent(String),
+    /// NEX (the MQTT door's SET NEX): put only if absent or already holding this value.
+    PutIfAbsentOrEqual(String),
     Delete,
+    /// VDEL (the MQTT door's): delete only if the key holds this value.
+    DeleteIfValue(String),
     Get,
 }
 
@@ -112,12 +116,12 @@ pub enum Seen {
 pub async fn perform(c: &Client, client_no: usize, key: String, kind: Kind, now: impl Fn() -> u64) -> Op {
     let invoke = now();
     let outcome = match &kind {
-        Kind::Put(v) | Kind::PutIfAbsent(v) | Kind::PutTtl(v, _) => {
+        Kind::Put(v) | Kind::PutIfAbsent(v) | Kind::PutIfAbsentOrEqual(v) | Kind::PutTtl(v, _) => {
             let ttl_ms = if let Kind::PutTtl(_, t) = kind { t } else { 0 };
-            let condition = if matches!(kind, Kind::PutIfAbsent(_)) {
-                pb::PutCondition::PutIfAbsent
-            } else {
-                pb::PutCondition::PutAlways
+            let condition = match kind {
+                Kind::PutIfAbsent(_) => pb::PutCondition::PutIfAbsent,
+                Kind::PutIfAbsentOrEqual(_) => pb::PutCondition::PutIfAbsentOrEqual,
+                _ => pb::PutCondition::PutAlways,
             };
             let req = pb::PutRequest {
                 key: key.clone().into(),
@@ -135,10 +139,17 @@ pub async fn perform(c: &Client, client_no: usize, key: String, kind: Kind, now:
                 Err(_) => Outcome::Unknown,
             }
         }
-        Kind::Delete => match c.delete(pb::DeleteRequest { key: key.clone().into(), ..Default::default() }).await {
-            Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
-            Err(_) => Outcome::Unknown,
-        },
+        Kind::Delete | Kind::DeleteIfValue(_) => {
+            let mut req = pb::DeleteRequest { key: key.clone().into(), ..Default::default() };
+            if let Kind::DeleteIfValue(v) = &kind {
+                req.condition = pb::DeleteCondition::DeleteIfValue as i32;
+                req.if_value = v.clone().into();
+            }
+            match c.delete(req).await {
+                Ok(r) => Outcome::Delete { deleted: r.outcome == pb::DeleteOutcome::Deleted as i32 },
+                Err(_) => Outcome::Unknown,
+            }
+        }
         Kind::Get => match c.get(key.clone(), pb::Consistency::Linearizable).await {
             Ok(kv) => Outcome::Get(kv.map(|kv| Read {
                 value: String::from_utf8_lossy(&kv.value).into_owned(),

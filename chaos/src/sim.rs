@@ -223,6 +223,9 @@ async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Resu
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(no as u64));
     let mut n = 0u64;
     let end = cfg.duration.as_micros() as u64;
+    // The value this client last wrote to each key: what its NEX and VDEL (the MQTT door's
+    // conditional ops) name.
+    let mut mine: std::collections::HashMap<String, String> = Default::default();
     while now_us() < end {
         n += 1;
         let value = format!("c{no}-{n}");
@@ -235,14 +238,20 @@ async fn workload(cfg: SimConfig, no: usize, shared: SharedRef) -> turmoil::Resu
             };
             (format!("t{}", rng.gen_range(0..2)), kind)
         } else {
-            let kind = match rng.gen_range(0..100) {
-                0..45 => Kind::Put(value),
-                45..55 => Kind::PutIfAbsent(value),
-                55..65 => Kind::Delete,
+            let (draw, key) = (rng.gen_range(0..100), format!("k{}", rng.gen_range(0..cfg.keys)));
+            let kind = match (draw, mine.get(&key)) {
+                (0..45, _) => Kind::Put(value),
+                (45..55, _) => Kind::PutIfAbsent(value),
+                (55..65, _) => Kind::Delete,
+                (65..72, Some(v)) => Kind::PutIfAbsentOrEqual(v.clone()),
+                (72..79, Some(v)) => Kind::DeleteIfValue(v.clone()),
                 _ => Kind::Get,
             };
-            (format!("k{}", rng.gen_range(0..cfg.keys)), kind)
+            (key, kind)
         };
+        if let Kind::Put(v) | Kind::PutIfAbsent(v) = &kind {
+            mine.insert(key.clone(), v.clone());
+        }
         perform(&c, &shared, no, key, kind).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
     }

@@ -169,37 +169,62 @@ fn unlink<K: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(links: &mut Links<K>
     }
 }
 
-/// Subscribers by filter: filters without wildcards by exact topic (one lookup per
-/// publish), the others scanned.
+/// Subscribers by filter: filters without wildcards by exact topic, the others by the
+/// literal levels before their first wildcard, so a publish looks up one entry per level of
+/// its topic instead of scanning every wildcard filter.
 #[derive(Default)]
 struct Index {
     exact: Links<String>,
-    wild: Links<String>,
+    /// literal levels ("a/b/" for "a/b/+/c", "" for "#") → filter → clients.
+    wild: BTreeMap<String, Links<String>>,
+}
+
+/// The levels of a wildcard filter before its first wildcard, each with its `/`.
+fn literal_levels(filter: &str) -> &str {
+    let mut end = 0;
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            break;
+        }
+        end += level.len() + 1;
+    }
+    &filter[..end.min(filter.len())]
 }
 
 impl Index {
-    fn side(&mut self, filter: &str) -> &mut Links<String> {
-        if filter.contains(['+', '#']) {
-            &mut self.wild
-        } else {
-            &mut self.exact
-        }
-    }
-
     fn add(&mut self, filter: &str, client: &Arc<str>) {
-        self.side(filter).entry(filter.to_string()).or_default().insert(client.clone());
+        let links = match filter.contains(['+', '#']) {
+            true => self.wild.entry(literal_levels(filter).to_string()).or_default(),
+            false => &mut self.exact,
+        };
+        links.entry(filter.to_string()).or_default().insert(client.clone());
     }
 
     fn remove(&mut self, filter: &str, client: &Arc<str>) {
-        unlink(self.side(filter), filter, client);
+        if !filter.contains(['+', '#']) {
+            return unlink(&mut self.exact, filter, client);
+        }
+        let prefix = literal_levels(filter);
+        if let Some(links) = self.wild.get_mut(prefix) {
+            unlink(links, filter, client);
+            if links.is_empty() {
+                self.wild.remove(prefix);
+            }
+        }
     }
 
     /// Clients with a filter that matches `topic`.
     fn candidates(&self, topic: &str) -> BTreeSet<Arc<str>> {
         let mut out: BTreeSet<Arc<str>> = self.exact.get(topic).cloned().unwrap_or_default();
-        for (filter, clients) in &self.wild {
-            if topic::matches(filter, topic) {
-                out.extend(clients.iter().cloned());
+        // "" and every run of whole levels, with its `/`; the whole topic too, for `a/#`
+        // matching `a`.
+        let whole = format!("{topic}/");
+        let levels = topic.match_indices('/').map(|(i, _)| &topic[..=i]);
+        for prefix in std::iter::once("").chain(levels).chain(std::iter::once(whole.as_str())) {
+            for (filter, clients) in self.wild.get(prefix).into_iter().flatten() {
+                if topic::matches(filter, topic) {
+                    out.extend(clients.iter().cloned());
+                }
             }
         }
         out
@@ -553,5 +578,28 @@ async fn sweep(broker: Broker, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => broker.sweep(),
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_finds_every_matching_filter_and_only_those() {
+        let filters = ["a/b/c", "a/+/c", "a/#", "#", "+/+", "a/b/+", "+", "a/b/c/#", "x/#", "$SYS/#", "/#"];
+        let mut index = Index::default();
+        for f in filters {
+            index.add(f, &Arc::from(f));
+        }
+        for topic in ["a/b/c", "a", "a/b", "x", "/x", "$SYS/y", "a/b/c/d", "q", ""] {
+            let want: BTreeSet<Arc<str>> =
+                filters.iter().filter(|f| topic::matches(f, topic)).map(|f| Arc::from(*f)).collect();
+            assert_eq!(index.candidates(topic), want, "{topic}");
+        }
+        for f in filters {
+            index.remove(f, &Arc::from(f));
+        }
+        assert!(index.exact.is_empty() && index.wild.is_empty());
     }
 }
