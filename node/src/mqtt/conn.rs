@@ -257,20 +257,26 @@ impl Connection {
                         Some(Err(_)) | None => Err(End::Lost),
                     }
                 }
-                Event::Served(pid) => {
-                    self.requests -= 1;
-                    Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
-                }
+                Event::Served(pid) => Ok(self.acked(pid).into_iter().collect()),
                 Event::Ready if self.signals.taken_over.load(Ordering::SeqCst) => {
                     Err(End::Server(DisconnectReasonCode::SessionTakenOver))
                 }
-                Event::Ready => Ok(self.pull()),
+                // Pulled below.
+                Event::Ready => Ok(Vec::new()),
                 Event::Silent => Err(End::Server(DisconnectReasonCode::KeepAliveTimeout)),
                 Event::Stop => Err(End::Server(DisconnectReasonCode::ServerShuttingDown)),
             };
             match out {
-                Ok(packets) if packets.is_empty() => {}
-                Ok(packets) => {
+                Ok(mut packets) => {
+                    // Whatever else is ready goes in the same write: a request's reply and
+                    // its PUBACK usually are, together.
+                    while let Ok(pid) = self.served.try_recv() {
+                        packets.extend(self.acked(pid));
+                    }
+                    packets.extend(self.pull());
+                    if packets.is_empty() {
+                        continue;
+                    }
                     if write(wr, &packets).await.is_err() {
                         return End::Lost;
                     }
@@ -278,6 +284,12 @@ impl Connection {
                 Err(end) => return end,
             }
         }
+    }
+
+    /// A state store request was served: its PUBACK, if it was QoS 1.
+    fn acked(&mut self, pid: Option<Pid>) -> Option<Packet> {
+        self.requests -= 1;
+        pid.map(|pid| Puback::new_success(pid).into())
     }
 
     /// PUBLISHes for the messages waiting in the session, as many QoS 1 ones as the client's
@@ -294,7 +306,7 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::Puback(ack) => {
                 self.inflight.remove(&ack.pid.value());
-                Ok(self.pull())
+                Ok(Vec::new()) // room for more: pulled after every event
             }
             Packet::Subscribe(s) => Ok(self.on_subscribe(s).await),
             Packet::Unsubscribe(u) => {
@@ -443,9 +455,7 @@ impl Connection {
             retained_out.clear();
         }
         self.broker.queue_for(&self.client, retained_out);
-        let mut packets = vec![Suback::new(s.pid, codes).into()];
-        packets.extend(self.pull());
-        packets
+        vec![Suback::new(s.pid, codes).into()]
     }
 
     fn publish_packet(&mut self, m: Message) -> Option<Packet> {
