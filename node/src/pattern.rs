@@ -121,6 +121,25 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether every topic the filter `requested` matches is matched by the filter `allowed`
+/// (a subscription inside a permission): `+` covers one level but never `#`.
+pub fn filter_covers(allowed: &str, requested: &str) -> bool {
+    if requested.starts_with('$') && (allowed.starts_with('+') || allowed.starts_with('#')) {
+        return false;
+    }
+    let mut a = allowed.split('/');
+    let mut r = requested.split('/');
+    loop {
+        match (a.next(), r.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(level)) if level != "#" => {}
+            (Some(x), Some(y)) if x == y && x != "+" && x != "#" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +176,16 @@ mod tests {
         assert!(!topic_matches("a/b", "a/b/c"));
         assert!(!topic_matches("#", "$SYS/x"));
         assert!(topic_matches("$SYS/#", "$SYS/x"));
+    }
+
+    #[test]
+    fn a_filter_covers_only_narrower_filters() {
+        assert!(filter_covers("a/#", "a/+/c") && filter_covers("a/#", "a/#") && filter_covers("#", "x/#"));
+        assert!(filter_covers("a/+", "a/b") && filter_covers("a/+", "a/+"));
+        assert!(!filter_covers("a/+", "a/#"), "+ never covers #");
+        assert!(!filter_covers("+", "#"));
+        assert!(!filter_covers("a/b", "a/+") && !filter_covers("a/b", "a/#"));
+        assert!(!filter_covers("a/+", "a/b/c") && !filter_covers("#", "$SYS/x"));
+        assert!(filter_covers("a/b", "a/b") && !filter_covers("a/b/c", "a/b"));
     }
 }

@@ -5,7 +5,10 @@ Each check prints a line; the first failure raises (exit code 1)."""
 
 import urllib.request
 
-from mqtt_statestore import HTTP, TIMEOUT, Client, StateStore, check, resp
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from mqtt_statestore import HTTP, REQ, TIMEOUT, Client, StateStore, check, resp
 
 
 def refused(cid, auth=None):
@@ -40,6 +43,11 @@ def main():
     check("publish inside the rules", r.pub("data/reader-1/t", b"yes"), 0)
     check("delivered", r.take(lambda m: m.topic == "data/reader-1/t", "data/reader-1/t").payload, b"yes")
     check("publish to another client's topic: 0x87", r.pub("data/reader-2/t", b"no"), 0x87)
+    steer = Properties(PacketTypes.PUBLISH)
+    steer.ResponseTopic = "data/reader-2/t"
+    steer.CorrelationData = b"steer"
+    check("a reply only where the client may publish: 0x87", r.pub(REQ, resp("GET", "shared/a"), steer), 0x87)
+    check("a subscription must sit inside a rule's filter", r.sub("clients/+/x"), [0x87])
     r.stop()
 
     a = StateStore("any-id", auth=("alice", "wonderland"))

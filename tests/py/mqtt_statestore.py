@@ -109,9 +109,9 @@ class Client:
         self.wait(lambda: mid in self.subacks, "SUBACK for %s" % topic)
         return self.subacks[mid]
 
-    def pub(self, topic, payload):
+    def pub(self, topic, payload, props=None):
         """Publishes at QoS 1 and waits for the PUBACK; its reason code."""
-        info = self.c.publish(topic, payload, qos=1)
+        info = self.c.publish(topic, payload, qos=1, properties=props)
         self.wait(lambda: info.mid in self.pubacks, "PUBACK for %s" % topic)
         return self.pubacks[info.mid]
 

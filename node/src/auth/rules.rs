@@ -205,12 +205,12 @@ impl Policy {
 
     /// Whether `p` may publish to `topic`.
     pub fn can_publish(&self, p: &Principal, topic: &str) -> bool {
-        self.topic_allowed(p, BrokerMethod::Publish, topic)
+        self.topic_allowed(p, BrokerMethod::Publish, |allowed| pattern::topic_matches(allowed, topic))
     }
 
     /// Whether `p` may subscribe with `filter` (an allowed filter must cover it).
     pub fn can_subscribe(&self, p: &Principal, filter: &str) -> bool {
-        self.topic_allowed(p, BrokerMethod::Subscribe, filter)
+        self.topic_allowed(p, BrokerMethod::Subscribe, |allowed| pattern::filter_covers(allowed, filter))
     }
 
     /// Whether `p` may read or write `key`.
@@ -228,7 +228,7 @@ impl Policy {
             .any(|r| r.keys.iter().any(|k| key_matches(r.key_type, k, p, key)))
     }
 
-    fn topic_allowed(&self, p: &Principal, method: BrokerMethod, topic: &str) -> bool {
+    fn topic_allowed(&self, p: &Principal, method: BrokerMethod, fits: impl Fn(&str) -> bool) -> bool {
         if self.0.is_none() {
             return true;
         }
@@ -236,7 +236,7 @@ impl Policy {
             .flat_map(|r| &r.broker_resources)
             .filter(|b| b.method == method)
             .flat_map(|b| &b.topics)
-            .any(|f| substitute_topic(f, p).is_some_and(|f| pattern::topic_matches(&f, topic)))
+            .any(|f| substitute_topic(f, p).is_some_and(|f| fits(&f)))
     }
 
     fn rules_for<'a>(&'a self, p: &'a Principal) -> impl Iterator<Item = &'a Rule> + 'a {
@@ -397,6 +397,7 @@ mod tests {
         assert!(p.can_publish(&s, "data/sensor-1/temp") && !p.can_publish(&s, "data/sensor-2/temp"));
         assert!(p.can_subscribe(&s, "clients/sensor-1/#") && p.can_subscribe(&s, "clients/sensor-1/a/+"));
         assert!(!p.can_subscribe(&s, "clients/#"));
+        assert!(!p.can_subscribe(&s, "clients/+/x"), "a wildcard where the rule has a literal");
         let wild = Principal { client_id: "sensor-+".into(), username: None };
         assert!(!p.can_publish(&wild, "data/x/y"), "a wildcard in a client id widens nothing");
     }

@@ -154,6 +154,11 @@ impl NodeHandle {
         rx
     }
 
+    /// The ids of the cluster's members.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.inner.consensus.status().members.iter().map(|m| m.id).collect()
+    }
+
     /// Hands `message` to node `to`'s mailbox, at most once (not retried).
     pub async fn deliver(&self, to: NodeId, message: Bytes) -> Result<()> {
         let members = self.inner.consensus.status().members;

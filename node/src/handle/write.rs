@@ -75,14 +75,20 @@ impl NodeHandle {
         Ok(BatchDone { revision: r.revision, failed })
     }
 
-    /// An MQTT session change (`kv::session`): the session as it left it.
+    /// An MQTT session change (`kv::session`): the session as it left it. Returns once this
+    /// node applied it too.
     pub async fn session(&self, op: SessionOp) -> Result<SessionResult> {
         if let SessionOp::Save { subs, observed, .. } = &op {
             let size = subs.iter().map(|s| s.filter.len() + 2).sum::<usize>()
                 + observed.iter().map(|k| k.len()).sum::<usize>();
             self.inner.limits.check_request(size)?;
         }
-        match self.write(Op::Session(op), None).await?.outcome {
+        let r = self.write(Op::Session(op), None).await?;
+        // Callers read the session's record on this node next: it must hold this change.
+        if !self.inner.consensus.wait_applied(r.revision, self.inner.limits.request_timeout).await {
+            return Err(Error::Timeout("this node did not apply the session change in time".into()));
+        }
+        match r.outcome {
             Outcome::Session(r) => Ok(r),
             other => Err(Error::internal(format!("a session change answered {other:?}"))),
         }

@@ -167,18 +167,22 @@ impl Connection {
         };
         let asked = c.properties.session_expiry_interval.unwrap_or(0);
         let expiry = asked.min(MAX_SESSION_EXPIRY);
-        let Attached { session_present, conn_id, signals } = match broker.connect(&client, c.clean_start, expiry).await
-        {
-            Ok(a) => a,
-            Err(Refused::Quota) => {
-                refuse(wr, ConnectReasonCode::QuotaExceeded).await;
-                return None;
-            }
-            Err(Refused::Unavailable) => {
-                refuse(wr, ConnectReasonCode::ServerUnavailable).await;
-                return None;
-            }
-        };
+        let Attached { session_present, conn_id, signals } =
+            match broker.connect(&client, &principal, c.clean_start, expiry).await {
+                Ok(a) => a,
+                Err(Refused::Quota) => {
+                    refuse(wr, ConnectReasonCode::QuotaExceeded).await;
+                    return None;
+                }
+                Err(Refused::Unavailable) => {
+                    refuse(wr, ConnectReasonCode::ServerUnavailable).await;
+                    return None;
+                }
+                Err(Refused::Superseded) => {
+                    refuse(wr, ConnectReasonCode::ServerBusy).await;
+                    return None;
+                }
+            };
         let limits = broker.limits();
         let mut ack = Connack::new(session_present, ConnectReasonCode::Success);
         ack.properties = ConnackProperties {
@@ -361,6 +365,12 @@ impl Connection {
             return Ok(refused.into_iter().collect());
         }
         if &*p.topic_name == statestore::REQUEST_TOPIC {
+            // The reply is published on the client's behalf: only where it may publish.
+            let reply_to = p.properties.response_topic.as_deref();
+            if reply_to.is_some_and(|t| !self.broker.policy().can_publish(&self.principal, t)) {
+                let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
+                return Ok(refused.into_iter().collect());
+            }
             return self.on_request(p, pid);
         }
         if statestore::reserved(&p.topic_name) {
@@ -406,6 +416,7 @@ impl Connection {
     async fn on_subscribe(&mut self, s: mqtt_proto::v5::Subscribe) -> Vec<Packet> {
         let mut codes = Vec::with_capacity(s.topics.len());
         let mut retained_out = Vec::new();
+        let mut added = Vec::new();
         for (filter, opts) in &s.topics {
             if filter.is_shared() {
                 codes.push(SubscribeReasonCode::SharedSubscriptionNotSupported);
@@ -424,6 +435,9 @@ impl Connection {
                 codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
             };
+            if !existed {
+                added.push(filter.clone());
+            }
             codes.push(if qos == QoS::Level0 {
                 SubscribeReasonCode::GrantedQoS0
             } else {
@@ -444,11 +458,14 @@ impl Connection {
             }
         }
         if let Err(e) = self.broker.save(&self.client).await {
-            // Granted here but not in the session's record: taken back.
+            // Not in the session's record: the new filters are taken back (a replaced one
+            // keeps its new options here; the record keeps the old).
             tracing::warn!(error = %e, "subscription not saved to the session");
-            for ((filter, _), code) in s.topics.iter().zip(codes.iter_mut()) {
+            for filter in &added {
+                self.broker.unsubscribe(&self.client, filter);
+            }
+            for code in codes.iter_mut() {
                 if matches!(code, SubscribeReasonCode::GrantedQoS0 | SubscribeReasonCode::GrantedQoS1) {
-                    self.broker.unsubscribe(&self.client, filter);
                     *code = SubscribeReasonCode::UnspecifiedError;
                 }
             }

@@ -17,7 +17,7 @@ pub mod resp3;
 pub mod statestore;
 pub mod topic;
 
-use crate::auth::rules::Policy;
+use crate::auth::rules::{Access, Policy, Principal};
 use crate::config::Limits;
 use crate::handle::NodeHandle;
 use crate::io::Incoming;
@@ -276,6 +276,7 @@ struct Shared {
     next_conn: AtomicU64,
     /// Random per run: tells this run's connections from an earlier run's in session records.
     boot: u64,
+    outboxes: relay::Outboxes,
 }
 
 /// What CONNECT found: the session to resume (or a new one) and where its messages go.
@@ -292,6 +293,8 @@ pub enum Refused {
     Quota,
     /// The session could not be recorded (no leader in time).
     Unavailable,
+    /// A newer connection with the same client id took the session first.
+    Superseded,
 }
 
 impl Broker {
@@ -304,6 +307,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             boot: rand::Rng::gen(&mut rand::thread_rng()),
+            outboxes: Default::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -331,11 +335,26 @@ impl Broker {
     }
 
     /// Attaches connection `conn_id` to `client`'s session as the cluster's `record` of it
-    /// says: resumed (queued messages first, subscriptions and observations from the
-    /// record) or new. A connection already serving the session here is told to go.
-    fn attach(&self, client: &Arc<str>, conn_id: u64, expiry: u32, resumed: bool, record: &SessionRecord) -> Attached {
+    /// says: resumed (queued messages first, subscriptions and observations from the record,
+    /// as far as `principal` may still have them) or new. A connection already serving the
+    /// session here is told to go. `None` when a newer connection took the session already.
+    fn attach(
+        &self,
+        client: &Arc<str>,
+        conn_id: u64,
+        expiry: u32,
+        resumed: bool,
+        record: &SessionRecord,
+        principal: &Principal,
+    ) -> Option<Attached> {
         let signals = Arc::new(Signals::default());
         let mut st = self.state();
+        // Under the lock, so of two connections racing for one client id, the one the log
+        // ordered last is the one attached.
+        let owner = self.handle().session_record(client).and_then(|r| r.owner);
+        if owner.is_none_or(|o| o.node != self.handle().id() || o.boot != self.inner.boot || o.conn != conn_id) {
+            return None;
+        }
         if !resumed {
             if let Some(old) = st.remove_session(client) {
                 take_over(&old);
@@ -349,10 +368,15 @@ impl Broker {
         s.gen = record.gen;
         s.dedup_id = record.dedup_id;
         if resumed {
-            st.restore(client, record);
+            // Another principal may have taken the client id: keep only what it may have.
+            let policy = &self.inner.policy;
+            let mut allowed = record.clone();
+            allowed.subs.retain(|sub| policy.can_subscribe(principal, &sub.filter));
+            allowed.observed.retain(|k| policy.can_key(principal, k, Access::Read));
+            st.restore(client, &allowed);
         }
         signals.ready.notify_one(); // a resumed session may have messages waiting
-        Attached { session_present: resumed, conn_id, signals }
+        Some(Attached { session_present: resumed, conn_id, signals })
     }
 
     /// The connection `conn_id` of `client` ended: its session ends too (expiry 0) or
@@ -489,7 +513,12 @@ impl Broker {
     /// session's dedup id and the request's HLC (strictly increasing per client, as the SDKs
     /// stamp it): the same request retried through any node finds its result. One dedup
     /// client per 256 ms of requests keeps each window (rewritten with every write) small.
+    /// Only for a `__ts` within a minute of this node's clock (the SDKs' is), so a client
+    /// cannot spread its writes over many dedup windows.
     fn client_ref(&self, client: &str, ts: Hlc) -> Option<ClientRef> {
+        if ts.ms.abs_diff(self.handle().now_ms()) > 60_000 {
+            return None;
+        }
         let id = self.state().sessions.get(client)?.dedup_id;
         let client_id = id.wrapping_add(ts.ms >> 8);
         Some(ClientRef { client_id, seq: ((ts.ms & 0xFF) << 32) | u64::from(ts.counter) })

@@ -16,10 +16,15 @@ use mqtt_proto::{Pid, QoS, QosPid};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Messages waiting to be published here, from other nodes.
 const MAILBOX: usize = 4096;
+/// Messages waiting to be sent to one other node.
+const OUTBOX: usize = 4096;
+
+/// The queue to each other node (`Broker::send`).
+pub(super) type Outboxes = std::sync::Mutex<HashMap<u64, mpsc::Sender<Bytes>>>;
 
 /// The sessions other nodes are home to: which node, and their filters.
 #[derive(Default)]
@@ -79,20 +84,35 @@ impl Broker {
         self.publish(Some(from), m);
     }
 
-    /// Sends `bytes` to `nodes` (to every other member when `all`), in the background.
-    fn send(&self, mut nodes: BTreeSet<u64>, all: bool, bytes: Bytes) {
-        let handle = self.handle().clone();
-        tokio::spawn(async move {
-            if all {
-                nodes.extend(handle.status().await.members.iter().map(|m| m.id));
+    /// Queues `bytes` for `nodes` (for every other member when `all`). Each node has one
+    /// queue and one sender, so messages arrive in the order they were published; a full
+    /// queue (the node is down or slow) drops the message.
+    fn send(&self, nodes: BTreeSet<u64>, all: bool, bytes: Bytes) {
+        let me = self.handle().id();
+        let nodes: BTreeSet<u64> = match all {
+            true => self.handle().members().into_iter().collect(),
+            false => nodes,
+        };
+        let mut outboxes = self.inner.outboxes.lock().expect("poisoned");
+        for node in nodes.into_iter().filter(|n| *n != me) {
+            let tx = outboxes.entry(node).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(OUTBOX);
+                tokio::spawn(sender(self.handle().clone(), node, rx));
+                tx
+            });
+            if tx.try_send(bytes.clone()).is_err() {
+                tracing::debug!(node, "relay queue full: message dropped");
             }
-            nodes.remove(&handle.id());
-            for node in nodes {
-                if let Err(e) = handle.deliver(node, bytes.clone()).await {
-                    tracing::debug!(node, error = %e, "message not relayed");
-                }
-            }
-        });
+        }
+    }
+}
+
+/// Sends one node's queue, in order, until the broker goes.
+async fn sender(handle: crate::handle::NodeHandle, node: u64, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(bytes) = rx.recv().await {
+        if let Err(e) = handle.deliver(node, bytes).await {
+            tracing::debug!(node, error = %e, "message not relayed");
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! and the reply cache for repeated requests.
 
 use super::{take_over, Attached, Broker, Refused};
-use crate::error::Result;
+use crate::auth::rules::Principal;
+use crate::error::{Error, Result};
 use crate::handle::SessionNews;
 use crate::kv::{Owner, SessionOp, SessionResult};
 use std::sync::atomic::Ordering;
@@ -23,7 +24,13 @@ impl Broker {
     }
 
     /// CONNECT: takes `client`'s session for a new connection, in the cluster and here.
-    pub async fn connect(&self, client: &Arc<str>, clean: bool, expiry: u32) -> Result<Attached, Refused> {
+    pub async fn connect(
+        &self,
+        client: &Arc<str>,
+        principal: &Principal,
+        clean: bool,
+        expiry: u32,
+    ) -> Result<Attached, Refused> {
         if !self.has_room(client) {
             return Err(Refused::Quota);
         }
@@ -33,7 +40,7 @@ impl Broker {
             SessionOp::Open { client: client.to_string(), owner: self.owner(conn), clean, expiry_s: expiry, dedup_id };
         match self.handle().session(op).await {
             Ok(SessionResult::Done { resumed, record: Some(record) }) => {
-                Ok(self.attach(client, conn, expiry, resumed, &record))
+                self.attach(client, conn, expiry, resumed, &record, principal).ok_or(Refused::Superseded)
             }
             Ok(SessionResult::Quota) => Err(Refused::Quota),
             Ok(other) => {
@@ -42,39 +49,47 @@ impl Broker {
             }
             Err(e) => {
                 tracing::warn!(client = %client, error = %e, "session not recorded; connection refused");
+                // The open may have applied all the same: hand the session back.
+                self.close(client, conn, expiry);
                 Err(Refused::Unavailable)
             }
         }
     }
 
     /// Saves `client`'s subscriptions and observations to its record: a session resumed
-    /// on another node has them, and other nodes relay messages for them here.
+    /// on another node has them, and other nodes relay messages for them here. Fails when
+    /// the session is no longer this connection's.
     pub async fn save(&self, client: &Arc<str>) -> Result<()> {
-        let op = {
+        let (op, owner, gen) = {
             let mut st = self.state();
             let Some(s) = st.sessions.get_mut(client) else { return Ok(()) };
             let Some((conn, _)) = s.conn else { return Ok(()) };
             s.gen += 1;
-            SessionOp::Save {
-                client: client.to_string(),
-                owner: self.owner(conn),
-                gen: s.gen,
-                subs: s.subs.iter().map(|sub| sub.record()).collect(),
-                observed: s.observed.iter().cloned().collect(),
-            }
+            let (owner, gen) = (self.owner(conn), s.gen);
+            let subs = s.subs.iter().map(|sub| sub.record()).collect();
+            let observed = s.observed.iter().cloned().collect();
+            (SessionOp::Save { client: client.to_string(), owner, gen, subs, observed }, owner, gen)
         };
-        self.handle().session(op).await.map(drop)
+        match self.handle().session(op).await? {
+            SessionResult::Done { record: Some(r), .. } if r.owner == Some(owner) && r.gen == gen => Ok(()),
+            _ => Err(Error::ConditionFailed("the session was taken over".into())),
+        }
     }
 
     /// Connection `conn` of `client` ended: its session waits `expiry` seconds for the
-    /// client (0 ends it now). Sent in the background; if it never lands, the node's next
-    /// run orphans the session (`orphan`), or the client's next CONNECT takes it over.
+    /// client (0 ends it now). Sent in the background and tried for a minute (a close from a
+    /// connection that no longer owns the session changes nothing); if it never lands, the
+    /// node's next run orphans the session (`orphan`), or the client's next CONNECT takes it.
     pub(super) fn close(&self, client: &Arc<str>, conn: u64, expiry: u32) {
         let op = SessionOp::Close { client: client.to_string(), owner: self.owner(conn), expiry_s: expiry };
         let broker = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = broker.handle().session(op).await {
-                tracing::warn!(error = %e, "session close not recorded");
+            for attempt in 1..=60 {
+                match broker.handle().session(op.clone()).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == 60 => tracing::warn!(error = %e, "session close not recorded"),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
             }
         });
     }
@@ -87,12 +102,18 @@ impl Broker {
         let here = (self.handle().id(), self.inner.boot);
         let mut st = self.state();
         let Some(s) = st.sessions.get(client) else { return };
-        let elsewhere = record.as_ref().and_then(|r| r.owner).is_some_and(|o| (o.node, o.boot) != here);
+        let owner = record.as_ref().and_then(|r| r.owner);
+        let elsewhere = owner.is_some_and(|o| (o.node, o.boot) != here);
         let ended = record.is_none() && s.conn.is_none();
         if elsewhere || ended {
             take_over(s);
             let client: Arc<str> = client.into();
             st.remove_session(&client);
+        } else if let (Some(o), Some((conn, _))) = (owner, &s.conn) {
+            // Another connection here owns it now: this one goes (that one attaches).
+            if o.conn != *conn {
+                take_over(s);
+            }
         }
     }
 
@@ -127,7 +148,14 @@ pub(super) async fn follow(broker: Broker, mut stop: watch::Receiver<bool>) {
 /// Once per run: the sessions this node's earlier runs served lost their connections
 /// (a crash, a stop) and start their expiry. Retried until it lands.
 pub(super) async fn orphan(broker: Broker, mut stop: watch::Receiver<bool>) {
-    let op = SessionOp::Orphan { node: broker.handle().id(), boot: broker.inner.boot };
+    let (me, boot) = (broker.handle().id(), broker.inner.boot);
+    let op = SessionOp::Orphan { node: me, boot };
+    // Only when there is something to orphan: a node that never served a session proposes
+    // no session op (a rolling upgrade from a version without sessions stays possible).
+    let earlier = |r: &crate::kv::SessionRecord| r.owner.is_some_and(|o| o.node == me && o.boot != boot);
+    if !broker.handle().session_records().iter().any(|(_, r)| earlier(r)) {
+        return;
+    }
     loop {
         match broker.handle().session(op.clone()).await {
             Ok(SessionResult::Orphaned(n)) => {

@@ -181,6 +181,13 @@ impl Consensus {
         let _ = rx.wait_for(|m| m.current_leader != Some(leader)).await;
     }
 
+    /// Resolves once this node has applied the log up to `index` (or at `within`: false).
+    pub async fn wait_applied(&self, index: u64, within: Duration) -> bool {
+        let mut rx = self.raft.metrics();
+        let applied = rx.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index));
+        tokio::time::timeout(within, applied).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// The leader this node knows, if any.
     pub fn current_leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
