@@ -261,26 +261,20 @@ impl Connection {
                         Some(Err(_)) | None => Err(End::Lost),
                     }
                 }
-                Event::Served(pid) => Ok(self.acked(pid).into_iter().collect()),
+                Event::Served(pid) => {
+                    self.requests -= 1;
+                    Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
+                }
                 Event::Ready if self.signals.taken_over.load(Ordering::SeqCst) => {
                     Err(End::Server(DisconnectReasonCode::SessionTakenOver))
                 }
-                // Pulled below.
-                Event::Ready => Ok(Vec::new()),
+                Event::Ready => Ok(self.pull()),
                 Event::Silent => Err(End::Server(DisconnectReasonCode::KeepAliveTimeout)),
                 Event::Stop => Err(End::Server(DisconnectReasonCode::ServerShuttingDown)),
             };
             match out {
-                Ok(mut packets) => {
-                    // Whatever else is ready goes in the same write: a request's reply and
-                    // its PUBACK usually are, together.
-                    while let Ok(pid) = self.served.try_recv() {
-                        packets.extend(self.acked(pid));
-                    }
-                    packets.extend(self.pull());
-                    if packets.is_empty() {
-                        continue;
-                    }
+                Ok(packets) if packets.is_empty() => {}
+                Ok(packets) => {
                     if write(wr, &packets).await.is_err() {
                         return End::Lost;
                     }
@@ -288,12 +282,6 @@ impl Connection {
                 Err(end) => return end,
             }
         }
-    }
-
-    /// A state store request was served: its PUBACK, if it was QoS 1.
-    fn acked(&mut self, pid: Option<Pid>) -> Option<Packet> {
-        self.requests -= 1;
-        pid.map(|pid| Puback::new_success(pid).into())
     }
 
     /// PUBLISHes for the messages waiting in the session, as many QoS 1 ones as the client's
@@ -310,7 +298,7 @@ impl Connection {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::Puback(ack) => {
                 self.inflight.remove(&ack.pid.value());
-                Ok(Vec::new()) // room for more: pulled after every event
+                Ok(self.pull())
             }
             Packet::Subscribe(s) => Ok(self.on_subscribe(s).await),
             Packet::Unsubscribe(u) => {
@@ -472,7 +460,9 @@ impl Connection {
             retained_out.clear();
         }
         self.broker.queue_for(&self.client, retained_out);
-        vec![Suback::new(s.pid, codes).into()]
+        let mut packets = vec![Suback::new(s.pid, codes).into()];
+        packets.extend(self.pull());
+        packets
     }
 
     fn publish_packet(&mut self, m: Message) -> Option<Packet> {
