@@ -103,22 +103,10 @@ pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
 }
 
 /// Whether `topic` matches the MQTT topic `filter`. Filters starting with a wildcard do not
-/// match topics starting with `$` (MQTT v5 §4.7.2).
+/// match topics starting with `$` (MQTT v5 §4.7.2). (A topic name has no wildcards: it is the
+/// narrowest filter.)
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    filter_covers(filter, topic)
 }
 
 /// Whether every topic the filter `requested` matches is matched by the filter `allowed`

@@ -366,15 +366,7 @@ impl Connection {
             let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
             return Ok(refused.into_iter().collect());
         }
-        let m = Message {
-            topic: p.topic_name,
-            payload: p.payload,
-            qos: p.qos_pid.qos(),
-            retain: p.retain,
-            properties: p.properties,
-            received: Instant::now(),
-        };
-        self.broker.publish_everywhere(&self.client, m);
+        self.broker.publish_everywhere(&self.client, Message::from(p));
         Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())
     }
 

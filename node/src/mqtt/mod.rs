@@ -62,6 +62,20 @@ pub struct Message {
     pub received: Instant,
 }
 
+/// A client's PUBLISH as the broker routes it, received now.
+impl From<mqtt_proto::v5::Publish> for Message {
+    fn from(p: mqtt_proto::v5::Publish) -> Self {
+        Message {
+            topic: p.topic_name,
+            payload: p.payload,
+            qos: p.qos_pid.qos(),
+            retain: p.retain,
+            properties: p.properties,
+            received: Instant::now(),
+        }
+    }
+}
+
 impl Message {
     /// The expiry interval left, `None` when it has none; `Some(0)` when it ran out.
     fn expiry_left(&self) -> Option<u32> {

@@ -15,7 +15,6 @@ use mqtt_proto::v5::{Packet, Publish};
 use mqtt_proto::{Pid, QoS, QosPid};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 /// Messages waiting to be published here, from other nodes.
@@ -162,15 +161,7 @@ async fn decode(bytes: &[u8], max: u32) -> Result<(Option<String>, Message), Str
     let Packet::Publish(p) = codec::read(&mut &rest[len..], max).await.map_err(|e| e.to_string())? else {
         return Err("not a PUBLISH".into());
     };
-    let m = Message {
-        topic: p.topic_name,
-        payload: p.payload,
-        qos: p.qos_pid.qos(),
-        retain: p.retain,
-        properties: p.properties,
-        received: Instant::now(),
-    };
-    Ok((from, m))
+    Ok((from, Message::from(p)))
 }
 
 #[cfg(test)]
@@ -190,7 +181,7 @@ mod tests {
             qos: QoS::Level1,
             retain: true,
             properties,
-            received: Instant::now(),
+            received: std::time::Instant::now(),
         };
         let bytes = encode("pub-1", &m).unwrap();
         let (from, back) = decode(&bytes, 1024).await.unwrap();
