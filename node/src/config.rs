@@ -236,6 +236,16 @@ pub fn check_addr(addr: &str) -> Result<()> {
     Ok(())
 }
 
+/// A node id from a StatefulSet pod name: the ordinal after the last `-`, plus one
+/// (`statenode-0` is node 1), so every pod derives the same initial membership.
+pub fn id_from_name(name: &str) -> Result<u64> {
+    let ordinal = name.rsplit_once('-').map(|(_, n)| n).unwrap_or_default();
+    let n: u64 = ordinal.parse().map_err(|_| {
+        Error::invalid(format!("cannot take a node id from {name:?}: expected a StatefulSet pod name like statenode-0"))
+    })?;
+    n.checked_add(1).ok_or_else(|| Error::invalid(format!("ordinal of {name:?} is too large")))
+}
+
 /// Parses one `id=host:port` peer.
 pub fn parse_peer(s: &str) -> Result<(u64, String)> {
     let (id, addr) =
@@ -434,6 +444,22 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn ids_come_from_statefulset_pod_names() {
+        assert_eq!(id_from_name("statenode-0").unwrap(), 1);
+        assert_eq!(id_from_name("my-db-statenode-12").unwrap(), 13);
+        for bad in ["statenode", "statenode-", "statenode-x", "", "s-18446744073709551615"] {
+            assert!(id_from_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The config file the Kubernetes manifests ship is one this build reads.
+    #[test]
+    fn the_kubernetes_config_file_parses() {
+        let c = Config::from_toml(include_str!("../../deploy/k8s/base/statenode.toml")).unwrap();
+        assert_eq!(c.raft.heartbeat_ms, 100);
     }
 
     #[test]

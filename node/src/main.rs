@@ -93,8 +93,12 @@ struct NodeArgs {
     /// TOML config file (keys as in Config; flags and env override it).
     #[arg(long, env = "STATENODE_CONFIG")]
     config: Option<PathBuf>,
-    #[arg(long, env = "STATENODE_ID")]
+    #[arg(long, env = "STATENODE_ID", conflicts_with = "id_from_name")]
     id: Option<u64>,
+    /// The id from a StatefulSet pod name: `statenode-N` is node N+1 (Kubernetes passes
+    /// `$(POD_NAME)`).
+    #[arg(long, env = "STATENODE_ID_FROM_NAME")]
+    id_from_name: Option<String>,
     #[arg(long, env = "STATENODE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Keep nothing on disk.
@@ -154,6 +158,9 @@ impl NodeArgs {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
         }
         set!(id, data_dir, peer_listen, grpc, http, mqtt, bootstrap_expect, peers, log_format);
+        if let Some(name) = &self.id_from_name {
+            c.id = statenode::config::id_from_name(name)?;
+        }
         if let Some(m) = self.memory {
             c.memory = m;
         }

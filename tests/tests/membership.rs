@@ -33,8 +33,17 @@ async fn join_fourth_node_then_leave() {
     let n4 = Proc::spawn(4, args, c.dir.path().join("n4.log"), peer, grpc.clone());
     let members = wait_members(&client, |m| m.len() == 4 && m.iter().all(|m| m.voter)).await;
     assert!(members.iter().any(|m| m.id == 4 && m.grpc_addr == grpc), "{members:?}\n{}", n4.log_tail());
-    // The new voter serves the data written before it joined.
-    let got = n4.client().get("pre-49", statenode_client::v1::Consistency::Stale).await.unwrap();
+    // The new voter serves the data written before it joined. A stale read is the node's own
+    // applied state, which may trail its promotion by a heartbeat (it learns the commit index
+    // from the leader): wait for it, boundedly.
+    let mut got = None;
+    for _ in 0..50 {
+        got = n4.client().get("pre-49", statenode_client::v1::Consistency::Stale).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(got.map(|kv| kv.value.to_vec()), Some(b"v".to_vec()));
 
     let out = std::process::Command::new(bin("statenode"))
