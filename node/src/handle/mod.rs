@@ -15,7 +15,7 @@ use crate::kv::Entry;
 use crate::metrics::Metrics;
 use crate::raft::consensus::Consensus;
 use crate::raft::network::PeerChannels;
-use crate::raft::peer::{unexpected, PeerReply, PeerRequest};
+use crate::raft::peer::{ask, unexpected, PeerReply, PeerRequest};
 use crate::raft::types::NodeInfo;
 use crate::store::SmStore;
 use bytes::Bytes;
@@ -163,13 +163,11 @@ impl NodeHandle {
     pub async fn deliver(&self, to: NodeId, message: Bytes) -> Result<()> {
         let members = self.inner.consensus.status().members;
         let member = members.iter().find(|m| m.id == to).ok_or_else(|| Error::NotFound(format!("node {to}")))?;
-        let mut client = self.inner.peers.client(&member.peer_addr).map_err(Error::unavailable)?;
-        let call = client.forward(crate::raft::network::encode(&PeerRequest::Deliver(message)));
-        let reply = tokio::time::timeout(self.inner.limits.request_timeout, call)
+        let req = PeerRequest::Deliver(message);
+        ask(&self.inner.peers, &member.peer_addr, &req, self.inner.limits.request_timeout)
             .await
-            .map_err(|_| Error::Timeout(format!("delivery to node {to} timed out")))?
-            .map_err(|s| Error::unavailable(s.message()))?;
-        crate::raft::network::decode::<Result<PeerReply>>(reply.get_ref()).map_err(Error::internal)?.map(drop)
+            .map(drop)
+            .map_err(|e| Error::unavailable(format!("delivery to node {to}: {e}")))
     }
 
     /// A message another node delivered (`PeerRequest::Deliver`).

@@ -296,13 +296,14 @@ impl Apply<'_> {
                     .filter(|(_, r)| r.owner.is_some_and(|o| o.node == *node && o.boot != *boot))
                     .map(|(c, r)| (c.clone(), r.clone()))
                     .collect();
-                for (client, mut record) in stale.iter().cloned() {
+                let count = stale.len() as u32;
+                for (client, mut record) in stale {
                     record.owner = None;
                     record.detached_ms = now;
                     let keep = record.expiry_s > 0;
                     sm.set_session(&client, keep.then_some(record));
                 }
-                SessionResult::Orphaned(stale.len() as u32)
+                SessionResult::Orphaned(count)
             }
         }
     }

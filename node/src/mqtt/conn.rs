@@ -348,23 +348,22 @@ impl Connection {
         if p.topic_name.is_empty() {
             return Err(End::Server(DisconnectReasonCode::ProtocolError));
         }
-        if !self.broker.policy().can_publish(&self.principal, &p.topic_name) {
+        let request = &*p.topic_name == statestore::REQUEST_TOPIC;
+        let allowed = {
+            let (policy, me) = (self.broker.policy(), &*self.principal);
+            // A request's reply is published on the client's behalf: only where it may publish.
+            let reply_to = p.properties.response_topic.as_deref().filter(|_| request);
+            policy.can_publish(me, &p.topic_name)
+                && reply_to.is_none_or(|t| policy.can_publish(me, t))
+                // Only the store publishes key notifications.
+                && !statestore::reserved(&p.topic_name)
+        };
+        if !allowed {
             let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
             return Ok(refused.into_iter().collect());
         }
-        if &*p.topic_name == statestore::REQUEST_TOPIC {
-            // The reply is published on the client's behalf: only where it may publish.
-            let reply_to = p.properties.response_topic.as_deref();
-            if reply_to.is_some_and(|t| !self.broker.policy().can_publish(&self.principal, t)) {
-                let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
-                return Ok(refused.into_iter().collect());
-            }
+        if request {
             return self.on_request(p, pid);
-        }
-        if statestore::reserved(&p.topic_name) {
-            // Only the store publishes key notifications.
-            let refused = pid.map(|pid| Puback::new(pid, PubackReasonCode::NotAuthorized).into());
-            return Ok(refused.into_iter().collect());
         }
         self.broker.publish_everywhere(&self.client, Message::from(p));
         Ok(pid.map(|pid| Puback::new_success(pid).into()).into_iter().collect())

@@ -2,8 +2,8 @@
 //! memory-mode rule that a restarted node comes back under a new id.
 
 use super::consensus::Consensus;
-use super::network::{decode, encode, PeerChannels};
-use super::peer::{PeerReply, PeerRequest};
+use super::network::PeerChannels;
+use super::peer::{ask, PeerReply, PeerRequest};
 use super::types::{NodeId, NodeInfo, Raft};
 use crate::api::ClusterStatus;
 use crate::config::Config;
@@ -202,12 +202,6 @@ fn lost_disk(config: &Config, old: &crate::api::Member) -> anyhow::Error {
         old.peer_addr,
         old.id
     )
-}
-
-async fn ask(channels: &PeerChannels, addr: &str, req: &PeerRequest, timeout: Duration) -> anyhow::Result<PeerReply> {
-    let mut client = channels.client(addr).map_err(anyhow::Error::msg)?;
-    let reply = tokio::time::timeout(timeout, client.forward(encode(req))).await??.into_inner();
-    Ok(decode::<crate::error::Result<PeerReply>>(&reply)??)
 }
 
 /// Whether the listed peers already form a cluster: waits until either some peer reports

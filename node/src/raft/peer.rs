@@ -1,6 +1,7 @@
 //! The peer request protocol: what one node asks another over `Peer.Forward` — a client
 //! request forwarded to the leader, or a question while the cluster forms.
 
+use super::network::{decode, encode, PeerChannels};
 use super::types::NodeInfo;
 use super::Fail;
 use crate::api::{ClusterStatus, ListPage, ListQuery, Member, NodeId};
@@ -9,6 +10,7 @@ use crate::kv::{Command, CommandResult, Entry};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -50,6 +52,18 @@ pub trait ServeLocal: Send + Sync + 'static {
     fn serve_local(&self, req: PeerRequest) -> BoxFuture<'_, Result<PeerReply, Fail>>;
     /// Where the leader is, for the error a request gets when leadership moved.
     fn leader_hint(&self) -> Option<crate::error::LeaderHint>;
+}
+
+/// Sends `req` to the node at `addr` once and waits up to `timeout` for its answer.
+pub(crate) async fn ask(
+    channels: &PeerChannels,
+    addr: &str,
+    req: &PeerRequest,
+    timeout: Duration,
+) -> anyhow::Result<PeerReply> {
+    let mut client = channels.client(addr).map_err(anyhow::Error::msg)?;
+    let reply = tokio::time::timeout(timeout, client.forward(encode(req))).await??.into_inner();
+    Ok(decode::<crate::error::Result<PeerReply>>(&reply)??)
 }
 
 /// A reply of the wrong kind for its request: a bug, never the caller's fault.
