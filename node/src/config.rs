@@ -259,7 +259,7 @@ pub fn parse_peer(s: &str) -> Result<(u64, String)> {
 }
 
 /// Replaces an unspecified listen host (0.0.0.0, [::]) with loopback, for advertising.
-fn routable(listen: &str) -> String {
+pub fn routable(listen: &str) -> String {
     match listen.rsplit_once(':') {
         Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
         _ => listen.to_string(),

@@ -109,6 +109,15 @@ impl Io {
     }
 }
 
+/// A gRPC server builder (peer and client ports) that pings idle HTTP/2 connections and
+/// closes those whose peer stopped answering — a vanished peer would otherwise hold its
+/// connection, and a graceful stop, open until TCP gives up.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
 /// Resolves once `stop` turns true (or its sender is gone): a server's shutdown signal.
 pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;

@@ -60,6 +60,16 @@ enum Command {
         #[arg(long, default_value = "./statenode-dev")]
         data_dir: PathBuf,
     },
+    /// Exit 0 when this node's HTTP door answers `/readyz` (or `/livez`) with 200: the
+    /// container image's HEALTHCHECK, which has no shell and no curl.
+    Health {
+        /// The node's HTTP address; an unspecified host (0.0.0.0) means this machine.
+        #[arg(long, env = "STATENODE_HTTP", default_value = "127.0.0.1:3500")]
+        http: String,
+        /// Ask `/livez` (the process answers) instead of `/readyz` (it serves linearizably).
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 #[derive(Args)]
@@ -230,7 +240,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 statenode::node::dev::Ports { peer: peer_base, grpc: grpc_base, http: http_base, mqtt: mqtt_base };
             statenode::node::dev::run(nodes, memory, base, data_dir).await
         }
+        Command::Health { http, live } => {
+            let path = if live { "/livez" } else { "/readyz" };
+            let status = tokio::task::spawn_blocking(move || probe(&http, path)).await??;
+            anyhow::ensure!(status == 200, "{path} answered {status}");
+            Ok(())
+        }
     }
+}
+
+/// One `GET path` over plain HTTP/1.0 to `addr`, within 3 s; returns the status code.
+fn probe(addr: &str, path: &str) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = statenode::config::routable(addr);
+    let sock = addr.to_socket_addrs()?.next().with_context(|| format!("{addr} resolves to nothing"))?;
+    let timeout = Duration::from_secs(3);
+    let mut conn = std::net::TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connect {addr}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // HTTP/1.0: the server closes the connection after its answer.
+    let mut head = Vec::new();
+    conn.take(256).read_to_end(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    // "HTTP/1.x 200 OK"
+    let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    code.with_context(|| format!("{addr} answered no HTTP status"))
 }
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {

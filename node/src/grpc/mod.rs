@@ -32,7 +32,7 @@ pub async fn serve(incoming: Incoming, dapr: Dapr, token: Token, stop: watch::Re
     let metrics = crate::metrics::GrpcLayer(handle.metrics().clone());
     let cluster = ClusterServer::new(ClusterService { handle });
     let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
-    let r = tonic::transport::Server::builder()
+    let r = crate::io::grpc_server()
         .layer(metrics)
         .add_service(InterceptedService::new(kv, auth.clone()))
         .add_service(InterceptedService::new(cluster, auth.clone()))

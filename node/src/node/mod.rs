@@ -61,6 +61,9 @@ impl Listeners {
     }
 }
 
+/// How long a stopping node lets its servers finish open requests.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// A running node: its handle, and everything to stop.
 pub struct Node {
     handle: NodeHandle,
@@ -125,12 +128,23 @@ impl Node {
         self.handle.clone()
     }
 
-    /// Stops serving, stops Raft, waits for every task.
+    /// Stops serving, stops Raft, waits for every task — at most `DRAIN` for the servers
+    /// to finish their open requests; then their connections are closed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.consensus.shutdown().await;
-        for t in self.tasks {
-            let _ = t.await;
+        // A graceful server waits for every open connection to end, and a connection whose
+        // peer vanished (a cut network, a killed client) ends only when keepalive notices.
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        let mut cut = 0;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                cut += 1;
+            }
+        }
+        if cut > 0 {
+            tracing::warn!(servers = cut, "connections still open {DRAIN:?} after the stop signal: closed");
         }
         // openraft's state-machine and replication tasks end shortly after its core: wait
         // until they released the stores, so the same data dir can be opened again at once.
@@ -264,7 +278,7 @@ fn background(
 async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<bool>) {
     let svc =
         PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
-    let r = tonic::transport::Server::builder()
+    let r = crate::io::grpc_server()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, crate::io::stopped(stop))
         .await;
