@@ -18,7 +18,7 @@ use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use statenode_proto::v1;
+pub use statenode_proto::{backup, v1};
 
 use statenode_proto::headers::{API_TOKEN, LEADER as LEADER_HEADER};
 
@@ -280,6 +280,12 @@ impl Client {
 
     pub async fn members(&self) -> Result<pb::MembersResponse> {
         rpc!(self, cluster, members, pb::MembersRequest {})
+    }
+
+    /// A consistent backup of the cluster's whole state, as a stream of the backup file's
+    /// bytes (`statenode_proto::backup` is its format).
+    pub async fn backup(&self) -> Result<tonic::Streaming<pb::BackupChunk>> {
+        rpc!(self, cluster, backup, pb::BackupRequest {})
     }
 
     pub async fn leave(&self, id: u64) -> Result<pb::LeaveResponse> {

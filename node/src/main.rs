@@ -60,6 +60,14 @@ enum Command {
         #[arg(long, default_value = "./statenode-dev")]
         data_dir: PathBuf,
     },
+    /// Seeds a new cluster's first node from a backup (`statectl backup FILE`): verifies the
+    /// file and writes the (empty) data dir; then `statenode serve` with the same flags runs it
+    /// as a one-node cluster holding the backup's keys and revisions. Add nodes with join.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Exit 0 when this node's HTTP door answers `/readyz` (or `/livez`) with 200: the
     /// container image's HEALTHCHECK, which has no shell and no curl.
     Health {
@@ -239,6 +247,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let base =
                 statenode::node::dev::Ports { peer: peer_base, grpc: grpc_base, http: http_base, mqtt: mqtt_base };
             statenode::node::dev::run(nodes, memory, base, data_dir).await
+        }
+        Command::Restore { file, node } => {
+            let config = node.config()?;
+            config.validate()?;
+            let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            let r = statenode::node::restore(&config, &bytes).with_context(|| format!("restore {}", file.display()))?;
+            println!(
+                "restored {} keys at revision {} (sha256 {}) into {} as node {} of a new cluster; start it with `statenode serve` and the same flags",
+                r.keys,
+                r.revision,
+                r.checksum,
+                config.data_dir.display(),
+                r.id
+            );
+            Ok(())
         }
         Command::Health { http, live } => {
             let path = if live { "/livez" } else { "/readyz" };

@@ -44,4 +44,26 @@ impl Cluster for ClusterService {
         let left = self.handle.leave(req.into_inner().id).await?;
         Ok(Response::new(pb::LeaveResponse { members: members(left) }))
     }
+
+    type BackupStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BackupChunk, Status>>>;
+
+    /// The backup file in 1 MiB chunks, the first one saying how big it is.
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let (revision, snapshot) = self.handle.backup().await?;
+        let file = bytes::Bytes::from(statenode_proto::backup::encode(revision, &snapshot));
+        drop(snapshot);
+        let total_bytes = file.len() as u64;
+        let chunks: Vec<_> = (0..file.len())
+            .step_by(BACKUP_CHUNK)
+            .map(|at| {
+                let data = file.slice(at..(at + BACKUP_CHUNK).min(file.len()));
+                let (total_bytes, revision) = if at == 0 { (total_bytes, revision) } else { (0, 0) };
+                Ok(pb::BackupChunk { data, total_bytes, revision })
+            })
+            .collect();
+        Ok(Response::new(futures::stream::iter(chunks)))
+    }
 }
+
+/// Bytes per backup message: well below gRPC's default 4 MiB message limit.
+const BACKUP_CHUNK: usize = 1 << 20;

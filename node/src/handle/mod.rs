@@ -177,6 +177,21 @@ impl NodeHandle {
         }
     }
 
+    /// A consistent copy of the whole state, holding every write acknowledged before the
+    /// call: the revision (applied index) it is at, and the state machine's snapshot.
+    /// Served from this node's own state once it applied the leader's read index.
+    pub async fn backup(&self) -> Result<(u64, Vec<u8>)> {
+        let index = match self.route(PeerRequest::ReadIndex).await? {
+            PeerReply::ReadIndex(i) => i,
+            other => return Err(unexpected(other)),
+        };
+        if !self.inner.consensus.wait_applied(index, self.inner.limits.request_timeout).await {
+            return Err(Error::unavailable(format!("this node has not applied index {index} yet")));
+        }
+        let st = self.inner.sm.read();
+        Ok((st.last_applied.map_or(0, |l| l.index), crate::kv::snapshot::encode(&st.kv)))
+    }
+
     pub async fn status(&self) -> ClusterStatus {
         self.inner.consensus.status()
     }

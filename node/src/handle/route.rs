@@ -78,6 +78,10 @@ impl NodeHandle {
                 let now = self.expire_due_first().await?;
                 Ok(PeerReply::List(self.local_list(&q, now)))
             }
+            PeerRequest::ReadIndex => {
+                c.read_barrier().await?;
+                Ok(PeerReply::ReadIndex(self.sm().read().last_applied.map_or(0, |l| l.index)))
+            }
             PeerRequest::Join { id, node, replaces } => Ok(PeerReply::Members(c.join(id, node, replaces).await?)),
             PeerRequest::Leave { id } => Ok(PeerReply::Members(c.leave(id).await?)),
             PeerRequest::Status => Ok(PeerReply::Status(c.status())),

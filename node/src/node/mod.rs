@@ -25,6 +25,9 @@ use tokio::task::JoinHandle;
 
 pub mod dev;
 mod records;
+mod restore;
+
+pub use restore::{restore, Restored};
 
 pub use crate::raft::membership::Role;
 

@@ -19,6 +19,10 @@ const REPLACED_KEY: &str = "replaced_id";
 /// half-way (a learner) finishes it when it starts again.
 const JOINING_KEY: &str = "joining_via";
 
+/// Set while `statenode restore` writes the data dir, cleared once it is complete: a data dir
+/// with it is half-written and never runs.
+const RESTORING_KEY: &str = "restoring";
+
 /// The log backend and, unless in memory mode, the state machine's disk.
 pub(super) type Disks = (Arc<dyn LogBackend>, Option<Arc<dyn SmDisk>>);
 
@@ -42,6 +46,9 @@ fn decode_id(b: &[u8]) -> anyhow::Result<NodeId> {
 
 /// What the disk says about this node before Raft starts.
 pub(super) fn read_stored(log: &dyn LogBackend) -> anyhow::Result<Stored> {
+    if log.raw_meta(RESTORING_KEY)?.is_some_and(|v| !v.is_empty()) {
+        anyhow::bail!("this data dir holds an unfinished restore: empty it and run statenode restore again");
+    }
     let id = log.raw_meta(NODE_ID_KEY)?.map(|b| decode_id(&b)).transpose()?;
     let replaced = log.raw_meta(REPLACED_KEY)?.map(|b| decode_id(&b)).transpose()?;
     let joining = log.raw_meta(JOINING_KEY)?.filter(|v| !v.is_empty());
@@ -67,6 +74,16 @@ pub(super) fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &Plan, gi
         log.set_raw_meta(JOINING_KEY, via.as_bytes())?;
     }
     Ok(())
+}
+
+/// Marks the data dir as being restored (`true`), or the restore as complete.
+pub(super) fn record_restoring(log: &dyn LogBackend, restoring: bool) -> anyhow::Result<()> {
+    Ok(log.set_raw_meta(RESTORING_KEY, if restoring { b"1" } else { b"" })?)
+}
+
+/// Records the id a restored data dir runs under.
+pub(super) fn record_id(log: &dyn LogBackend, id: NodeId) -> anyhow::Result<()> {
+    Ok(log.set_raw_meta(NODE_ID_KEY, &id.to_le_bytes())?)
 }
 
 /// Once a join has finished, forgets the peer address it went through.

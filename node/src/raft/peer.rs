@@ -30,6 +30,9 @@ pub enum PeerRequest {
     Status,
     /// Who are you? Answered even before the cluster forms (bootstrap).
     Hello,
+    /// The leader's applied index once a quorum confirmed its leadership: everything
+    /// acknowledged before the call is at or below it (a read index for a whole-state read).
+    ReadIndex,
     /// An MQTT message for the clients of the node asked (opaque here; `mqtt/relay.rs`).
     /// Served by the node asked, never forwarded.
     Deliver(Bytes),
@@ -44,6 +47,7 @@ pub enum PeerReply {
     Status(ClusterStatus),
     Hello(NodeId, NodeInfo),
     Delivered,
+    ReadIndex(u64),
 }
 
 /// What serves a forwarded request on this node, without forwarding it again: the node's

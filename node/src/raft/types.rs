@@ -43,3 +43,18 @@ pub type Vote = openraft::Vote<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Where a node restored from a backup starts: its log purged up to the backup's revision
+/// (term 0, so the first term it elects itself in is later), and the state machine at that
+/// index with a one-voter membership of its own.
+pub fn restored(id: NodeId, me: NodeInfo, revision: u64) -> (LogId, SnapshotMeta) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(0, id), revision);
+    let membership = openraft::Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, me)]));
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), membership),
+        snapshot_id: format!("restore-{revision}"),
+    };
+    (log_id, meta)
+}
