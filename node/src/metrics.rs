@@ -19,6 +19,39 @@ struct Stat {
     buckets: [u64; BUCKETS.len()],
 }
 
+impl Stat {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.count += 1;
+        self.sum += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of histogram `name` for `labels`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Durable (fsynced) commits of the node's redb files, by file name. Process-wide: the
+/// storage layer opens files before a node's `Metrics` exist (several nodes in one test
+/// process share it).
+static DISK_COMMITS: Mutex<BTreeMap<&'static str, Stat>> = Mutex::new(BTreeMap::new());
+
+/// Records one durable commit of `file` (`raft.redb`, `sm.redb`).
+pub fn disk_commit(file: &'static str, took: Duration) {
+    DISK_COMMITS.lock().expect("poisoned").entry(file).or_default().observe(took);
+}
+
 /// `(door, route, status)`: routes are fixed names or served gRPC methods, never arbitrary
 /// user input, so the label set stays bounded.
 type Labels = (&'static str, String, String);
@@ -31,22 +64,17 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn observe(&self, door: &'static str, route: &str, status: impl ToString, took: Duration) {
-        let secs = took.as_secs_f64();
         let mut m = self.requests.lock().expect("poisoned");
-        let s = m.entry((door, route.to_string(), status.to_string())).or_default();
-        s.count += 1;
-        s.sum += secs;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            s.buckets[i] += 1;
-        }
+        m.entry((door, route.to_string(), status.to_string())).or_default().observe(took);
     }
 
     pub fn leader_changed(&self) {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The text exposition format.
-    pub fn render(&self, st: &ClusterStatus, commit_index: u64) -> String {
+    /// The text exposition format; `snapshot_bytes` is the size of the snapshot this node
+    /// holds (built or installed; 0: none yet).
+    pub fn render(&self, st: &ClusterStatus, commit_index: u64, snapshot_bytes: u64) -> String {
         let mut out = String::new();
         let _ =
             writeln!(out, "# HELP statenode_requests_total Client requests served, by front door, route and status.");
@@ -63,18 +91,16 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE statenode_request_duration_seconds histogram");
         for ((door, route, status), s) in m.iter() {
             let labels = format!("door=\"{door}\",route=\"{route}\",status=\"{status}\"");
-            let mut cumulative = 0;
-            for (b, n) in BUCKETS.iter().zip(s.buckets) {
-                cumulative += n;
-                let _ = writeln!(out, "statenode_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "statenode_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
-            let _ = writeln!(out, "statenode_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "statenode_request_duration_seconds_count{{{labels}}} {}", s.count);
+            s.render(&mut out, "statenode_request_duration_seconds", &labels);
         }
         drop(m);
+        let _ = writeln!(out, "# HELP statenode_disk_commit_seconds Durable (fsynced) commit latency, by file.");
+        let _ = writeln!(out, "# TYPE statenode_disk_commit_seconds histogram");
+        for (file, s) in DISK_COMMITS.lock().expect("poisoned").iter() {
+            s.render(&mut out, "statenode_disk_commit_seconds", &format!("file=\"{file}\""));
+        }
         let is_leader = st.leader_id == Some(st.id);
-        let gauges: [(&str, &str, u64); 8] = [
+        let gauges: [(&str, &str, u64); 9] = [
             ("raft_term", "The current Raft term.", st.term),
             ("raft_leader_id", "The leader this node knows (0: none).", st.leader_id.unwrap_or(0)),
             ("raft_is_leader", "1 when this node is the leader.", u64::from(is_leader)),
@@ -83,6 +109,7 @@ impl Metrics {
             ("raft_applied_index", "The last index this node applied.", st.applied_index),
             ("raft_members", "Members in the configuration.", st.members.len() as u64),
             ("node_id", "This node's id.", st.id),
+            ("snapshot_bytes", "Size of the snapshot this node holds (0: none yet).", snapshot_bytes),
         ];
         for (name, help, v) in gauges {
             let _ =

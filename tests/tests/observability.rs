@@ -46,13 +46,18 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     queries.extend(alerts.lines().filter_map(|l| l.trim().strip_prefix("expr:")).map(str::to_string));
     assert!(alerts.matches("- alert:").count() >= 3, "the alert rules");
     let used: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
-    for wanted in
-        ["statenode_raft_is_leader", "statenode_raft_applied_index", "statenode_request_duration_seconds_bucket"]
-    {
+    for wanted in [
+        "statenode_raft_is_leader",
+        "statenode_raft_applied_index",
+        "statenode_request_duration_seconds_bucket",
+        "statenode_disk_commit_seconds_bucket",
+        "statenode_snapshot_bytes",
+    ] {
         assert!(used.contains(wanted), "{wanted} is not used: {used:?}");
     }
 
-    let c = TestCluster::start(1, true).await;
+    // Disk mode: the fsync latency series exist only where something is fsynced.
+    let c = TestCluster::start(1, false).await;
     c.wait_leader(None, Duration::from_secs(20)).await;
     let node = &c.nodes[0];
     // A request or two, so the per-request series exist.

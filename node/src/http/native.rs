@@ -391,7 +391,8 @@ async fn readyz(state: &HttpState) -> Reply {
 
 async fn metrics(state: &HttpState) -> Response {
     let st = state.handle().status().await;
-    let body = state.handle().metrics().render(&st, state.handle().commit_index());
+    let h = state.handle();
+    let body = h.metrics().render(&st, h.commit_index(), h.sm().snapshot_bytes());
     let mut r = text(StatusCode::OK, &body);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

@@ -29,23 +29,31 @@ impl<K: Key + 'static, V: Value + 'static> Table for TableDefinition<'_, K, V> {
 
 /// Opens (or creates) the database at `path` and every one of its `tables`, so a read never
 /// finds one missing.
-pub fn open(path: &Path, tables: &[&dyn Table]) -> io::Result<Database> {
-    let db = Database::create(path).map_err(io_err)?;
+pub fn open(path: &Path, file: &'static str, tables: &[&dyn Table]) -> io::Result<Db> {
+    let db = Db { db: Database::create(path).map_err(io_err)?, file };
     write(&db, |txn| tables.iter().try_for_each(|t| t.create(txn)))?;
     Ok(db)
 }
 
+/// A database and its file name (the label of its commit latency metric).
+pub struct Db {
+    pub db: Database,
+    pub file: &'static str,
+}
+
 /// Runs `f` in one write transaction and commits it durably (fsync) before returning.
-pub fn write<T>(db: &Database, f: impl FnOnce(&WriteTransaction) -> DbResult<T>) -> io::Result<T> {
-    let txn = db.begin_write().map_err(io_err)?;
+pub fn write<T>(db: &Db, f: impl FnOnce(&WriteTransaction) -> DbResult<T>) -> io::Result<T> {
+    let txn = db.db.begin_write().map_err(io_err)?;
     let out = f(&txn).map_err(io_err)?;
+    let start = std::time::Instant::now();
     txn.commit().map_err(io_err)?;
+    crate::metrics::disk_commit(db.file, start.elapsed());
     Ok(out)
 }
 
 /// Runs `f` in one read transaction (a consistent view).
-pub fn read<T>(db: &Database, f: impl FnOnce(&ReadTransaction) -> DbResult<T>) -> io::Result<T> {
-    let txn = db.begin_read().map_err(io_err)?;
+pub fn read<T>(db: &Db, f: impl FnOnce(&ReadTransaction) -> DbResult<T>) -> io::Result<T> {
+    let txn = db.db.begin_read().map_err(io_err)?;
     f(&txn).map_err(io_err)
 }
 

@@ -4,7 +4,7 @@ use super::backend::{LogBackend, LogMeta};
 use super::redb_db::{self, dec, enc};
 use crate::raft::identity::RawMeta;
 use crate::raft::types::{Entry, LogId};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use std::io;
 use std::path::Path;
 
@@ -14,12 +14,12 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 pub struct RedbLog {
-    db: Database,
+    db: redb_db::Db,
 }
 
 impl RedbLog {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = redb_db::open(path, &[&LOG, &META])?;
+        let db = redb_db::open(path, "raft.redb", &[&LOG, &META])?;
         Ok(Self { db })
     }
 }

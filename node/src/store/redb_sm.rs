@@ -6,7 +6,7 @@ use crate::kv::dedup::DedupTable;
 use crate::kv::StateMachine;
 use crate::raft::types::SnapshotMeta;
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use std::io;
 use std::path::Path;
 
@@ -18,12 +18,12 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 pub struct RedbSm {
-    db: Database,
+    db: redb_db::Db,
 }
 
 impl RedbSm {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let db = redb_db::open(path, &[&KV, &DEDUP, &SESSIONS, &META])?;
+        let db = redb_db::open(path, "sm.redb", &[&KV, &DEDUP, &SESSIONS, &META])?;
         Ok(Self { db })
     }
 }

@@ -70,6 +70,11 @@ impl SmStore {
         self.shared.state.read().expect("poisoned")
     }
 
+    /// Size of the snapshot this node holds (built or installed; 0: none yet).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.read().snapshot.as_ref().map_or(0, |(_, d)| d.len() as u64)
+    }
+
     /// True when no other clone (openraft's worker, a snapshot builder) is alive.
     pub fn only_owner(&self) -> bool {
         Arc::strong_count(&self.shared) == 1
