@@ -24,6 +24,17 @@ impl LogMeta {
     }
 }
 
+/// One change to the log; a batch of them is applied in order.
+#[derive(Debug)]
+pub enum LogOp {
+    Append(Vec<Entry>),
+    /// Deletes `[index, ∞)`.
+    Truncate(u64),
+    /// Deletes `[0, upto.index]` and records `upto` (encoded) as last purged.
+    Purge(LogId, Vec<u8>),
+    SetMeta(LogMeta, Vec<u8>),
+}
+
 /// A durable Raft log: every method returns only once its effect is on disk.
 /// The supertrait `RawMeta` keeps records next to the log that are not openraft's (the node
 /// id, the cluster id).
@@ -42,7 +53,20 @@ pub trait LogBackend: RawMeta {
     fn set_meta(&self, key: LogMeta, value: Vec<u8>) -> io::Result<()> {
         self.set_raw_meta(key.name(), &value)
     }
-    /// Whether calls block on real I/O (and so belong on the blocking pool).
+    /// Applies `ops` in order, all or none, durable when it returns: one fsync for the
+    /// batch. (The default applies them one by one, for logs without real I/O.)
+    fn apply(&self, ops: Vec<LogOp>) -> io::Result<()> {
+        for op in ops {
+            match op {
+                LogOp::Append(entries) => self.append(entries)?,
+                LogOp::Truncate(index) => self.truncate_from(index)?,
+                LogOp::Purge(upto, encoded) => self.purge(upto, encoded)?,
+                LogOp::SetMeta(key, value) => self.set_meta(key, value)?,
+            }
+        }
+        Ok(())
+    }
+    /// Whether calls block on real I/O (and so belong on a thread of their own).
     fn blocking(&self) -> bool {
         false
     }

@@ -1,18 +1,109 @@
 //! `RaftLogStorage` over a `LogBackend` (redb or memory).
+//!
+//! With a disk (a blocking backend), one writer thread owns the log's writes and commits
+//! whatever queued up while it was fsyncing as one transaction: appends return at once and
+//! report "flushed" after that batch's fsync, so concurrent client writes share one fsync
+//! (group commit) and the leader's fsync overlaps with replication. Appended entries not yet
+//! on disk are read from memory; truncate, purge and vote wait for their batch.
 
-use super::backend::{LogBackend, LogMeta};
+use super::backend::{LogBackend, LogMeta, LogOp};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
 
-/// The log store handed to openraft; clones share the backend (log readers).
+/// The log store handed to openraft; clones share the backend and the writer (log readers).
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn LogBackend>,
+    /// `None` for a log without real I/O: every call applies at once, inline.
+    writer: Option<Arc<Writer>>,
+}
+
+/// Most jobs one batch takes: bounds a transaction's size and a caller's wait.
+const MAX_BATCH: usize = 1024;
+
+/// The queue to the writer thread, and the appended entries it has not flushed yet.
+struct Writer {
+    /// `None` once dropped: the thread drains its queue and ends.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    pending: Arc<Mutex<Pending>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    /// The last store clone is gone: let the thread finish, so the file is free to open
+    /// again at once (a node restarted in the same process).
+    fn drop(&mut self) {
+        self.jobs.lock().expect("poisoned").take();
+        if let Some(t) = self.thread.lock().expect("poisoned").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    next_seq: u64,
+    /// index → (the append's sequence number, entry).
+    entries: BTreeMap<u64, (u64, Entry)>,
+}
+
+struct Job {
+    op: LogOp,
+    done: Done,
+}
+
+/// Whom to tell once a job's batch is on disk.
+enum Done {
+    /// openraft's flush callback, and the pending entries (index, sequence) it wrote.
+    Flushed(LogFlushed<TypeConfig>, Vec<(u64, u64)>),
+    Reply(oneshot::Sender<io::Result<()>>),
+    Nobody,
+}
+
+/// An `io::Error` for every waiter of a failed batch (it is not `Clone`).
+fn copy_err(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+fn run_writer(backend: Arc<dyn LogBackend>, jobs: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let (ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
+        let result = backend.apply(ops);
+        if result.is_ok() {
+            let mut p = pending.lock().expect("poisoned");
+            for done in &dones {
+                if let Done::Flushed(_, written) = done {
+                    for (index, seq) in written {
+                        if p.entries.get(index).is_some_and(|(s, _)| s == seq) {
+                            p.entries.remove(index);
+                        }
+                    }
+                }
+            }
+        }
+        for done in dones {
+            let r = result.as_ref().map(|_| ()).map_err(copy_err);
+            match done {
+                Done::Flushed(callback, _) => callback.log_io_completed(r),
+                Done::Reply(tx) => drop(tx.send(r)),
+                Done::Nobody => {}
+            }
+        }
+    }
 }
 
 fn err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: io::Error) -> StorageError {
@@ -25,19 +116,33 @@ fn log_err(verb: ErrorVerb) -> impl Fn(io::Error) -> StorageError {
 
 impl LogStore {
     pub fn new(backend: Arc<dyn LogBackend>) -> Self {
-        Self { backend }
+        let writer = backend.blocking().then(|| {
+            let (tx, rx) = mpsc::channel();
+            let pending = Arc::new(Mutex::new(Pending::default()));
+            let (b, p) = (backend.clone(), pending.clone());
+            let thread = std::thread::Builder::new()
+                .name("statenode-log".into())
+                .spawn(move || run_writer(b, rx, p))
+                .expect("spawn the log writer thread");
+            Arc::new(Writer { jobs: Mutex::new(Some(tx)), pending, thread: Mutex::new(Some(thread)) })
+        });
+        Self { backend, writer }
     }
 
-    /// Runs a write on the blocking pool so an fsync never stalls the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn LogBackend) -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        let backend = self.backend.clone();
-        if !backend.blocking() {
-            return f(backend.as_ref());
-        }
-        tokio::task::spawn_blocking(move || f(backend.as_ref())).await.map_err(io::Error::other)?
+    fn send(&self, writer: &Writer, op: LogOp, done: Done) -> io::Result<()> {
+        let jobs = writer.jobs.lock().expect("poisoned");
+        let sent = jobs.as_ref().map(|tx| tx.send(Job { op, done }).is_ok());
+        sent.filter(|ok| *ok).map(drop).ok_or_else(|| io::Error::other("the log writer stopped"))
+    }
+
+    /// Applies `op` and returns once it is on disk (after everything queued before it).
+    async fn write(&self, op: LogOp) -> io::Result<()> {
+        let Some(writer) = &self.writer else {
+            return self.backend.apply(vec![op]);
+        };
+        let (tx, rx) = oneshot::channel();
+        self.send(writer, op, Done::Reply(tx))?;
+        rx.await.map_err(|_| io::Error::other("the log writer stopped"))?
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: LogMeta) -> Result<Option<T>, StorageError> {
@@ -51,7 +156,7 @@ impl LogStore {
 
     async fn write_meta<T: serde::Serialize>(&self, key: LogMeta, value: &T) -> io::Result<()> {
         let bytes = bincode::serialize(value).map_err(io::Error::other)?;
-        self.blocking(move |b| b.set_meta(key, bytes)).await
+        self.write(LogOp::SetMeta(key, bytes)).await
     }
 }
 
@@ -75,7 +180,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(range);
-        self.backend.range(start, end).map_err(log_err(ErrorVerb::Read))
+        // Pending entries first: one flushed meanwhile is on disk by the time it is read.
+        let pending: Vec<Entry> = match &self.writer {
+            Some(w) if start < end => {
+                let p = w.pending.lock().expect("poisoned");
+                p.entries.range(start..end).map(|(_, (_, e))| e.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let disk = self.backend.range(start, end).map_err(log_err(ErrorVerb::Read))?;
+        if pending.is_empty() {
+            return Ok(disk);
+        }
+        // A pending entry replaces the one on disk at its index (an append after a truncate).
+        let mut all: BTreeMap<u64, Entry> = disk.into_iter().map(|e| (e.log_id.index, e)).collect();
+        all.extend(pending.into_iter().map(|e| (e.log_id.index, e)));
+        Ok(all.into_values().collect())
     }
 }
 
@@ -84,7 +204,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(LogMeta::LastPurged)?;
-        let last = self.backend.last().map_err(log_err(ErrorVerb::Read))?;
+        let pending_last = self.writer.as_ref().and_then(|w| {
+            let p = w.pending.lock().expect("poisoned");
+            p.entries.last_key_value().map(|(_, (_, e))| e.log_id)
+        });
+        let last = match pending_last {
+            Some(l) => Some(l),
+            None => self.backend.last().map_err(log_err(ErrorVerb::Read))?,
+        };
         Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
     }
 
@@ -100,8 +227,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(LogMeta::Vote)
     }
 
+    /// Not waited for: it goes to disk with the next batch. Losing it is safe (the
+    /// committed index is learned again from the leader); it only lets a restarted node
+    /// apply what it already knew was committed without waiting for one.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(LogMeta::Committed, &committed).await.map_err(log_err(ErrorVerb::Write))
+        let bytes = bincode::serialize(&committed).map_err(|e| log_err(ErrorVerb::Write)(io::Error::other(e)))?;
+        let op = LogOp::SetMeta(LogMeta::Committed, bytes);
+        let r = match &self.writer {
+            Some(w) => self.send(w, op, Done::Nobody),
+            None => self.backend.apply(vec![op]),
+        };
+        r.map_err(log_err(ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -114,19 +250,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let result = self.blocking(move |b| b.append(entries)).await;
-        // Durable (committed) before openraft hears about it.
-        let report = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.log_io_completed(report);
-        result.map_err(log_err(ErrorVerb::Write))
+        let Some(writer) = &self.writer else {
+            let result = self.backend.apply(vec![LogOp::Append(entries)]);
+            callback.log_io_completed(result.as_ref().map(|_| ()).map_err(copy_err));
+            return result.map_err(log_err(ErrorVerb::Write));
+        };
+        // Readable from memory at once; openraft hears "flushed" after the batch's fsync.
+        let written = {
+            let mut p = writer.pending.lock().expect("poisoned");
+            p.next_seq += 1;
+            let seq = p.next_seq;
+            for e in &entries {
+                p.entries.insert(e.log_id.index, (seq, e.clone()));
+            }
+            entries.iter().map(|e| (e.log_id.index, seq)).collect()
+        };
+        self.send(writer, LogOp::Append(entries), Done::Flushed(callback, written)).map_err(log_err(ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |b| b.truncate_from(log_id.index)).await.map_err(log_err(ErrorVerb::Delete))
+        if let Some(w) = &self.writer {
+            w.pending.lock().expect("poisoned").entries.split_off(&log_id.index);
+        }
+        self.write(LogOp::Truncate(log_id.index)).await.map_err(log_err(ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let encoded = bincode::serialize(&log_id).map_err(|e| log_err(ErrorVerb::Delete)(io::Error::other(e)))?;
-        self.blocking(move |b| b.purge(log_id, encoded)).await.map_err(log_err(ErrorVerb::Delete))
+        self.write(LogOp::Purge(log_id, encoded)).await.map_err(log_err(ErrorVerb::Delete))
     }
 }

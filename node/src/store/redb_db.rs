@@ -43,11 +43,23 @@ pub struct Db {
 
 /// Runs `f` in one write transaction and commits it durably (fsync) before returning.
 pub fn write<T>(db: &Db, f: impl FnOnce(&WriteTransaction) -> DbResult<T>) -> io::Result<T> {
-    let txn = db.db.begin_write().map_err(io_err)?;
+    write_with(db, true, f)
+}
+
+/// Runs `f` in one write transaction and commits it, durably (fsync, with everything
+/// committed before) or not: a commit that is not durable is atomic and visible at once, but
+/// a crash before the next durable commit loses it (the file stays consistent).
+pub fn write_with<T>(db: &Db, durable: bool, f: impl FnOnce(&WriteTransaction) -> DbResult<T>) -> io::Result<T> {
+    let mut txn = db.db.begin_write().map_err(io_err)?;
+    if !durable {
+        txn.set_durability(redb::Durability::None).map_err(io_err)?;
+    }
     let out = f(&txn).map_err(io_err)?;
     let start = std::time::Instant::now();
     txn.commit().map_err(io_err)?;
-    crate::metrics::disk_commit(db.file, start.elapsed());
+    if durable {
+        crate::metrics::disk_commit(db.file, start.elapsed());
+    }
     Ok(out)
 }
 

@@ -1,6 +1,6 @@
-//! The Raft log in `raft.redb`: one durable (fsynced) transaction per call.
+//! The Raft log in `raft.redb`: one durable (fsynced) transaction per call or batch.
 
-use super::backend::{LogBackend, LogMeta};
+use super::backend::{LogBackend, LogMeta, LogOp};
 use super::redb_db::{self, dec, enc};
 use crate::raft::identity::RawMeta;
 use crate::raft::types::{Entry, LogId};
@@ -64,6 +64,29 @@ impl LogBackend for RedbLog {
         redb_db::write(&self.db, |txn| {
             txn.open_table(LOG)?.retain_in(..=upto.index, |_, _| false)?;
             txn.open_table(META)?.insert(LogMeta::LastPurged.name(), encoded.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn apply(&self, ops: Vec<LogOp>) -> io::Result<()> {
+        redb_db::write(&self.db, |txn| {
+            let mut t = txn.open_table(LOG)?;
+            let mut meta = txn.open_table(META)?;
+            for op in &ops {
+                match op {
+                    LogOp::Append(entries) => {
+                        for e in entries {
+                            t.insert(e.log_id.index, enc(e)?.as_slice())?;
+                        }
+                    }
+                    LogOp::Truncate(index) => t.retain_in(*index.., |_, _| false)?,
+                    LogOp::Purge(upto, encoded) => {
+                        t.retain_in(..=upto.index, |_, _| false)?;
+                        meta.insert(LogMeta::LastPurged.name(), encoded.as_slice())?;
+                    }
+                    LogOp::SetMeta(key, value) => drop(meta.insert(key.name(), value.as_slice())?),
+                }
+            }
             Ok(())
         })
     }

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use std::io;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DEDUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup");
@@ -17,14 +19,32 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// last_applied, membership, last_version, clock_ms, snapshot_meta, snapshot_data.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
+/// The longest an apply batch stays without a durable commit. Applies are made durable
+/// lazily: the Raft log holds every applied entry (fsynced on a quorum), and a restart
+/// applies again what the state machine lost. Snapshots (before the log is purged) and
+/// installs are always durable.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
 pub struct RedbSm {
     db: redb_db::Db,
+    /// When the last durable commit was.
+    durable_at: Mutex<Instant>,
 }
 
 impl RedbSm {
     pub fn open(path: &Path) -> io::Result<Self> {
         let db = redb_db::open(path, "sm.redb", &[&KV, &DEDUP, &SESSIONS, &META])?;
-        Ok(Self { db })
+        Ok(Self { db, durable_at: Mutex::new(Instant::now()) })
+    }
+
+    /// Whether this commit should be durable (and if so, from now on it counts as the last).
+    fn durable_now(&self) -> bool {
+        let mut at = self.durable_at.lock().expect("poisoned");
+        let due = at.elapsed() >= DURABLE_EVERY;
+        if due {
+            *at = Instant::now();
+        }
+        due
     }
 }
 
@@ -43,7 +63,7 @@ impl SmDisk for RedbSm {
     }
 
     fn persist(&self, c: &Changes) -> io::Result<()> {
-        redb_db::write(&self.db, |txn| {
+        redb_db::write_with(&self.db, self.durable_now(), |txn| {
             let mut kv = txn.open_table(KV)?;
             for (k, e) in &c.keys {
                 match e {

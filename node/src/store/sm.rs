@@ -49,7 +49,21 @@ impl SmStore {
 
     /// A store backed by a disk (`sm.redb`), loading what a previous run persisted.
     pub fn disk(disk: Arc<dyn SmDisk>, hub: Arc<EventHub>) -> io::Result<Self> {
-        let loaded = disk.load()?;
+        let mut loaded = disk.load()?;
+        // Applies become durable lazily, snapshots at once: when a crash lost applies that
+        // the kept snapshot holds (it was built while they were being written), start from
+        // the snapshot. The log after it is still there; openraft applies it again.
+        if let Some((meta, data)) = &loaded.snapshot {
+            if meta.last_log_id > loaded.last_applied {
+                let kv = snapshot::decode(data).map_err(io::Error::other)?;
+                // The tables must not keep what the snapshot dropped (a later lazy crash
+                // would bring it back): rewrite them from the snapshot.
+                disk.install(&kv, meta, data)?;
+                loaded.kv = kv;
+                loaded.last_applied = meta.last_log_id;
+                loaded.membership = meta.last_membership.clone();
+            }
+        }
         Ok(Self::from_loaded(loaded, Some(disk), hub))
     }
 

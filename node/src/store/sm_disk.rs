@@ -28,8 +28,10 @@ pub struct Loaded {
     pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
-/// Durable state-machine storage: every method returns once its effect is durable.
+/// State-machine storage: every method returns once its effect is durable, except `persist`.
 pub trait SmDisk: Send + Sync + 'static {
+    /// An apply batch's changes: atomic, but may be lost in a crash until a later durable
+    /// commit (the log still holds the entries, and a restart applies them again).
     fn persist(&self, c: &Changes) -> io::Result<()>;
     /// Replaces the whole state with an installed snapshot and keeps the snapshot, in one
     /// durable step: a crash never leaves the state of one point with the snapshot of
