@@ -61,6 +61,12 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+def all_running(procs, what):
+    dead = [p.args[0] for p in procs if p.poll() is not None]
+    if dead:
+        raise SystemExit("%s exited at start (a port in use?): see its log in the temporary directory" % what)
+
+
 def http_json(url, body=None):
     data = json.dumps(body).encode() if body is not None else None
     with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=5) as r:
@@ -99,6 +105,7 @@ class Etcd:
             log = open(os.path.join(tmp, "etcd%d.log" % i), "w")
             self.procs.append(spawn(args, log))
         self.leader = wait("an etcd leader", self.find_leader)
+        all_running(self.procs, "etcd")
 
     def find_leader(self):
         for i in range(3):
@@ -137,6 +144,7 @@ class Statenode:
             log = open(os.path.join(tmp, "sn%d.log" % i), "w")
             self.procs.append(spawn(args, log, dict(os.environ, RUST_LOG="warn")))
         self.leader = wait("a statenode leader", self.find_leader)
+        all_running(self.procs, "statenode")
 
     def find_leader(self):
         s = http_json("http://127.0.0.1:27200/v1/cluster")
@@ -167,9 +175,11 @@ end
 
 
 def parse_ms(s):
-    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    m = re.match(r"([\d.]+)(us|ms|s|m)", s)
+    if not m:
+        raise SystemExit("unreadable wrk latency %r" % s)
     v = float(m.group(1))
-    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}[m.group(2)]
 
 
 def run_wrk(system, op, conns, duration, tmp):
@@ -181,11 +191,13 @@ def run_wrk(system, op, conns, duration, tmp):
     cpu0 = cpu_seconds(pids)
     out = sh("wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency", "-s", path, "http://" + system.leader)
     cpu = cpu_seconds(pids) - cpu0
+    if "Requests/sec" not in out:
+        raise SystemExit("wrk said:\n" + out)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / max(total, 1), "errors": int(errors.group(1)) if errors else 0}
 
 

@@ -8,6 +8,7 @@ pub mod redb_log;
 pub mod redb_sm;
 pub mod sm;
 pub mod sm_disk;
+mod sm_writer;
 
 #[cfg(test)]
 mod tests;

@@ -62,31 +62,36 @@ impl SmDisk for RedbSm {
         true
     }
 
-    fn persist(&self, c: &Changes) -> io::Result<()> {
+    fn persist(&self, batches: &[Changes]) -> io::Result<()> {
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
         redb_db::write_with(&self.db, self.durable_now(), |txn| {
             let mut kv = txn.open_table(KV)?;
-            for (k, e) in &c.keys {
-                match e {
-                    Some(e) => drop(kv.insert(k.as_ref(), enc(e)?.as_slice())?),
-                    None => drop(kv.remove(k.as_ref())?),
-                }
-            }
             let mut dd = txn.open_table(DEDUP)?;
-            for (id, w) in &c.clients {
-                match w {
-                    Some(w) => drop(dd.insert(*id, enc(w)?.as_slice())?),
-                    None => drop(dd.remove(*id)?),
-                }
-            }
             let mut ss = txn.open_table(SESSIONS)?;
-            for (client, r) in &c.sessions {
-                match r {
-                    Some(r) => drop(ss.insert(client.as_str(), enc(r)?.as_slice())?),
-                    None => drop(ss.remove(client.as_str())?),
+            for c in batches {
+                for (k, e) in &c.keys {
+                    match e {
+                        Some(e) => drop(kv.insert(k.as_ref(), enc(e)?.as_slice())?),
+                        None => drop(kv.remove(k.as_ref())?),
+                    }
+                }
+                for (id, w) in &c.clients {
+                    match w {
+                        Some(w) => drop(dd.insert(*id, enc(w)?.as_slice())?),
+                        None => drop(dd.remove(*id)?),
+                    }
+                }
+                for (client, r) in &c.sessions {
+                    match r {
+                        Some(r) => drop(ss.insert(client.as_str(), enc(r)?.as_slice())?),
+                        None => drop(ss.remove(client.as_str())?),
+                    }
                 }
             }
-            let (applied, membership) = (enc(&c.last_applied)?, enc(&c.membership)?);
-            let (version, clock) = (enc(&c.last_version)?, enc(&c.clock_ms)?);
+            let (applied, membership) = (enc(&last.last_applied)?, enc(&last.membership)?);
+            let (version, clock) = (enc(&last.last_version)?, enc(&last.clock_ms)?);
             put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
             put_meta(txn, &[("last_version", &version), ("clock_ms", &clock)])
         })

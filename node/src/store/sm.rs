@@ -1,6 +1,7 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
+use super::sm_writer::SmWriter;
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::EventHub;
@@ -21,7 +22,7 @@ pub struct SmState {
 
 struct Shared {
     state: RwLock<SmState>,
-    disk: Option<Arc<dyn SmDisk>>,
+    disk: Option<SmWriter>,
     hub: Arc<EventHub>,
 }
 
@@ -76,6 +77,7 @@ impl SmStore {
             snapshot: l.snapshot,
             snapshot_seq: 0,
         };
+        let disk = disk.map(SmWriter::new);
         Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub }) }
     }
 
@@ -149,18 +151,6 @@ struct Applied {
     sessions: Vec<String>,
 }
 
-/// Runs `f` on the blocking pool when the disk does real I/O, inline otherwise.
-async fn blocking<T: Send + 'static>(
-    disk: &Arc<dyn SmDisk>,
-    f: impl FnOnce(&dyn SmDisk) -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    if !disk.blocking() {
-        return f(disk.as_ref());
-    }
-    let disk = disk.clone();
-    tokio::task::spawn_blocking(move || f(disk.as_ref())).await.map_err(io::Error::other)?
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
@@ -180,7 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         };
         if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
-            blocking(disk, move |disk| disk.save_snapshot(&m, &d)).await.map_err(sm_err(ErrorVerb::Write))?;
+            disk.run(move |disk| disk.save_snapshot(&m, &d)).await.map_err(sm_err(ErrorVerb::Write))?;
         }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -201,7 +191,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     {
         let (results, applied, changes) = self.apply_batch(entries.into_iter().collect());
         if let (Some(changes), Some(disk)) = (changes, &self.shared.disk) {
-            blocking(disk, move |disk| disk.persist(&changes)).await.map_err(sm_err(ErrorVerb::Write))?;
+            disk.persist(changes).await.map_err(sm_err(ErrorVerb::Write))?;
         }
         self.shared.hub.publish(applied.events);
         self.shared.hub.publish_sessions(applied.sessions);
@@ -221,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let kv = snapshot::decode(&data).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
         if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
-            blocking(disk, move |disk| {
+            disk.run(move |disk| {
                 disk.install(&kv, &m, &d)?;
                 Ok(kv)
             })

@@ -30,9 +30,10 @@ pub struct Loaded {
 
 /// State-machine storage: every method returns once its effect is durable, except `persist`.
 pub trait SmDisk: Send + Sync + 'static {
-    /// An apply batch's changes: atomic, but may be lost in a crash until a later durable
-    /// commit (the log still holds the entries, and a restart applies them again).
-    fn persist(&self, c: &Changes) -> io::Result<()>;
+    /// The changes of consecutive apply batches, in order, as one atomic commit that may be
+    /// lost in a crash until a later durable commit (the log still holds the entries, and a
+    /// restart applies them again).
+    fn persist(&self, batches: &[Changes]) -> io::Result<()>;
     /// Replaces the whole state with an installed snapshot and keeps the snapshot, in one
     /// durable step: a crash never leaves the state of one point with the snapshot of
     /// another (older than the log's purge point).
@@ -70,9 +71,10 @@ struct MemSm {
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
-impl SmDisk for MemSmDisk {
-    fn persist(&self, c: &Changes) -> io::Result<()> {
+impl MemSmDisk {
+    fn persist_one(&self, c: &Changes) -> io::Result<()> {
         let mut g = self.inner.lock().expect("poisoned");
+
         for (k, e) in &c.keys {
             match e {
                 Some(e) => g.keys.insert(k.clone(), e.clone()),
@@ -96,6 +98,12 @@ impl SmDisk for MemSmDisk {
         g.last_version = c.last_version;
         g.clock_ms = c.clock_ms;
         Ok(())
+    }
+}
+
+impl SmDisk for MemSmDisk {
+    fn persist(&self, batches: &[Changes]) -> io::Result<()> {
+        batches.iter().try_for_each(|c| self.persist_one(c))
     }
 
     fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
