@@ -44,12 +44,13 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def install():
+def install(build):
     missing = [p for p, b in [("etcd-server", "etcd"), ("etcd-client", "etcdctl"), ("wrk", "wrk")] if not shutil.which(b)]
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "statenode", "--bin", "statenode"], cwd=ROOT, check=True)
+    if build:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "statenode", "--bin", "statenode"], cwd=ROOT, check=True)
 
 
 def cpu_seconds(pids):
@@ -130,9 +131,8 @@ class Etcd:
 class Statenode:
     name = "statenode"
 
-    def __init__(self, tmp, memory):
+    def __init__(self, tmp, memory, binary):
         self.procs = []
-        binary = os.path.join(ROOT, "target", "release", "statenode")
         peers = ",".join("%d=127.0.0.1:%d" % (i + 1, 27000 + i) for i in range(3))
         for i in range(3):
             args = [
@@ -208,11 +208,13 @@ def main():
     ap.add_argument("--mode", choices=["disk", "memory"], default="disk")
     ap.add_argument("--ops", default="put,get,stale")
     ap.add_argument("--conns", default="1,16,64")
+    ap.add_argument("--statenode-bin", help="a statenode binary to run instead of this checkout's release build (to compare builds)")
     a = ap.parse_args()
-    install()
+    install(build=not a.statenode_bin)
+    binary = a.statenode_bin or os.path.join(ROOT, "target", "release", "statenode")
     tmp = tempfile.mkdtemp(prefix="vs-etcd-")
     try:
-        systems = [Etcd(tmp), Statenode(tmp, a.mode == "memory")]
+        systems = [Etcd(tmp), Statenode(tmp, a.mode == "memory", binary)]
         # Fill every key once, so reads find values.
         for s in systems:
             run_wrk(s, "put", 16, 3, tmp)
