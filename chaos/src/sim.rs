@@ -484,6 +484,7 @@ impl Driver {
         let up: Vec<String> = self.others(&down);
         let victim = up[self.rng.gen_range(0..up.len())].clone();
         sim.crash(victim.as_str());
+        self.lose_unsynced(&victim);
         self.crashed.push(victim.clone());
         if wipe {
             let i = self.names.iter().position(|n| n == &victim).expect("node");
@@ -519,11 +520,20 @@ impl Driver {
         };
         for v in &victims {
             sim.crash(v.as_str());
+            self.lose_unsynced(v);
         }
         self.crashed.extend(victims.iter().cloned());
         self.note(t, format!("{what}: {victims:?}"));
         let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
         self.pending.push((heal_at, Heal::BounceMany(back)));
+    }
+
+    /// A crashed node's disk keeps only what was durable (state-machine applies are not).
+    fn lose_unsynced(&self, name: &str) {
+        let i = self.names.iter().position(|n| n == name).expect("node");
+        if let Some(d) = &*self.disks[i].lock().expect("disk slot") {
+            d.sm.lose_unsynced();
+        }
     }
 
     /// Records that `name` restarts without its data, under whatever id it last reported.

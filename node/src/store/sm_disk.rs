@@ -42,10 +42,13 @@ pub trait SmDisk: Send + Sync + 'static {
     /// may finish while a build of an older state is still writing).
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()>;
     fn load(&self) -> io::Result<Loaded>;
-    /// Whether calls block on real I/O (and so belong on the blocking pool).
+    /// Whether calls block on real I/O (and so belong on a thread of their own).
     fn blocking(&self) -> bool {
         false
     }
+    /// A crash: forget every `persist` not followed by a durable step. Only the
+    /// simulation's twin models it (a real disk loses them by itself).
+    fn lose_unsynced(&self) {}
 }
 
 /// Whether `meta` may replace the `kept` snapshot: it covers at least as much of the log.
@@ -53,13 +56,18 @@ pub fn is_newer(meta: &SnapshotMeta, kept: Option<&SnapshotMeta>) -> bool {
     kept.is_none_or(|k| meta.last_log_id >= k.last_log_id)
 }
 
-/// The in-memory twin of `sm.redb`.
+/// The in-memory twin of `sm.redb`. Like redb with `Durability::None` applies, `persist`
+/// is lost in a crash (`lose_unsynced`) until a durable step — `install` or `save_snapshot`,
+/// which make everything before them durable. (redb also makes an apply durable once a
+/// second; the twin never does: the worst case.)
 #[derive(Default)]
 pub struct MemSmDisk {
     inner: Mutex<MemSm>,
+    /// What a crash leaves.
+    durable: Mutex<MemSm>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct MemSm {
     keys: BTreeMap<Bytes, Entry>,
     clients: BTreeMap<u64, ClientWindow>,
@@ -116,6 +124,7 @@ impl SmDisk for MemSmDisk {
         g.last_version = sm.last_version();
         g.clock_ms = sm.clock_ms();
         g.snapshot = Some((meta.clone(), data.to_vec()));
+        *self.durable.lock().expect("poisoned") = g.clone();
         Ok(())
     }
 
@@ -124,7 +133,13 @@ impl SmDisk for MemSmDisk {
         if is_newer(meta, g.snapshot.as_ref().map(|(m, _)| m)) {
             g.snapshot = Some((meta.clone(), data.to_vec()));
         }
+        *self.durable.lock().expect("poisoned") = g.clone();
         Ok(())
+    }
+
+    fn lose_unsynced(&self) {
+        let durable = self.durable.lock().expect("poisoned").clone();
+        *self.inner.lock().expect("poisoned") = durable;
     }
 
     fn load(&self) -> io::Result<Loaded> {
