@@ -305,6 +305,19 @@ impl TestCluster {
         prefix: &str,
         consistency: pb::Consistency,
     ) -> statenode_client::Result<Vec<(String, String)>> {
+        let kvs = Self::list_kvs(client, prefix, consistency).await?;
+        Ok(kvs
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
+            .collect())
+    }
+
+    /// Every key under `prefix`, with its revisions, version and TTL, page by page.
+    pub async fn list_kvs(
+        client: &Client,
+        prefix: &str,
+        consistency: pb::Consistency,
+    ) -> statenode_client::Result<Vec<pb::KeyValue>> {
         let mut out = Vec::new();
         let mut cursor = Default::default();
         loop {
@@ -316,9 +329,7 @@ impl TestCluster {
                 keys_only: false,
             };
             let page = client.list(req).await?;
-            out.extend(page.kvs.iter().map(|kv| {
-                (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())
-            }));
+            out.extend(page.kvs);
             if page.next_cursor.is_empty() {
                 return Ok(out);
             }

@@ -12,25 +12,11 @@ use std::time::{Duration, Instant};
 type Row = (Vec<u8>, Vec<u8>, u64, u64, String, u64);
 
 async fn everything(grpc: &str, consistency: pb::Consistency) -> statenode_client::Result<Vec<Row>> {
-    let client = single_client(grpc);
-    let (mut out, mut cursor) = (Vec::new(), bytes::Bytes::new());
-    loop {
-        let req = pb::ListRequest {
-            prefix: Default::default(),
-            cursor,
-            limit: 500,
-            consistency: consistency as i32,
-            keys_only: false,
-        };
-        let page = client.list(req).await?;
-        out.extend(page.kvs.iter().map(|kv| {
-            (kv.key.to_vec(), kv.value.to_vec(), kv.revision, kv.create_revision, kv.version.clone(), kv.expires_at_ms)
-        }));
-        if page.next_cursor.is_empty() {
-            return Ok(out);
-        }
-        cursor = page.next_cursor;
-    }
+    let kvs = TestCluster::list_kvs(&single_client(grpc), "", consistency).await?;
+    Ok(kvs
+        .into_iter()
+        .map(|kv| (kv.key.to_vec(), kv.value.to_vec(), kv.revision, kv.create_revision, kv.version, kv.expires_at_ms))
+        .collect())
 }
 
 fn run(args: &[&str]) -> (bool, String) {
