@@ -68,7 +68,7 @@ pub(super) fn record_plan(log: &dyn LogBackend, stored: &Stored, plan: &Plan, gi
         if given != 0 && given != plan.id {
             log.set_raw_meta(REPLACED_KEY, &given.to_le_bytes())?;
         }
-        log.set_raw_meta(NODE_ID_KEY, &plan.id.to_le_bytes())?;
+        record_id(log, plan.id)?;
     }
     if let (Some(via), None) = (plan.joins_via(), &stored.joining) {
         log.set_raw_meta(JOINING_KEY, via.as_bytes())?;
@@ -81,7 +81,7 @@ pub(super) fn record_restoring(log: &dyn LogBackend, restoring: bool) -> anyhow:
     Ok(log.set_raw_meta(RESTORING_KEY, if restoring { b"1" } else { b"" })?)
 }
 
-/// Records the id a restored data dir runs under.
+/// Records the id this data dir runs under.
 pub(super) fn record_id(log: &dyn LogBackend, id: NodeId) -> anyhow::Result<()> {
     Ok(log.set_raw_meta(NODE_ID_KEY, &id.to_le_bytes())?)
 }

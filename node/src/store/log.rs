@@ -7,6 +7,7 @@
 //! on disk are read from memory; truncate, purge and vote wait for their batch.
 
 use super::backend::{LogBackend, LogMeta, LogOp};
+use super::worker::Worker;
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The log store handed to openraft; clones share the backend and the writer (log readers).
@@ -28,23 +29,10 @@ pub struct LogStore {
 /// Most jobs one batch takes: bounds a transaction's size and a caller's wait.
 const MAX_BATCH: usize = 1024;
 
-/// The queue to the writer thread, and the appended entries it has not flushed yet.
+/// The writer thread, and the appended entries it has not flushed yet.
 struct Writer {
-    /// `None` once dropped: the thread drains its queue and ends.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    worker: Worker<Job>,
     pending: Arc<Mutex<Pending>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Drop for Writer {
-    /// The last store clone is gone: let the thread finish, so the file is free to open
-    /// again at once (a node restarted in the same process).
-    fn drop(&mut self) {
-        self.jobs.lock().expect("poisoned").take();
-        if let Some(t) = self.thread.lock().expect("poisoned").take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[derive(Default)]
@@ -72,36 +60,28 @@ fn copy_err(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-fn run_writer(backend: Arc<dyn LogBackend>, jobs: mpsc::Receiver<Job>, pending: Arc<Mutex<Pending>>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let (ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
-        let result = backend.apply(ops);
-        if result.is_ok() {
-            let mut p = pending.lock().expect("poisoned");
-            for done in &dones {
-                if let Done::Flushed(_, written) = done {
-                    for (index, seq) in written {
-                        if p.entries.get(index).is_some_and(|(s, _)| s == seq) {
-                            p.entries.remove(index);
-                        }
+/// Writes one batch of jobs as one transaction, then tells whom it concerns.
+fn write_batch(backend: &dyn LogBackend, pending: &Mutex<Pending>, batch: Vec<Job>) {
+    let (ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
+    let result = backend.apply(ops);
+    if result.is_ok() {
+        let mut p = pending.lock().expect("poisoned");
+        for done in &dones {
+            if let Done::Flushed(_, written) = done {
+                for (index, seq) in written {
+                    if p.entries.get(index).is_some_and(|(s, _)| s == seq) {
+                        p.entries.remove(index);
                     }
                 }
             }
         }
-        for done in dones {
-            let r = result.as_ref().map(|_| ()).map_err(copy_err);
-            match done {
-                Done::Flushed(callback, _) => callback.log_io_completed(r),
-                Done::Reply(tx) => drop(tx.send(r)),
-                Done::Nobody => {}
-            }
+    }
+    for done in dones {
+        let r = result.as_ref().map(|_| ()).map_err(copy_err);
+        match done {
+            Done::Flushed(callback, _) => callback.log_io_completed(r),
+            Done::Reply(tx) => drop(tx.send(r)),
+            Done::Nobody => {}
         }
     }
 }
@@ -117,22 +97,16 @@ fn log_err(verb: ErrorVerb) -> impl Fn(io::Error) -> StorageError {
 impl LogStore {
     pub fn new(backend: Arc<dyn LogBackend>) -> Self {
         let writer = backend.blocking().then(|| {
-            let (tx, rx) = mpsc::channel();
             let pending = Arc::new(Mutex::new(Pending::default()));
             let (b, p) = (backend.clone(), pending.clone());
-            let thread = std::thread::Builder::new()
-                .name("statenode-log".into())
-                .spawn(move || run_writer(b, rx, p))
-                .expect("spawn the log writer thread");
-            Arc::new(Writer { jobs: Mutex::new(Some(tx)), pending, thread: Mutex::new(Some(thread)) })
+            let worker = Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, batch));
+            Arc::new(Writer { worker, pending })
         });
         Self { backend, writer }
     }
 
-    fn send(&self, writer: &Writer, op: LogOp, done: Done) -> io::Result<()> {
-        let jobs = writer.jobs.lock().expect("poisoned");
-        let sent = jobs.as_ref().map(|tx| tx.send(Job { op, done }).is_ok());
-        sent.filter(|ok| *ok).map(drop).ok_or_else(|| io::Error::other("the log writer stopped"))
+    async fn send(&self, writer: &Writer, op: LogOp, done: Done) -> io::Result<()> {
+        writer.worker.send(Job { op, done }).await.map_err(|_| io::Error::other("the log writer stopped"))
     }
 
     /// Applies `op` and returns once it is on disk (after everything queued before it).
@@ -141,7 +115,7 @@ impl LogStore {
             return self.backend.apply(vec![op]);
         };
         let (tx, rx) = oneshot::channel();
-        self.send(writer, op, Done::Reply(tx))?;
+        self.send(writer, op, Done::Reply(tx)).await?;
         rx.await.map_err(|_| io::Error::other("the log writer stopped"))?
     }
 
@@ -234,7 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = bincode::serialize(&committed).map_err(|e| log_err(ErrorVerb::Write)(io::Error::other(e)))?;
         let op = LogOp::SetMeta(LogMeta::Committed, bytes);
         let r = match &self.writer {
-            Some(w) => self.send(w, op, Done::Nobody),
+            Some(w) => self.send(w, op, Done::Nobody).await,
             None => self.backend.apply(vec![op]),
         };
         r.map_err(log_err(ErrorVerb::Write))
@@ -265,7 +239,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             entries.iter().map(|e| (e.log_id.index, seq)).collect()
         };
-        self.send(writer, LogOp::Append(entries), Done::Flushed(callback, written)).map_err(log_err(ErrorVerb::Write))
+        let done = Done::Flushed(callback, written);
+        self.send(writer, LogOp::Append(entries), done).await.map_err(log_err(ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -9,6 +9,7 @@ pub mod redb_sm;
 pub mod sm;
 pub mod sm_disk;
 mod sm_writer;
+mod worker;
 
 #[cfg(test)]
 mod tests;

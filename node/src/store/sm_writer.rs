@@ -6,9 +6,10 @@
 //! their turn, so a durable step always comes after the changes applied before it.
 
 use super::sm_disk::{Changes, SmDisk};
+use super::worker::Worker;
 use std::io;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Apply batches queued at most; an apply waits for room beyond that (back-pressure).
 const QUEUE: usize = 64;
@@ -23,85 +24,60 @@ enum Job {
 pub struct SmWriter {
     disk: Arc<dyn SmDisk>,
     /// `None` for a disk without real I/O (the simulation's): every call runs inline.
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    /// `None` once dropped: the thread drains its queue and ends.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    worker: Option<Worker<Job>>,
     /// Why queued changes could not be written: every later call fails with it (the tables
     /// would miss changes, so nothing durable may be built on them).
     failed: Arc<Mutex<Option<String>>>,
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.jobs.lock().expect("poisoned").take();
-        if let Some(t) = self.thread.lock().expect("poisoned").take() {
-            let _ = t.join();
+/// Writes one batch in order: consecutive changes as one commit, a task after the changes
+/// queued before it.
+fn write_batch(disk: &dyn SmDisk, failed: &Mutex<Option<String>>, batch: Vec<Job>) {
+    let persist = |changes: &mut Vec<Changes>| {
+        if !changes.is_empty() && failed.lock().expect("poisoned").is_none() {
+            if let Err(e) = disk.persist(changes) {
+                tracing::error!(error = %e, "state machine write failed; the node stops writing its state");
+                *failed.lock().expect("poisoned") = Some(e.to_string());
+            }
         }
-    }
-}
-
-fn run_worker(disk: Arc<dyn SmDisk>, mut jobs: mpsc::Receiver<Job>, failed: Arc<Mutex<Option<String>>>) {
-    let persist = |batches: &mut Vec<Changes>| {
-        if batches.is_empty() || failed.lock().expect("poisoned").is_some() {
-            return batches.clear();
-        }
-        if let Err(e) = disk.persist(batches) {
-            tracing::error!(error = %e, "state machine write failed; the node stops writing its state");
-            *failed.lock().expect("poisoned") = Some(e.to_string());
-        }
-        batches.clear();
+        changes.clear();
     };
-    let mut batches = Vec::new();
-    while let Some(first) = jobs.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take().or_else(|| jobs.try_recv().ok()) {
-            match job {
-                Job::Persist(c) => batches.push(c),
-                Job::Run(task) => {
-                    persist(&mut batches);
-                    // Dropped unrun after a failure: its caller hears why.
-                    if failed.lock().expect("poisoned").is_none() {
-                        task(disk.as_ref());
-                    }
+    let mut changes = Vec::new();
+    for job in batch {
+        match job {
+            Job::Persist(c) => changes.push(c),
+            Job::Run(task) => {
+                persist(&mut changes);
+                // Dropped unrun after a failure: its caller hears why.
+                if failed.lock().expect("poisoned").is_none() {
+                    task(disk);
                 }
             }
-            if batches.len() >= QUEUE {
-                persist(&mut batches);
-            }
         }
-        persist(&mut batches);
     }
+    persist(&mut changes);
 }
 
 impl SmWriter {
     pub fn new(disk: Arc<dyn SmDisk>) -> Self {
+        let failed = Arc::new(Mutex::new(None));
         let worker = disk.blocking().then(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let failed = Arc::new(Mutex::new(None));
             let (d, f) = (disk.clone(), failed.clone());
-            let thread = std::thread::Builder::new()
-                .name("statenode-sm".into())
-                .spawn(move || run_worker(d, rx, f))
-                .expect("spawn the state machine writer thread");
-            Worker { jobs: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), failed }
+            Worker::spawn("statenode-sm", QUEUE, move |batch| write_batch(d.as_ref(), &f, batch))
         });
-        Self { disk, worker }
+        Self { disk, worker, failed }
     }
 
-    fn stopped(w: &Worker) -> io::Error {
-        let why = w.failed.lock().expect("poisoned").clone();
+    fn stopped(&self) -> io::Error {
+        let why = self.failed.lock().expect("poisoned").clone();
         io::Error::other(why.unwrap_or_else(|| "the state machine writer stopped".into()))
     }
 
-    fn sender(w: &Worker) -> io::Result<mpsc::Sender<Job>> {
-        if w.failed.lock().expect("poisoned").is_some() {
-            return Err(Self::stopped(w));
+    async fn send(&self, worker: &Worker<Job>, job: Job) -> io::Result<()> {
+        if self.failed.lock().expect("poisoned").is_some() {
+            return Err(self.stopped());
         }
-        w.jobs.lock().expect("poisoned").clone().ok_or_else(|| Self::stopped(w))
+        worker.send(job).await.map_err(|_| self.stopped())
     }
 
     /// Queues an apply batch's changes (written inline without a worker).
@@ -109,7 +85,7 @@ impl SmWriter {
         let Some(w) = &self.worker else {
             return self.disk.persist(&[changes]);
         };
-        Self::sender(w)?.send(Job::Persist(changes)).await.map_err(|_| Self::stopped(w))
+        self.send(w, Job::Persist(changes)).await
     }
 
     /// Runs `f` on the disk after every change queued before it.
@@ -121,8 +97,7 @@ impl SmWriter {
             return f(self.disk.as_ref());
         };
         let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move |disk| drop(tx.send(f(disk))));
-        Self::sender(w)?.send(Job::Run(task)).await.map_err(|_| Self::stopped(w))?;
-        rx.await.map_err(|_| Self::stopped(w))?
+        self.send(w, Job::Run(Box::new(move |disk| drop(tx.send(f(disk)))))).await?;
+        rx.await.map_err(|_| self.stopped())?
     }
 }
