@@ -178,7 +178,7 @@ impl NodeHandle {
     }
 
     /// A consistent copy of the whole state, holding every write acknowledged before the
-    /// call: the revision (applied index) it is at, and the state machine's snapshot.
+    /// call: the revision it is at, and the state machine's snapshot.
     /// Served from this node's own state once it applied the leader's read index.
     pub async fn backup(&self) -> Result<(u64, Vec<u8>)> {
         let index = match self.route(PeerRequest::ReadIndex).await? {
@@ -189,7 +189,7 @@ impl NodeHandle {
             return Err(Error::unavailable(format!("this node has not applied index {index} yet")));
         }
         let st = self.inner.sm.read();
-        Ok((st.last_applied.map_or(0, |l| l.index), crate::kv::snapshot::encode(&st.kv)))
+        Ok((st.kv.revision(), crate::kv::snapshot::encode(&st.kv)))
     }
 
     pub async fn status(&self) -> ClusterStatus {
@@ -237,6 +237,6 @@ impl NodeHandle {
         let st = self.inner.sm.read();
         let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
         let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
-        ListPage { entries, next_cursor, revision: st.last_applied.map_or(0, |l| l.index) }
+        ListPage { entries, next_cursor, revision: st.kv.revision() }
     }
 }

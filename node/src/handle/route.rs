@@ -63,6 +63,9 @@ impl NodeHandle {
     async fn serve(&self, req: PeerRequest) -> std::result::Result<PeerReply, Fail> {
         let c = &self.inner.consensus;
         match req {
+            PeerRequest::Write(cmd) if matches!(cmd.op, Op::Group(_)) => {
+                Err(Error::invalid("a group of commands is built by the leader, never sent to it").into())
+            }
             PeerRequest::Write(mut cmd) => {
                 // The leader stamps its clock: apply derives versions and TTLs from it.
                 cmd.now_ms = self.now_ms();

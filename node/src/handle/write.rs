@@ -85,7 +85,7 @@ impl NodeHandle {
         }
         let r = self.write(Op::Session(op), None).await?;
         // Callers read the session's record on this node next: it must hold this change.
-        if !self.inner.consensus.wait_applied(r.revision, self.inner.limits.request_timeout).await {
+        if !self.sm().wait_revision(r.revision, self.inner.limits.request_timeout).await {
             return Err(Error::Timeout("this node did not apply the session change in time".into()));
         }
         match r.outcome {

@@ -37,6 +37,10 @@ pub enum Op {
     Expire,
     /// An MQTT session change (`session.rs`).
     Session(SessionOp),
+    /// Commands of several callers in one log entry, each applied on its own with a
+    /// revision of its own, in order (the leader's proposer packs them: one fsync serves
+    /// them all). Built only by the leader, never taken from a request.
+    Group(Vec<Command>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +125,8 @@ pub enum DeleteOutcome {
 /// The answer to one command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
-    /// The log index of the command.
+    /// The revision the command got: a cluster-wide counter, one step per command (a
+    /// group's commands each take one), never below the log index of its entry.
     pub revision: u64,
     pub outcome: Outcome,
 }
@@ -142,6 +147,8 @@ pub enum Outcome {
     Session(SessionResult),
     /// A membership or blank entry: nothing for the key space.
     None,
+    /// A group's results, one per command, in order.
+    Group(Vec<CommandResult>),
 }
 
 impl Op {
@@ -149,7 +156,30 @@ impl Op {
     pub fn items(&self) -> &[TxnOp] {
         match self {
             Op::Txn(ops) | Op::Batch(ops) => ops,
-            Op::Put(_) | Op::Delete(_) | Op::Expire | Op::Session(_) => &[],
+            Op::Put(_) | Op::Delete(_) | Op::Expire | Op::Session(_) | Op::Group(_) => &[],
+        }
+    }
+}
+
+impl Command {
+    /// About how many bytes the command takes in a log entry, to bound a group's size.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        let put = |p: &Put| OVERHEAD + p.key.len() + p.value.len();
+        let del = |d: &Delete| {
+            OVERHEAD + d.key.len() + if let DeleteCondition::IfValue(v) = &d.condition { v.len() } else { 0 }
+        };
+        let item = |o: &TxnOp| match o {
+            TxnOp::Put(p) => put(p),
+            TxnOp::Delete(d) => del(d),
+        };
+        match &self.op {
+            Op::Put(p) => put(p),
+            Op::Delete(d) => del(d),
+            Op::Txn(ops) | Op::Batch(ops) => OVERHEAD + ops.iter().map(item).sum::<usize>(),
+            Op::Expire => OVERHEAD,
+            Op::Session(s) => OVERHEAD + bincode::serialized_size(s).map_or(0, |n| n as usize),
+            Op::Group(cmds) => OVERHEAD + cmds.iter().map(Command::approx_bytes).sum::<usize>(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::ops::Bound;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub value: Bytes,
-    /// Log index of the last change (the Dapr ETag).
+    /// Revision of the last change (the Dapr ETag).
     pub revision: u64,
     pub create_revision: u64,
     pub version: Hlc,
@@ -59,6 +59,9 @@ pub struct StateMachine {
     /// below it, whatever the serving node's clock says (a failover to a node whose clock
     /// is behind must not bring back a key that already expired).
     clock_ms: u64,
+    /// The last revision a command took. Each command takes the next one, and never one
+    /// below its entry's log index (so a log without groups has revision = index).
+    revision: u64,
     dedup: DedupTable,
     /// MQTT sessions by client id (`session.rs`).
     sessions: BTreeMap<String, SessionRecord>,
@@ -68,8 +71,42 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Applies the command at log index `revision`.
-    pub fn apply(&mut self, revision: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
+    /// Applies the command of the entry at log index `index`: a group's commands one by
+    /// one, each with a revision of its own.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
+        let Op::Group(cmds) = &cmd.op else {
+            return self.apply_one(index, cmd);
+        };
+        let mut events = Vec::new();
+        let results = cmds
+            .iter()
+            .map(|c| {
+                let (r, ev) = self.apply_one(index, c);
+                events.extend(ev);
+                r
+            })
+            .collect();
+        self.revision = self.revision.max(index);
+        (CommandResult { revision: self.revision, outcome: Outcome::Group(results) }, events)
+    }
+
+    /// An entry with nothing for the key space (blank, membership) takes a revision too.
+    pub fn skip(&mut self, index: u64) -> u64 {
+        self.next_revision(index)
+    }
+
+    fn next_revision(&mut self, index: u64) -> u64 {
+        self.revision = (self.revision + 1).max(index);
+        self.revision
+    }
+
+    /// The last revision taken: every change so far has one at or below it.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn apply_one(&mut self, index: u64, cmd: &Command) -> (CommandResult, Vec<Event>) {
+        let revision = self.next_revision(index);
         let mut events = Vec::new();
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         let now_ms = self.clock_ms;
@@ -170,6 +207,7 @@ impl StateMachine {
         keys: impl IntoIterator<Item = (Bytes, Entry)>,
         last_version: Hlc,
         clock_ms: u64,
+        revision: u64,
         dedup: DedupTable,
         sessions: impl IntoIterator<Item = (String, SessionRecord)>,
     ) -> Self {
@@ -177,7 +215,7 @@ impl StateMachine {
         let expiry = keys.iter().filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone()))).collect();
         let sessions: BTreeMap<String, SessionRecord> = sessions.into_iter().collect();
         let session_ends = sessions.iter().filter_map(|(c, r)| r.ends_at().map(|t| (t, c.clone()))).collect();
-        Self { keys, expiry, last_version, clock_ms, dedup, sessions, session_ends, dirty: Dirty::default() }
+        Self { keys, expiry, last_version, clock_ms, revision, dedup, sessions, session_ends, dirty: Dirty::default() }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
@@ -239,6 +277,8 @@ impl Apply<'_> {
             Op::Txn(ops) => self.txn(ops),
             Op::Expire => Outcome::Expired { count: self.expire_due() + self.expire_sessions() },
             Op::Session(s) => Outcome::Session(self.session(s)),
+            // Groups do not nest (the proposer never builds one): it changes nothing.
+            Op::Group(_) => Outcome::None,
         }
     }
 

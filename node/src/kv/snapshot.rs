@@ -11,11 +11,25 @@ use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"SNKV";
 /// 2: the state-machine clock, and each dedup client's last write time.
-/// 3: MQTT sessions. Format 2 is still read (no sessions).
-const FORMAT: u16 = 3;
+/// 3: MQTT sessions.
+/// 4: the revision counter (revisions stopped being log indexes when entries became
+/// groups). Formats 2 and 3 are still read: their revision is the snapshot's log index,
+/// which the loader supplies as the floor.
+const FORMAT: u16 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Body {
+    keys: Vec<(Bytes, Entry)>,
+    last_version: Hlc,
+    clock_ms: u64,
+    dedup: DedupTable,
+    sessions: Vec<(String, SessionRecord)>,
+    revision: u64,
+}
+
+/// Format 3: no revision counter.
+#[derive(Deserialize)]
+struct BodyV3 {
     keys: Vec<(Bytes, Entry)>,
     last_version: Hlc,
     clock_ms: u64,
@@ -49,6 +63,7 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
         clock_ms: sm.clock_ms(),
         dedup: sm.dedup().clone(),
         sessions: sm.sessions().map(|(c, r)| (c.clone(), r.clone())).collect(),
+        revision: sm.revision(),
     };
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(MAGIC);
@@ -57,18 +72,26 @@ pub fn encode(sm: &StateMachine) -> Vec<u8> {
     out
 }
 
-pub fn decode(data: &[u8]) -> Result<StateMachine, SnapshotError> {
+/// Decodes a snapshot of the state after log index `index` (its revision is at least that).
+pub fn decode(data: &[u8], index: u64) -> Result<StateMachine, SnapshotError> {
     if data.len() < 6 || &data[..4] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
     let format = u16::from_le_bytes([data[4], data[5]]);
     let body: Body = match format {
         FORMAT => bincode::deserialize(&data[6..])?,
+        3 => {
+            let b: BodyV3 = bincode::deserialize(&data[6..])?;
+            let (keys, last_version, clock_ms, dedup, sessions) = (b.keys, b.last_version, b.clock_ms, b.dedup, b.sessions);
+            Body { keys, last_version, clock_ms, dedup, sessions, revision: 0 }
+        }
         2 => {
             let b: BodyV2 = bincode::deserialize(&data[6..])?;
-            Body { keys: b.keys, last_version: b.last_version, clock_ms: b.clock_ms, dedup: b.dedup, sessions: vec![] }
+            let (keys, last_version, clock_ms, dedup) = (b.keys, b.last_version, b.clock_ms, b.dedup);
+            Body { keys, last_version, clock_ms, dedup, sessions: vec![], revision: 0 }
         }
         other => return Err(SnapshotError::UnknownFormat(other)),
     };
-    Ok(StateMachine::from_parts(body.keys, body.last_version, body.clock_ms, body.dedup, body.sessions))
+    let revision = body.revision.max(index);
+    Ok(StateMachine::from_parts(body.keys, body.last_version, body.clock_ms, revision, body.dedup, body.sessions))
 }

@@ -228,14 +228,15 @@ fn snapshot_round_trips_and_rejects_garbage() {
     p.ttl_ms = Some(5);
     sm.apply(1, &Command { client: Some(ClientRef { client_id: 1, seq: 1 }), now_ms: 3, op: Op::Put(p) });
     let bytes = snapshot::encode(&sm);
-    let back = snapshot::decode(&bytes).unwrap();
+    let back = snapshot::decode(&bytes, 0).unwrap();
     assert_eq!(back.get(b"k", 0), sm.get(b"k", 0));
     assert_eq!(back.next_expiry(), Some(8));
     assert_eq!(back.last_version(), sm.last_version());
     assert_eq!(back.dedup(), sm.dedup());
-    assert!(matches!(snapshot::decode(b"nope"), Err(snapshot::SnapshotError::BadMagic)));
-    assert!(matches!(snapshot::decode(b"SNKV\x09\x00"), Err(snapshot::SnapshotError::UnknownFormat(9))));
-    assert!(matches!(snapshot::decode(&bytes[..bytes.len() - 3]), Err(snapshot::SnapshotError::Corrupt(_))));
+    assert_eq!(back.revision(), sm.revision());
+    assert!(matches!(snapshot::decode(b"nope", 0), Err(snapshot::SnapshotError::BadMagic)));
+    assert!(matches!(snapshot::decode(b"SNKV\x09\x00", 0), Err(snapshot::SnapshotError::UnknownFormat(9))));
+    assert!(matches!(snapshot::decode(&bytes[..bytes.len() - 3], 0), Err(snapshot::SnapshotError::Corrupt(_))));
 }
 
 /// The reference model: a plain map with revisions, no TTL.
@@ -338,7 +339,7 @@ proptest! {
             let got = sm.get(&[b'k', k], 0).map(|e| (e.value[0], e.revision));
             prop_assert_eq!(got, model.map.get(&k).copied());
         }
-        let back = snapshot::decode(&snapshot::encode(&sm)).unwrap();
+        let back = snapshot::decode(&snapshot::encode(&sm), 0).unwrap();
         prop_assert_eq!(back.list(b"", b"", 100, 0), sm.list(b"", b"", 100, 0));
     }
 }
@@ -437,7 +438,51 @@ fn sessions_survive_a_snapshot() {
     session(&mut sm, 1, 1000, open("c", owner(1, 1, 1), false, 30));
     session(&mut sm, 2, 1000, save("c", owner(1, 1, 1), 1, "x/+"));
     session(&mut sm, 3, 2000, SessionOp::Close { client: "c".into(), owner: owner(1, 1, 1), expiry_s: 30 });
-    let back = snapshot::decode(&snapshot::encode(&sm)).unwrap();
+    let back = snapshot::decode(&snapshot::encode(&sm), 0).unwrap();
     assert_eq!(back.session("c"), sm.session("c"));
     assert_eq!(back.next_expiry(), Some(32_000));
+}
+
+#[test]
+fn a_group_gives_each_command_its_own_revision() {
+    let mut sm = StateMachine::default();
+    sm.apply(3, &cmd(0, Op::Put(put("a", "0"))));
+    let own = |seq| Some(ClientRef { client_id: 7, seq });
+    let group = vec![
+        Command { client: own(1), now_ms: 0, op: Op::Put(put("a", "1")) },
+        cmd(0, Op::Txn(vec![TxnOp::Put(put("b", "1")), TxnOp::Delete(del("a"))])),
+        // A retry of the first command inside the same group: answered, not applied again.
+        Command { client: own(1), now_ms: 0, op: Op::Put(put("a", "again")) },
+        cmd(0, Op::Group(vec![cmd(0, Op::Put(put("nested", "x")))])),
+    ];
+    let (r, ev) = sm.apply(4, &cmd(0, Op::Group(group)));
+    let Outcome::Group(results) = &r.outcome else { panic!("{r:?}") };
+    let revisions: Vec<u64> = results.iter().map(|r| r.revision).collect();
+    // The retry answers with the first command's result (revision 4); the group's own
+    // revision is the last it took.
+    assert_eq!(revisions, vec![4, 5, 4, 7]);
+    assert_eq!((r.revision, sm.revision()), (7, 7));
+    assert_eq!(results[3].outcome, Outcome::None, "groups do not nest");
+    assert!(sm.get(b"nested", 0).is_none());
+    assert!(sm.get(b"a", 0).is_none());
+    assert_eq!(sm.get(b"b", 0).map(|e| (e.revision, e.create_revision)), Some((5, 5)));
+    let seen: Vec<(u64, &[u8])> = ev.iter().map(|e| (e.revision, &e.key[..])).collect();
+    assert_eq!(seen, vec![(4, &b"a"[..]), (5, &b"b"[..]), (5, &b"a"[..])]);
+    // The next entry goes on from the counter, which never falls below the log index.
+    assert_eq!(sm.apply(5, &cmd(0, Op::Put(put("c", "1")))).0.revision, 8);
+    assert_eq!(sm.skip(6), 9);
+    assert_eq!(sm.apply(20, &cmd(0, Op::Put(put("c", "2")))).0.revision, 20);
+}
+
+#[test]
+fn a_snapshot_without_a_revision_counter_starts_at_its_index() {
+    // Format 3 (before the counter): its body is format 4's without the trailing revision.
+    let mut sm = StateMachine::default();
+    sm.apply(9, &cmd(0, Op::Put(put("k", "v"))));
+    let mut bytes = snapshot::encode(&sm);
+    bytes.truncate(bytes.len() - 8);
+    bytes[4..6].copy_from_slice(&3u16.to_le_bytes());
+    let back = snapshot::decode(&bytes, 12).unwrap();
+    assert_eq!((back.revision(), back.get(b"k", 0).map(|e| e.revision)), (12, Some(9)));
+    assert_eq!(snapshot::decode(&snapshot::encode(&sm), 0).unwrap().revision(), 9);
 }

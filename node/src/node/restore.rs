@@ -25,7 +25,7 @@ pub struct Restored {
 pub fn restore(config: &Config, file: &[u8]) -> anyhow::Result<Restored> {
     anyhow::ensure!(!config.memory, "restore writes a data dir; a memory-mode node keeps none");
     let backup = statenode_proto::backup::decode(file)?;
-    let kv = snapshot::decode(backup.snapshot).context("the backup's snapshot")?;
+    let kv = snapshot::decode(backup.snapshot, backup.revision).context("the backup's snapshot")?;
     let dir = &config.data_dir;
     let (log, sm) = open_disks(config, &Io::real())?;
     let sm = sm.expect("disk mode has a state machine disk");

@@ -3,6 +3,7 @@
 
 use super::barrier::ReadBarrier;
 use super::network::{Network, MAX_PEER_MESSAGE};
+use super::proposer::Proposer;
 use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
 use crate::api::{ClusterStatus, Member};
@@ -23,6 +24,7 @@ pub struct Consensus {
     barrier: Arc<ReadBarrier>,
     /// Serializes membership changes on this node (a joint config refuses a second change).
     membership: tokio::sync::Mutex<()>,
+    proposer: Proposer,
     write_timeout: Duration,
 }
 
@@ -36,7 +38,8 @@ impl Consensus {
         let raft = Raft::new(id, Arc::new(raft_config(config)?), network, log, sm).await.context("start raft")?;
         let timeout = config.limits.request_timeout;
         let barrier = ReadBarrier::new(raft.clone(), timeout);
-        Ok(Self { raft, id, barrier, membership: Default::default(), write_timeout: timeout })
+        let proposer = Proposer::start(raft.clone(), timeout, config.limits.max_request_bytes);
+        Ok(Self { raft, id, barrier, membership: Default::default(), proposer, write_timeout: timeout })
     }
 
     /// Stops Raft's core; its storage tasks end shortly after.
@@ -67,12 +70,10 @@ impl Consensus {
         }
     }
 
+    /// Proposes `cmd`, grouped with the commands of other callers in flight at the same
+    /// time (`proposer.rs`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, Fail> {
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(Fail::from_write(e)),
-            Err(_) => Err(Error::Timeout("write not committed in time; it may still apply".into()).into()),
-        }
+        self.proposer.write(cmd, self.write_timeout).await
     }
 
     pub async fn read_barrier(&self) -> Result<(), Fail> {

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod membership;
 pub mod network;
 pub mod peer;
+mod proposer;
 pub mod rt;
 pub mod server;
 pub mod types;

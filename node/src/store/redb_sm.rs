@@ -4,7 +4,7 @@ use super::redb_db::{self, dec, enc, DbResult};
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use crate::kv::dedup::DedupTable;
 use crate::kv::StateMachine;
-use crate::raft::types::SnapshotMeta;
+use crate::raft::types::{LogId, SnapshotMeta};
 use bytes::Bytes;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use std::io;
@@ -16,7 +16,7 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DEDUP: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup");
 /// MQTT sessions by client id.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-/// last_applied, membership, last_version, clock_ms, snapshot_meta, snapshot_data.
+/// last_applied, membership, last_version, clock_ms, revision, snapshot_meta, snapshot_data.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 /// The longest an apply batch stays without a durable commit. Applies are made durable
@@ -93,7 +93,7 @@ impl SmDisk for RedbSm {
             let (applied, membership) = (enc(&last.last_applied)?, enc(&last.membership)?);
             let (version, clock) = (enc(&last.last_version)?, enc(&last.clock_ms)?);
             put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
-            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock)])
+            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock), ("revision", &enc(&last.revision)?)])
         })
     }
 
@@ -117,7 +117,7 @@ impl SmDisk for RedbSm {
             let (applied, membership) = (enc(&meta.last_log_id)?, enc(&meta.last_membership)?);
             let (version, clock) = (enc(&sm.last_version())?, enc(&sm.clock_ms())?);
             put_meta(txn, &[("last_applied", &applied), ("membership", &membership)])?;
-            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock)])?;
+            put_meta(txn, &[("last_version", &version), ("clock_ms", &clock), ("revision", &enc(&sm.revision())?)])?;
             put_meta(txn, &[("snapshot_meta", &enc(meta)?), ("snapshot_data", data)])
         })
     }
@@ -141,6 +141,9 @@ impl SmDisk for RedbSm {
             let membership = get("membership")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
             let last_version = get("last_version")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
             let clock_ms = get("clock_ms")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+            // Written since revisions became a counter; before, the revision was the index.
+            let revision: u64 = get("revision")?.map(|b| dec(&b)).transpose()?.unwrap_or_default();
+            let revision = revision.max(last_applied.map_or(0, |l: LogId| l.index));
             let snapshot = match (get("snapshot_meta")?, get("snapshot_data")?) {
                 (Some(meta), Some(data)) => Some((dec(&meta)?, data)),
                 _ => None,
@@ -160,7 +163,7 @@ impl SmDisk for RedbSm {
                 let (client, r) = row?;
                 sessions.push((client.value().to_string(), dec(r.value())?));
             }
-            let kv = StateMachine::from_parts(keys, last_version, clock_ms, dedup, sessions);
+            let kv = StateMachine::from_parts(keys, last_version, clock_ms, revision, dedup, sessions);
             Ok(Loaded { kv, last_applied, membership, snapshot })
         })
     }

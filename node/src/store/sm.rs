@@ -9,6 +9,8 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// The applied state every reader on this node sees.
 pub struct SmState {
@@ -24,6 +26,8 @@ struct Shared {
     state: RwLock<SmState>,
     disk: Option<SmWriter>,
     hub: Arc<EventHub>,
+    /// The revision applied so far, for callers that must read their own write here.
+    revision: watch::Sender<u64>,
 }
 
 /// The state machine store handed to openraft; clones share the state.
@@ -56,7 +60,7 @@ impl SmStore {
         // the snapshot. The log after it is still there; openraft applies it again.
         if let Some((meta, data)) = &loaded.snapshot {
             if meta.last_log_id > loaded.last_applied {
-                let kv = snapshot::decode(data).map_err(io::Error::other)?;
+                let kv = snapshot::decode(data, meta.last_log_id.map_or(0, |l| l.index)).map_err(io::Error::other)?;
                 // The tables must not keep what the snapshot dropped (a later lazy crash
                 // would bring it back): rewrite them from the snapshot.
                 disk.install(&kv, meta, data)?;
@@ -69,7 +73,7 @@ impl SmStore {
     }
 
     fn from_loaded(l: Loaded, disk: Option<Arc<dyn SmDisk>>, hub: Arc<EventHub>) -> Self {
-        hub.reset(l.last_applied.map_or(0, |id| id.index) + 1);
+        hub.reset(l.kv.revision() + 1);
         let state = SmState {
             kv: l.kv,
             last_applied: l.last_applied,
@@ -78,12 +82,19 @@ impl SmStore {
             snapshot_seq: 0,
         };
         let disk = disk.map(SmWriter::new);
-        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub }) }
+        let revision = watch::Sender::new(state.kv.revision());
+        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub, revision }) }
     }
 
     /// Read access to the applied state.
     pub fn read(&self) -> RwLockReadGuard<'_, SmState> {
         self.shared.state.read().expect("poisoned")
+    }
+
+    /// Resolves once this node has applied `revision` (or at `within`: false).
+    pub async fn wait_revision(&self, revision: u64, within: Duration) -> bool {
+        let mut rx = self.shared.revision.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Size of the snapshot this node holds (built or installed; 0: none yet).
@@ -116,12 +127,13 @@ impl SmStore {
                 }
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
-                    CommandResult { revision: index, outcome: Outcome::None }
+                    CommandResult { revision: st.kv.skip(index), outcome: Outcome::None }
                 }
-                EntryPayload::Blank => CommandResult { revision: index, outcome: Outcome::None },
+                EntryPayload::Blank => CommandResult { revision: st.kv.skip(index), outcome: Outcome::None },
             };
             results.push(result);
         }
+        self.shared.revision.send_replace(st.kv.revision());
         let dirty = st.kv.take_dirty();
         let sessions: Vec<String> = dirty.sessions.iter().cloned().collect();
         let changes = self.shared.disk.as_ref().map(|_| Changes {
@@ -139,6 +151,7 @@ impl SmStore {
             membership: st.membership.clone(),
             last_version: st.kv.last_version(),
             clock_ms: st.kv.clock_ms(),
+            revision: st.kv.revision(),
         });
         (results, Applied { events, sessions }, changes)
     }
@@ -208,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = data.into_inner();
-        let kv = snapshot::decode(&data).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
+        let kv = snapshot::decode(&data, meta.last_log_id.map_or(0, |l| l.index)).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
         if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
             disk.run(move |disk| {
@@ -240,6 +253,7 @@ impl SmStore {
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = Some((meta.clone(), data));
-        self.shared.hub.reset(meta.last_log_id.map_or(0, |id| id.index) + 1);
+        self.shared.hub.reset(st.kv.revision() + 1);
+        self.shared.revision.send_replace(st.kv.revision());
     }
 }

@@ -18,6 +18,7 @@ pub struct Changes {
     pub membership: StoredMembership,
     pub last_version: Hlc,
     pub clock_ms: u64,
+    pub revision: u64,
 }
 
 /// What a restart reads back.
@@ -76,6 +77,7 @@ struct MemSm {
     membership: StoredMembership,
     last_version: Hlc,
     clock_ms: u64,
+    revision: u64,
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
@@ -105,6 +107,7 @@ impl MemSmDisk {
         g.membership = c.membership.clone();
         g.last_version = c.last_version;
         g.clock_ms = c.clock_ms;
+        g.revision = c.revision;
         Ok(())
     }
 }
@@ -123,6 +126,7 @@ impl SmDisk for MemSmDisk {
         g.membership = meta.last_membership.clone();
         g.last_version = sm.last_version();
         g.clock_ms = sm.clock_ms();
+        g.revision = sm.revision();
         g.snapshot = Some((meta.clone(), data.to_vec()));
         *self.durable.lock().expect("poisoned") = g.clone();
         Ok(())
@@ -148,7 +152,8 @@ impl SmDisk for MemSmDisk {
         for (id, w) in &g.clients {
             dedup.insert_window(*id, w.clone());
         }
-        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, dedup, g.sessions.clone());
+        let revision = g.revision.max(g.last_applied.map_or(0, |l| l.index));
+        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, revision, dedup, g.sessions.clone());
         Ok(Loaded { kv, last_applied: g.last_applied, membership: g.membership.clone(), snapshot: g.snapshot.clone() })
     }
 }
