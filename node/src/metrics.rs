@@ -52,6 +52,17 @@ pub fn disk_commit(file: &'static str, took: Duration) {
     DISK_COMMITS.lock().expect("poisoned").entry(file).or_default().observe(took);
 }
 
+/// Log entries the leader proposed for client commands, and the commands they carried
+/// (several share an entry under load: `raft/proposer.rs`). Process-wide, like disk commits.
+static PROPOSALS: AtomicU64 = AtomicU64::new(0);
+static PROPOSED_COMMANDS: AtomicU64 = AtomicU64::new(0);
+
+/// Records one proposed entry carrying `commands` client commands.
+pub fn proposed(commands: usize) {
+    PROPOSALS.fetch_add(1, Ordering::Relaxed);
+    PROPOSED_COMMANDS.fetch_add(commands as u64, Ordering::Relaxed);
+}
+
 /// `(door, route, status)`: routes are fixed names or served gRPC methods, never arbitrary
 /// user input, so the label set stays bounded.
 type Labels = (&'static str, String, String);
@@ -98,6 +109,15 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE statenode_disk_commit_seconds histogram");
         for (file, s) in DISK_COMMITS.lock().expect("poisoned").iter() {
             s.render(&mut out, "statenode_disk_commit_seconds", &format!("file=\"{file}\""));
+        }
+        let counters = [
+            ("proposals_total", "Log entries proposed for client commands.", &PROPOSALS),
+            ("proposed_commands_total", "Client commands those entries carried.", &PROPOSED_COMMANDS),
+        ];
+        for (name, help, v) in counters {
+            let v = v.load(Ordering::Relaxed);
+            let _ =
+                writeln!(out, "# HELP statenode_{name} {help}\n# TYPE statenode_{name} counter\nstatenode_{name} {v}");
         }
         let is_leader = st.leader_id == Some(st.id);
         let gauges: [(&str, &str, u64); 9] = [

@@ -87,7 +87,7 @@ async fn backup_from_a_cluster_restores_into_a_new_one() {
         let (ok, out) = restore(&path, &data, &peer, &grpc);
         assert!(!ok && out.contains(says), "{name}: {out}");
     }
-    assert!(!data.join("raft.redb").exists(), "a refused restore writes nothing");
+    assert!(!data.join("raft.wal").exists() && !data.join("sm.redb").exists(), "a refused restore writes nothing");
 
     // Restore, then serve: a one-node cluster with every key as it was.
     let (ok, out) = restore(&file, &data, &peer, &grpc);

@@ -145,5 +145,5 @@ async fn an_unmodified_dapr_program_runs_against_statenode_serve_with_no_flags()
     let (ok, out, err) = tokio::task::spawn_blocking(move || run(cmd, Duration::from_secs(60))).await.unwrap();
     signal(node.0.id(), "TERM");
     assert!(ok && out.contains("ok"), "sdk_minimal.py failed:\n{out}\n{err}");
-    assert!(dir.path().join("statenode-data").join("raft.redb").exists(), "data in ./statenode-data");
+    assert!(dir.path().join("statenode-data").join("raft.wal").is_dir(), "data in ./statenode-data");
 }

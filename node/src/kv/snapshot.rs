@@ -82,7 +82,8 @@ pub fn decode(data: &[u8], index: u64) -> Result<StateMachine, SnapshotError> {
         FORMAT => bincode::deserialize(&data[6..])?,
         3 => {
             let b: BodyV3 = bincode::deserialize(&data[6..])?;
-            let (keys, last_version, clock_ms, dedup, sessions) = (b.keys, b.last_version, b.clock_ms, b.dedup, b.sessions);
+            let (keys, last_version, clock_ms, dedup, sessions) =
+                (b.keys, b.last_version, b.clock_ms, b.dedup, b.sessions);
             Body { keys, last_version, clock_ms, dedup, sessions, revision: 0 }
         }
         2 => {

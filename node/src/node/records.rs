@@ -6,7 +6,7 @@ use crate::io::Io;
 use crate::raft::membership::{Plan, Stored};
 use crate::raft::types::NodeId;
 use crate::store::backend::LogMeta;
-use crate::store::{LogBackend, MemLog, RedbLog, RedbSm, SmDisk};
+use crate::store::{LogBackend, MemLog, RedbLog, RedbSm, SmDisk, WalLog};
 use anyhow::Context;
 use std::sync::Arc;
 
@@ -35,9 +35,13 @@ pub(super) fn open_disks(config: &Config, io: &Io) -> anyhow::Result<Disks> {
     }
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let log = RedbLog::open(&dir.join("raft.redb")).context("open raft.redb")?;
+    // A data dir made before the segment log keeps its redb log.
+    let log: Arc<dyn LogBackend> = match dir.join("raft.redb") {
+        old if old.exists() => Arc::new(RedbLog::open(&old).context("open raft.redb")?),
+        _ => Arc::new(WalLog::open(&dir.join("raft.wal")).context("open the log in raft.wal")?),
+    };
     let sm = RedbSm::open(&dir.join("sm.redb")).context("open sm.redb")?;
-    Ok((Arc::new(log), Some(Arc::new(sm))))
+    Ok((log, Some(Arc::new(sm))))
 }
 
 fn decode_id(b: &[u8]) -> anyhow::Result<NodeId> {

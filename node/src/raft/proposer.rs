@@ -85,6 +85,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>, timeout: Dura
 }
 
 async fn propose(raft: &Raft, mut group: Vec<(Command, Reply)>, timeout: Duration) {
+    crate::metrics::proposed(group.len());
     if group.len() == 1 {
         let (cmd, reply) = group.pop().expect("one");
         let _ = reply.send(write(raft, cmd, timeout).await);

@@ -1,4 +1,6 @@
-//! Log and state-machine storage: redb on disk, with an in-memory twin of each.
+//! Log and state-machine storage: segment files for the log and redb for the state machine
+//! on disk (redb for the log of a data dir made before the segment log), with an in-memory
+//! twin of each.
 //! Both pass openraft's storage suite (see `tests.rs`).
 
 pub mod backend;
@@ -9,6 +11,7 @@ pub mod redb_sm;
 pub mod sm;
 pub mod sm_disk;
 mod sm_writer;
+pub mod wal;
 mod worker;
 
 #[cfg(test)]
@@ -21,3 +24,4 @@ pub use redb_log::RedbLog;
 pub use redb_sm::RedbSm;
 pub use sm::SmStore;
 pub use sm_disk::{MemSmDisk, SmDisk};
+pub use wal::WalLog;

@@ -221,7 +221,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = data.into_inner();
-        let kv = snapshot::decode(&data, meta.last_log_id.map_or(0, |l| l.index)).map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
+        let kv = snapshot::decode(&data, meta.last_log_id.map_or(0, |l| l.index))
+            .map_err(|e| sm_err(ErrorVerb::Read)(io::Error::other(e)))?;
         if let Some(disk) = &self.shared.disk {
             let (m, d) = (meta.clone(), data.clone());
             disk.run(move |disk| {

@@ -153,7 +153,8 @@ impl SmDisk for MemSmDisk {
             dedup.insert_window(*id, w.clone());
         }
         let revision = g.revision.max(g.last_applied.map_or(0, |l| l.index));
-        let kv = StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, revision, dedup, g.sessions.clone());
+        let kv =
+            StateMachine::from_parts(g.keys.clone(), g.last_version, g.clock_ms, revision, dedup, g.sessions.clone());
         Ok(Loaded { kv, last_applied: g.last_applied, membership: g.membership.clone(), snapshot: g.snapshot.clone() })
     }
 }
