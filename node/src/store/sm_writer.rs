@@ -2,17 +2,24 @@
 //!
 //! With a disk doing real I/O, one thread owns the writes in order: an apply batch's changes
 //! are queued and the apply returns (the write is not durable anyway: the log is), and what
-//! queued up while the thread was busy goes into one commit; snapshots and installs wait for
-//! their turn, so a durable step always comes after the changes applied before it.
+//! queued up while the thread was busy or waiting (at most one commit per `COMMIT_EVERY`)
+//! goes into one commit; snapshots and installs wait for their turn, so a durable step
+//! always comes after the changes applied before it.
 
 use super::sm_disk::{Changes, SmDisk};
 use super::worker::Worker;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Apply batches queued at most; an apply waits for room beyond that (back-pressure).
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
+/// The shortest time between two commits of apply batches: what queues meanwhile shares the
+/// next one. A redb commit copies and checksums every page it touches, so one commit per
+/// apply batch cost more CPU than the rest of a write (and the log, not these commits,
+/// makes a write durable).
+const COMMIT_EVERY: Duration = Duration::from_millis(25);
 
 type Task = Box<dyn FnOnce(&dyn SmDisk) + Send>;
 
@@ -63,7 +70,16 @@ impl SmWriter {
         let failed = Arc::new(Mutex::new(None));
         let worker = disk.blocking().then(|| {
             let (d, f) = (disk.clone(), failed.clone());
-            Worker::spawn("statenode-sm", QUEUE, move |batch| write_batch(d.as_ref(), &f, batch))
+            let mut last = Instant::now();
+            Worker::spawn("statenode-sm", QUEUE, move |batch| {
+                // Changes alone wait for their turn (more queue meanwhile); a snapshot or an
+                // install is waited for, so it goes at once.
+                if !batch.iter().any(|j| matches!(j, Job::Run(_))) {
+                    std::thread::sleep(COMMIT_EVERY.saturating_sub(last.elapsed()));
+                }
+                last = Instant::now();
+                write_batch(d.as_ref(), &f, batch)
+            })
         });
         Self { disk, worker, failed }
     }
