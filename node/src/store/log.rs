@@ -33,6 +33,8 @@ const MAX_BATCH: usize = 1024;
 struct Writer {
     worker: Worker<Job>,
     pending: Arc<Mutex<Pending>>,
+    /// The last committed log id not yet written (encoded): it rides with the next batch.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 #[derive(Default)]
@@ -52,7 +54,6 @@ enum Done {
     /// openraft's flush callback, and the pending entries (index, sequence) it wrote.
     Flushed(LogFlushed<TypeConfig>, Vec<(u64, u64)>),
     Reply(oneshot::Sender<io::Result<()>>),
-    Nobody,
 }
 
 /// An `io::Error` for every waiter of a failed batch (it is not `Clone`).
@@ -61,8 +62,16 @@ fn copy_err(e: &io::Error) -> io::Error {
 }
 
 /// Writes one batch of jobs as one transaction, then tells whom it concerns.
-fn write_batch(backend: &dyn LogBackend, pending: &Mutex<Pending>, batch: Vec<Job>) {
-    let (ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
+fn write_batch(
+    backend: &dyn LogBackend,
+    pending: &Mutex<Pending>,
+    committed: &Mutex<Option<Vec<u8>>>,
+    batch: Vec<Job>,
+) {
+    let (mut ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
+    if let Some(bytes) = committed.lock().expect("poisoned").take() {
+        ops.push(LogOp::SetMeta(LogMeta::Committed, bytes));
+    }
     let result = backend.apply(ops);
     if result.is_ok() {
         let mut p = pending.lock().expect("poisoned");
@@ -81,7 +90,6 @@ fn write_batch(backend: &dyn LogBackend, pending: &Mutex<Pending>, batch: Vec<Jo
         match done {
             Done::Flushed(callback, _) => callback.log_io_completed(r),
             Done::Reply(tx) => drop(tx.send(r)),
-            Done::Nobody => {}
         }
     }
 }
@@ -98,9 +106,10 @@ impl LogStore {
     pub fn new(backend: Arc<dyn LogBackend>) -> Self {
         let writer = backend.blocking().then(|| {
             let pending = Arc::new(Mutex::new(Pending::default()));
-            let (b, p) = (backend.clone(), pending.clone());
-            let worker = Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, batch));
-            Arc::new(Writer { worker, pending })
+            let committed = Arc::new(Mutex::new(None));
+            let (b, p, c) = (backend.clone(), pending.clone(), committed.clone());
+            let worker = Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, &c, batch));
+            Arc::new(Writer { worker, pending, committed })
         });
         Self { backend, writer }
     }
@@ -201,20 +210,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(LogMeta::Vote)
     }
 
-    /// Not waited for: it goes to disk with the next batch. Losing it is safe (the
-    /// committed index is learned again from the leader); it only lets a restarted node
-    /// apply what it already knew was committed without waiting for one.
+    /// Not written by itself: it rides with the next batch that other writes make (a sync
+    /// of its own for every commit index would double the fsyncs, one in the way of the next
+    /// append). Losing it is safe (the committed index is learned again from the leader); it
+    /// only lets a restarted node apply what it already knew was committed without waiting.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = bincode::serialize(&committed).map_err(|e| log_err(ErrorVerb::Write)(io::Error::other(e)))?;
-        let op = LogOp::SetMeta(LogMeta::Committed, bytes);
-        let r = match &self.writer {
-            Some(w) => self.send(w, op, Done::Nobody).await,
-            None => self.backend.apply(vec![op]),
-        };
-        r.map_err(log_err(ErrorVerb::Write))
+        match &self.writer {
+            Some(w) => *w.committed.lock().expect("poisoned") = Some(bytes),
+            None => self
+                .backend
+                .apply(vec![LogOp::SetMeta(LogMeta::Committed, bytes)])
+                .map_err(log_err(ErrorVerb::Write))?,
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let waiting = self.writer.as_ref().and_then(|w| w.committed.lock().expect("poisoned").clone());
+        if let Some(bytes) = waiting {
+            let c: Option<LogId> =
+                bincode::deserialize(&bytes).map_err(|e| log_err(ErrorVerb::Read)(io::Error::other(e)))?;
+            return Ok(c);
+        }
         Ok(self.read_meta::<Option<LogId>>(LogMeta::Committed)?.flatten())
     }
 
