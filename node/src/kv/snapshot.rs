@@ -27,16 +27,6 @@ struct Body {
     revision: u64,
 }
 
-/// Format 3: no revision counter.
-#[derive(Deserialize)]
-struct BodyV3 {
-    keys: Vec<(Bytes, Entry)>,
-    last_version: Hlc,
-    clock_ms: u64,
-    dedup: DedupTable,
-    sessions: Vec<(String, SessionRecord)>,
-}
-
 /// Format 2: the body without sessions.
 #[derive(Deserialize)]
 struct BodyV2 {
@@ -80,12 +70,9 @@ pub fn decode(data: &[u8], index: u64) -> Result<StateMachine, SnapshotError> {
     let format = u16::from_le_bytes([data[4], data[5]]);
     let body: Body = match format {
         FORMAT => bincode::deserialize(&data[6..])?,
-        3 => {
-            let b: BodyV3 = bincode::deserialize(&data[6..])?;
-            let (keys, last_version, clock_ms, dedup, sessions) =
-                (b.keys, b.last_version, b.clock_ms, b.dedup, b.sessions);
-            Body { keys, last_version, clock_ms, dedup, sessions, revision: 0 }
-        }
+        // Format 3 is format 4 without the trailing counter: read it as 0 (the caller's
+        // index is the floor).
+        3 => bincode::deserialize(&[&data[6..], &0u64.to_le_bytes()[..]].concat())?,
         2 => {
             let b: BodyV2 = bincode::deserialize(&data[6..])?;
             let (keys, last_version, clock_ms, dedup) = (b.keys, b.last_version, b.clock_ms, b.dedup);

@@ -268,6 +268,13 @@ mod wal {
         }
     }
 
+    /// Appends entries 1..=n of term 1, each its own batch, with values of `len` bytes.
+    fn append_n(log: &WalLog, n: u64, len: usize) {
+        for i in 1..=n {
+            log.append(vec![entry(1, i, &"v".repeat(len))]).unwrap();
+        }
+    }
+
     fn indexes(log: &WalLog) -> Vec<(u64, u64)> {
         log.range(0, u64::MAX).unwrap().iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
     }
@@ -296,9 +303,7 @@ mod wal {
         {
             let log = WalLog::open_with(&dir, 1024).unwrap();
             log.set_raw_meta("node_id", b"7").unwrap();
-            for i in 1..=40 {
-                log.append(vec![entry(1, i, &"v".repeat(100))]).unwrap();
-            }
+            append_n(&log, 40, 100);
             log.truncate_from(35).unwrap();
             log.append(vec![entry(2, 35, "new")]).unwrap();
             assert!(segments(&dir).len() > 4, "{:?}", segments(&dir));
@@ -350,10 +355,7 @@ mod wal {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("raft.wal");
         {
-            let log = WalLog::open_with(&dir, 512).unwrap();
-            for i in 1..=10 {
-                log.append(vec![entry(1, i, &"v".repeat(200))]).unwrap();
-            }
+            append_n(&WalLog::open_with(&dir, 512).unwrap(), 10, 200);
         }
         let first = dir.join(format!("{:016x}.wal", 1));
         let mut data = std::fs::read(&first).unwrap();
@@ -371,9 +373,7 @@ mod wal {
         {
             let log = WalLog::open_with(&dir, 512).unwrap();
             log.set_raw_meta("vote", b"v1").unwrap();
-            for i in 1..=6 {
-                log.append(vec![entry(1, i, &"v".repeat(200))]).unwrap();
-            }
+            append_n(&log, 6, 200);
         }
         let mut names = segments(&dir);
         let next = u64::from_str_radix(names.pop().unwrap().trim_end_matches(".wal"), 16).unwrap() + 1;
