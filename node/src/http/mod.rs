@@ -73,7 +73,10 @@ pub async fn respond(state: &HttpState, req: Request<Body>) -> Response {
 
 async fn route(state: &HttpState, req: Request<Body>) -> (&'static str, Response) {
     let path = clean(req.uri().path());
+    // Decided on the path as it is routed: a key path (routed raw) that cleans to a probe's
+    // path is still a key.
     let exempt = req.method() == Method::GET
+        && !native::is_key_path(req.uri().path())
         && matches!(path.as_str(), "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" | "/metrics");
     let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
     if !exempt && state.token.check(given).is_err() {

@@ -22,9 +22,14 @@ const KV_PREFIX: &str = "/v1/kv/";
 
 type Reply = Result<Response, Error>;
 
+/// Whether a raw (uncleaned) request path is routed to a key: keys may hold '/', "." and
+/// ".." segments, so key paths are taken raw, not cleaned.
+pub fn is_key_path(raw: &str) -> bool {
+    raw.starts_with(KV_PREFIX)
+}
+
 pub async fn route(state: &HttpState, path: &str, req: Request<Body>) -> (&'static str, Response) {
     let m = req.method().clone();
-    // Keys may hold '/', "." and ".." segments: take them from the raw path, not the cleaned one.
     if let Some(raw_key) = req.uri().path().strip_prefix(KV_PREFIX).map(str::to_string) {
         let (parts, body) = req.into_parts();
         let (name, reply) = match m {
