@@ -175,7 +175,8 @@ impl Boot {
 
     fn peer_service(&self) -> PeerService {
         let id = self.stored.id.unwrap_or(self.config.id);
-        PeerService { started: self.started.clone(), ident: self.ident.clone(), id, me: self.me.clone() }
+        let (started, ident, me) = (self.started.clone(), self.ident.clone(), self.me.clone());
+        PeerService { started, ident, id, me, snapshot: Default::default() }
     }
 
     /// Decides how to enter the cluster, starts Raft, the handle, the client doors and the

@@ -41,6 +41,38 @@ pub struct PeerService {
     /// The configured id and addresses, answered while starting.
     pub id: NodeId,
     pub me: NodeInfo,
+    /// The snapshot being received: its id and how many bytes arrived (`admit_chunk`).
+    pub snapshot: std::sync::Mutex<Option<(String, u64)>>,
+}
+
+/// The most bytes one snapshot may bring (the whole state is held in memory).
+const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+/// Checks a snapshot chunk before openraft writes it at its offset into a growing buffer:
+/// a chunk may start a snapshot (offset 0), continue it, or repeat bytes already received (a
+/// retry), but never leave a hole — one chunk at a huge offset would make the node allocate
+/// that much — and a snapshot stays under `MAX_SNAPSHOT_BYTES`.
+fn admit_chunk(
+    stream: &mut Option<(String, u64)>,
+    id: &str,
+    offset: u64,
+    len: usize,
+    done: bool,
+) -> Result<(), String> {
+    let received = match stream {
+        _ if offset == 0 => 0,
+        Some((current, received)) if current == id => *received,
+        _ => return Err(format!("snapshot {id}: a chunk at offset {offset} before its start")),
+    };
+    if offset > received {
+        return Err(format!("snapshot {id}: a chunk at offset {offset} leaves a hole after byte {received}"));
+    }
+    let end = offset.checked_add(len as u64).filter(|e| *e <= MAX_SNAPSHOT_BYTES);
+    let Some(end) = end else {
+        return Err(format!("snapshot {id}: larger than {MAX_SNAPSHOT_BYTES} bytes"));
+    };
+    *stream = (!done).then(|| (id.to_string(), received.max(end)));
+    Ok(())
 }
 
 fn bad_payload(e: bincode::Error) -> Status {
@@ -57,7 +89,10 @@ impl PeerService {
         let me = *me;
         let target =
             req.metadata().get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if let Some(t) = target.filter(|t| *t != me) {
+        let Some(t) = target else {
+            return Err(Status::invalid_argument("a Raft message must name the node it is for"));
+        };
+        if t != me {
             return Err(Status::unavailable(format!("this is node {me}, not node {t}")));
         }
         let cluster = req.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()).map(|v| v.parse::<u64>());
@@ -93,6 +128,11 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let raft = self.raft_for(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        {
+            let mut stream = self.snapshot.lock().expect("poisoned");
+            admit_chunk(&mut stream, &rpc.meta.snapshot_id, rpc.offset, rpc.data.len(), rpc.done)
+                .map_err(Status::invalid_argument)?;
+        }
         Ok(Response::new(encode(&raft.install_snapshot(rpc).await)))
     }
 
@@ -111,5 +151,29 @@ impl Peer for PeerService {
             }),
         };
         Ok(Response::new(encode(&result)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admit_chunk;
+
+    #[test]
+    fn snapshot_chunks_may_not_leave_holes_or_grow_without_bound() {
+        let mut s = None;
+        // One chunk far past the start: refused before anything is allocated.
+        assert!(admit_chunk(&mut s, "a", 1 << 40, 10, false).unwrap_err().contains("before its start"));
+        admit_chunk(&mut s, "a", 0, 100, false).unwrap();
+        admit_chunk(&mut s, "a", 100, 100, false).unwrap();
+        admit_chunk(&mut s, "a", 100, 100, false).expect("a retried chunk");
+        assert!(admit_chunk(&mut s, "a", 201, 1, false).unwrap_err().contains("hole"));
+        assert!(admit_chunk(&mut s, "b", 200, 1, false).unwrap_err().contains("before its start"));
+        assert!(admit_chunk(&mut s, "a", 200, usize::MAX, false).unwrap_err().contains("larger than"));
+        admit_chunk(&mut s, "a", 200, 5, true).unwrap();
+        assert_eq!(s, None, "done ends the stream");
+        assert!(admit_chunk(&mut s, "a", 205, 1, false).is_err());
+        // A new snapshot (or a sender starting over) begins at 0 whatever came before.
+        admit_chunk(&mut s, "c", 0, 1, false).unwrap();
+        assert_eq!(s, Some(("c".to_string(), 1)));
     }
 }
