@@ -43,6 +43,10 @@ pub struct Config {
     /// When set, every client request (HTTP and gRPC, except health probes) must carry
     /// this value in the `dapr-api-token` header / metadata.
     pub api_token: Option<String>,
+    /// When set, every peer RPC (Raft messages, forwarded requests, joins) must carry it:
+    /// without it a process that reaches the peer port cannot vote, join, or read and write
+    /// through it. Every member shares the one secret. It travels in clear until peer TLS.
+    pub cluster_secret: Option<String>,
     /// The app id for stores with `key_prefix = "appid"` when a request carries no
     /// `dapr-app-id` header.
     pub app_id: Option<String>,
@@ -179,6 +183,7 @@ impl Default for Config {
             replace_lost_member: false,
             log_format: LogFormat::Text,
             api_token: None,
+            cluster_secret: None,
             app_id: None,
             stores: vec![StoreConfig { name: "statestore".into(), key_prefix: default_key_prefix() }],
             raft: RaftTuning::default(),
@@ -338,6 +343,14 @@ impl Config {
         }
         if self.api_token.as_deref().is_some_and(|t| t.is_empty() || t.len() > 4096) {
             return Err(Error::invalid("api token must be 1..4096 bytes"));
+        }
+        // Sent as gRPC metadata: visible ASCII only.
+        if self
+            .cluster_secret
+            .as_deref()
+            .is_some_and(|s| !(16..=4096).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::invalid("cluster secret must be 16..4096 visible ASCII characters"));
         }
         self.raft.validate()?;
         self.limits.validate()
@@ -515,6 +528,11 @@ mod tests {
         assert!(c.validate().is_err(), "no store");
         let c = Config::from_toml("api_token = \"\"").unwrap();
         assert!(c.validate().is_err(), "empty token");
+        for bad in ["short", "has a space in it here", "non-ascii-é-secret-here", "new\\nline-in-the-secret"] {
+            let c = Config::from_toml(&format!("cluster_secret = \"{bad}\"")).unwrap();
+            assert!(c.validate().is_err(), "cluster secret {bad:?}");
+        }
+        Config::from_toml("cluster_secret = \"0123456789abcdef\"").unwrap().validate().unwrap();
         let c =
             Config::from_toml("[[stores]]\nname = \"a\"\n[[stores]]\nname = \"b\"\nkey_prefix = \"appid\"").unwrap();
         c.validate().unwrap();

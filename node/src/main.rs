@@ -153,6 +153,9 @@ struct NodeArgs {
     /// Require this `dapr-api-token` on every client request (health probes exempt).
     #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Require this secret on every peer RPC; every member must be given the same one.
+    #[arg(long, env = "STATENODE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// App id for stores whose key prefix is `appid` (when no `dapr-app-id` header is sent).
     #[arg(long, env = "STATENODE_APP_ID")]
     app_id: Option<String>,
@@ -196,6 +199,9 @@ impl NodeArgs {
         }
         if self.api_token.is_some() {
             c.api_token = self.api_token;
+        }
+        if self.cluster_secret.is_some() {
+            c.cluster_secret = self.cluster_secret;
         }
         if self.app_id.is_some() {
             c.app_id = self.app_id;

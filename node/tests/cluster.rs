@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// Each node's peer address.
+    peers: Vec<String>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -31,23 +33,30 @@ fn config(id: u64, dir: &tempfile::TempDir, peer: &str, grpc: &str, snapshot_thr
 
 impl Cluster {
     async fn start(n: u64, snapshot_threshold: u64) -> Cluster {
+        Self::start_with(n, snapshot_threshold, |_| {}).await
+    }
+
+    /// `start`, with `edit` applied to every node's config.
+    async fn start_with(n: u64, snapshot_threshold: u64, edit: impl Fn(&mut Config)) -> Cluster {
         let mut bound = Vec::new();
         for _ in 0..n {
             bound.push(bind().await);
         }
-        let peers: Vec<String> = bound.iter().enumerate().map(|(i, (_, p, _))| format!("{}={p}", i + 1)).collect();
+        let addrs: Vec<String> = bound.iter().map(|(_, p, _)| p.clone()).collect();
+        let peers: Vec<String> = addrs.iter().enumerate().map(|(i, p)| format!("{}={p}", i + 1)).collect();
         let (mut starts, mut dirs) = (Vec::new(), Vec::new());
         for (i, (l, p, g)) in bound.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let mut c = config(i as u64 + 1, &dir, &p, &g, snapshot_threshold);
             c.bootstrap_expect = n as usize;
             c.peers = peers.clone();
+            edit(&mut c);
             // Together: each waits for the others to answer before bootstrapping.
             starts.push(Node::start(c, l, Role::Serve, Io::real()));
             dirs.push(dir);
         }
         let nodes = futures::future::join_all(starts).await.into_iter().map(|n| n.unwrap()).collect();
-        let cluster = Cluster { nodes, _dirs: dirs };
+        let cluster = Cluster { nodes, peers: addrs, _dirs: dirs };
         cluster.wait_leader().await;
         cluster
     }
@@ -247,5 +256,39 @@ async fn a_write_retried_after_the_leader_stopped_applies_once() {
         }
     }
     assert!(false_conflicts.is_empty(), "writes that applied but reported a conflict: {false_conflicts:?}");
+    c.stop().await;
+}
+
+/// With a cluster secret, members work as before and an outsider that reaches the peer port
+/// can neither write through `Forward` nor ask anything; the right secret is let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_rpcs_without_the_cluster_secret() {
+    use statenode::kv::{Command, Op};
+    use statenode::raft::network::{encode, SECRET_HEADER};
+    use statenode::raft::peer::PeerRequest;
+    use statenode_proto::v1::peer_client::PeerClient;
+
+    const SECRET: &str = "the-members-know-this-one";
+    let c = Cluster::start_with(3, 5000, |cfg| cfg.cluster_secret = Some(SECRET.into())).await;
+    let f = c.handle(c.follower().await);
+    f.put(put("k", "v"), None).await.expect("members forward with the secret");
+
+    let forged = PeerRequest::Write(Command { client: None, now_ms: 0, op: Op::Put(put("forged", "x")) });
+    for (i, addr) in c.peers.iter().enumerate() {
+        for secret in [None, Some("wrong-secret-of-some-length"), Some("the-members-know-this-on")] {
+            let mut peer = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut req = tonic::Request::new(encode(&forged));
+            if let Some(s) = secret {
+                req.metadata_mut().insert(SECRET_HEADER, s.parse().unwrap());
+            }
+            let err = peer.forward(req).await.expect_err("refused");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "node {i}, secret {secret:?}: {err}");
+        }
+        let mut peer = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut req = tonic::Request::new(encode(&PeerRequest::Status));
+        req.metadata_mut().insert(SECRET_HEADER, SECRET.parse().unwrap());
+        peer.forward(req).await.expect("the right secret is let in");
+    }
+    assert!(f.get(b"forged", Consistency::Linearizable).await.unwrap().is_none(), "nothing was written");
     c.stop().await;
 }

@@ -9,7 +9,7 @@ use crate::io::{tcp_incoming, Incoming, Io};
 use crate::raft::consensus::{break_election_ties, Consensus};
 use crate::raft::identity::ClusterIdent;
 use crate::raft::membership::{self, Plan, Stored};
-use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE};
+use crate::raft::network::{Network, PeerChannels, MAX_PEER_MESSAGE, SECRET_HEADER};
 use crate::raft::server::{PeerService, Running, Started};
 use crate::raft::types::{NodeId, NodeInfo};
 use crate::store::{LogBackend, LogStore, SmDisk, SmStore};
@@ -107,7 +107,8 @@ impl Node {
         let boot = Boot::open(config, io)?;
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
-        let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), stop_rx.clone()));
+        let secret = Token::new(boot.config.cluster_secret.clone());
+        let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), secret, stop_rx.clone()));
         let doors = Doors { grpc: listeners.grpc, http: listeners.http, mqtt: listeners.mqtt };
         match boot.run(role, doors, stop_rx).await {
             Ok(Up { handle, consensus, mut tasks, log }) => {
@@ -169,7 +170,7 @@ impl Boot {
         let ident = ClusterIdent::load(log.clone())?;
         let incarnation = rand::Rng::gen(&mut crate::raft::rt::rng());
         let me = NodeInfo { peer_addr: config.peer_advertise(), grpc_addr: config.grpc_advertise(), incarnation };
-        let channels = Arc::new(PeerChannels::new(io.dialer.clone()));
+        let channels = Arc::new(PeerChannels::new(io.dialer.clone(), config.cluster_secret.as_deref()));
         Ok(Self { config, io, log, sm_disk, stored, ident, me, channels, started: Started::default() })
     }
 
@@ -279,9 +280,17 @@ fn background(
     ]
 }
 
-async fn serve_peer(incoming: Incoming, svc: PeerService, stop: watch::Receiver<bool>) {
+/// Serves the peer port; with a cluster secret, an RPC without it is refused before it is
+/// read (compared in constant time).
+async fn serve_peer(incoming: Incoming, svc: PeerService, secret: Token, stop: watch::Receiver<bool>) {
     let svc =
         PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
+    let check =
+        move |req: tonic::Request<()>| match secret.check(req.metadata().get(SECRET_HEADER).map(|v| v.as_bytes())) {
+            Ok(()) => Ok(req),
+            Err(_) => Err(tonic::Status::unauthenticated("wrong or missing cluster secret")),
+        };
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, check);
     let r = crate::io::grpc_server()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, crate::io::stopped(stop))

@@ -16,6 +16,9 @@ use statenode_proto::v1::Blob;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// Metadata naming the node id a Raft RPC is meant for.
@@ -30,16 +33,38 @@ pub trait Dialer: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, String>;
 }
 
+/// Metadata carrying the cluster secret on every peer RPC (`Config::cluster_secret`).
+pub const SECRET_HEADER: &str = "x-statenode-cluster-secret";
+
+/// Adds the cluster secret, when there is one, to every outgoing peer RPC.
+#[derive(Clone)]
+pub struct WithSecret(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for WithSecret {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(SECRET_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client for one peer, sending the cluster secret.
+pub type PeerRpc = PeerClient<InterceptedService<Channel, WithSecret>>;
+
 /// One lazily-connected channel per peer address, shared by Raft and forwarding.
 /// openraft 0.9 asks for a new client on every read round, so reuse matters.
 pub struct PeerChannels {
     cache: Mutex<HashMap<String, Channel>>,
     dialer: Arc<dyn Dialer>,
+    secret: WithSecret,
 }
 
 impl PeerChannels {
-    pub fn new(dialer: Arc<dyn Dialer>) -> Self {
-        Self { cache: Mutex::default(), dialer }
+    /// `secret` is a validated `Config::cluster_secret` (visible ASCII).
+    pub fn new(dialer: Arc<dyn Dialer>, secret: Option<&str>) -> Self {
+        let secret = WithSecret(secret.map(|s| s.parse().expect("the config checked the secret is visible ASCII")));
+        Self { cache: Mutex::default(), dialer, secret }
     }
 
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -52,8 +77,8 @@ impl PeerChannels {
         Ok(ch)
     }
 
-    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
-        Ok(PeerClient::new(self.channel(addr)?)
+    pub fn client(&self, addr: &str) -> Result<PeerRpc, String> {
+        Ok(PeerClient::with_interceptor(self.channel(addr)?, self.secret.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
