@@ -10,7 +10,9 @@ use super::types::{NodeId, NodeInfo, Raft, TypeConfig};
 use super::Fail;
 use crate::api::ClusterStatus;
 use crate::error::Error;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest};
+use openraft::SnapshotSegmentId;
 use statenode_proto::v1::peer_server::Peer;
 use statenode_proto::v1::Blob;
 use std::sync::{Arc, OnceLock};
@@ -51,28 +53,35 @@ const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
 /// Checks a snapshot chunk before openraft writes it at its offset into a growing buffer:
 /// a chunk may start a snapshot (offset 0), continue it, or repeat bytes already received (a
 /// retry), but never leave a hole — one chunk at a huge offset would make the node allocate
-/// that much — and a snapshot stays under `MAX_SNAPSHOT_BYTES`.
-fn admit_chunk(
-    stream: &mut Option<(String, u64)>,
-    id: &str,
-    offset: u64,
-    len: usize,
-    done: bool,
-) -> Result<(), String> {
+/// that much — and a snapshot stays under `MAX_SNAPSHOT_BYTES`. `Err` is the offset the
+/// sender should have used (it starts over from 0 on being told).
+fn admit_chunk(stream: &mut Option<(String, u64)>, id: &str, offset: u64, len: usize, done: bool) -> Result<(), u64> {
     let received = match stream {
         _ if offset == 0 => 0,
         Some((current, received)) if current == id => *received,
-        _ => return Err(format!("snapshot {id}: a chunk at offset {offset} before its start")),
+        _ => return Err(0),
     };
     if offset > received {
-        return Err(format!("snapshot {id}: a chunk at offset {offset} leaves a hole after byte {received}"));
+        return Err(received);
     }
-    let end = offset.checked_add(len as u64).filter(|e| *e <= MAX_SNAPSHOT_BYTES);
-    let Some(end) = end else {
-        return Err(format!("snapshot {id}: larger than {MAX_SNAPSHOT_BYTES} bytes"));
+    let Some(end) = offset.checked_add(len as u64).filter(|e| *e <= MAX_SNAPSHOT_BYTES) else {
+        *stream = None;
+        return Err(0);
     };
     *stream = (!done).then(|| (id.to_string(), received.max(end)));
     Ok(())
+}
+
+/// The answer to a refused chunk: openraft's "snapshot mismatch", on which the sender starts
+/// the snapshot over from offset 0.
+fn mismatch(
+    id: &str,
+    expect: u64,
+    got: u64,
+) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+    let segment = |offset| SnapshotSegmentId { id: id.to_string(), offset };
+    let m = SnapshotMismatch { expect: segment(expect), got: segment(got) };
+    Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)))
 }
 
 fn bad_payload(e: bincode::Error) -> Status {
@@ -128,10 +137,13 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let raft = self.raft_for(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        {
+        let admitted = {
             let mut stream = self.snapshot.lock().expect("poisoned");
             admit_chunk(&mut stream, &rpc.meta.snapshot_id, rpc.offset, rpc.data.len(), rpc.done)
-                .map_err(Status::invalid_argument)?;
+        };
+        if let Err(expect) = admitted {
+            tracing::warn!(snapshot = %rpc.meta.snapshot_id, offset = rpc.offset, expect, "refused a snapshot chunk");
+            return Ok(Response::new(encode(&mismatch(&rpc.meta.snapshot_id, expect, rpc.offset))));
         }
         Ok(Response::new(encode(&raft.install_snapshot(rpc).await)))
     }
@@ -162,18 +174,19 @@ mod tests {
     fn snapshot_chunks_may_not_leave_holes_or_grow_without_bound() {
         let mut s = None;
         // One chunk far past the start: refused before anything is allocated.
-        assert!(admit_chunk(&mut s, "a", 1 << 40, 10, false).unwrap_err().contains("before its start"));
+        assert_eq!(admit_chunk(&mut s, "a", 1 << 40, 10, false), Err(0));
         admit_chunk(&mut s, "a", 0, 100, false).unwrap();
         admit_chunk(&mut s, "a", 100, 100, false).unwrap();
         admit_chunk(&mut s, "a", 100, 100, false).expect("a retried chunk");
-        assert!(admit_chunk(&mut s, "a", 201, 1, false).unwrap_err().contains("hole"));
-        assert!(admit_chunk(&mut s, "b", 200, 1, false).unwrap_err().contains("before its start"));
-        assert!(admit_chunk(&mut s, "a", 200, usize::MAX, false).unwrap_err().contains("larger than"));
+        assert_eq!(admit_chunk(&mut s, "a", 201, 1, false), Err(200), "a hole");
+        assert_eq!(admit_chunk(&mut s, "b", 200, 1, false), Err(0), "another snapshot's middle");
         admit_chunk(&mut s, "a", 200, 5, true).unwrap();
         assert_eq!(s, None, "done ends the stream");
-        assert!(admit_chunk(&mut s, "a", 205, 1, false).is_err());
+        assert_eq!(admit_chunk(&mut s, "a", 205, 1, false), Err(0));
         // A new snapshot (or a sender starting over) begins at 0 whatever came before.
         admit_chunk(&mut s, "c", 0, 1, false).unwrap();
         assert_eq!(s, Some(("c".to_string(), 1)));
+        assert_eq!(admit_chunk(&mut s, "c", 1, usize::MAX, false), Err(0), "past the bound");
+        assert_eq!(s, None);
     }
 }
