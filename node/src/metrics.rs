@@ -110,15 +110,6 @@ impl Metrics {
         for (file, s) in DISK_COMMITS.lock().expect("poisoned").iter() {
             s.render(&mut out, "statenode_disk_commit_seconds", &format!("file=\"{file}\""));
         }
-        let counters = [
-            ("proposals_total", "Log entries proposed for client commands.", &PROPOSALS),
-            ("proposed_commands_total", "Client commands those entries carried.", &PROPOSED_COMMANDS),
-        ];
-        for (name, help, v) in counters {
-            let v = v.load(Ordering::Relaxed);
-            let _ =
-                writeln!(out, "# HELP statenode_{name} {help}\n# TYPE statenode_{name} counter\nstatenode_{name} {v}");
-        }
         let is_leader = st.leader_id == Some(st.id);
         let gauges: [(&str, &str, u64); 9] = [
             ("raft_term", "The current Raft term.", st.term),
@@ -135,10 +126,16 @@ impl Metrics {
             let _ =
                 writeln!(out, "# HELP statenode_{name} {help}\n# TYPE statenode_{name} gauge\nstatenode_{name} {v}");
         }
-        let changes = self.leader_changes.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP statenode_raft_leader_changes_total Leader changes this node saw.");
-        let _ = writeln!(out, "# TYPE statenode_raft_leader_changes_total counter");
-        let _ = writeln!(out, "statenode_raft_leader_changes_total {changes}");
+        let counters = [
+            ("raft_leader_changes_total", "Leader changes this node saw.", &self.leader_changes),
+            ("proposals_total", "Log entries proposed for client commands.", &PROPOSALS),
+            ("proposed_commands_total", "Client commands those entries carried.", &PROPOSED_COMMANDS),
+        ];
+        for (name, help, v) in counters {
+            let v = v.load(Ordering::Relaxed);
+            let _ =
+                writeln!(out, "# HELP statenode_{name} {help}\n# TYPE statenode_{name} counter\nstatenode_{name} {v}");
+        }
         out
     }
 }

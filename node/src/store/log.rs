@@ -102,6 +102,10 @@ fn log_err(verb: ErrorVerb) -> impl Fn(io::Error) -> StorageError {
     move |e| err(ErrorSubject::Logs, verb, e)
 }
 
+fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    bincode::deserialize(bytes).map_err(|e| log_err(ErrorVerb::Read)(io::Error::other(e)))
+}
+
 impl LogStore {
     pub fn new(backend: Arc<dyn LogBackend>) -> Self {
         let writer = backend.blocking().then(|| {
@@ -129,12 +133,8 @@ impl LogStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: LogMeta) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.backend.meta(key).map_err(log_err(ErrorVerb::Read))? else {
-            return Ok(None);
-        };
-        let v =
-            bincode::deserialize(&bytes).map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, io::Error::other(e)))?;
-        Ok(Some(v))
+        let bytes = self.backend.meta(key).map_err(log_err(ErrorVerb::Read))?;
+        bytes.map(|b| decode_meta(&b)).transpose()
     }
 
     async fn write_meta<T: serde::Serialize>(&self, key: LogMeta, value: &T) -> io::Result<()> {
@@ -228,12 +228,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let waiting = self.writer.as_ref().and_then(|w| w.committed.lock().expect("poisoned").clone());
-        if let Some(bytes) = waiting {
-            let c: Option<LogId> =
-                bincode::deserialize(&bytes).map_err(|e| log_err(ErrorVerb::Read)(io::Error::other(e)))?;
-            return Ok(c);
-        }
-        Ok(self.read_meta::<Option<LogId>>(LogMeta::Committed)?.flatten())
+        let committed: Option<Option<LogId>> = match waiting {
+            Some(bytes) => Some(decode_meta(&bytes)?),
+            None => self.read_meta(LogMeta::Committed)?,
+        };
+        Ok(committed.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>

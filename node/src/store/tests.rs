@@ -268,6 +268,13 @@ mod wal {
         }
     }
 
+    /// A log directory in a temporary directory (kept while the guard lives).
+    fn wal_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("raft.wal");
+        (tmp, dir)
+    }
+
     /// Appends entries 1..=n of term 1, each its own batch, with values of `len` bytes.
     fn append_n(log: &WalLog, n: u64, len: usize) {
         for i in 1..=n {
@@ -298,8 +305,7 @@ mod wal {
 
     #[test]
     fn records_survive_reopen_across_segments_and_purge_deletes_old_ones() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("raft.wal");
+        let (_tmp, dir) = wal_dir();
         {
             let log = WalLog::open_with(&dir, 1024).unwrap();
             log.set_raw_meta("node_id", b"7").unwrap();
@@ -326,8 +332,7 @@ mod wal {
 
     #[test]
     fn a_torn_last_batch_is_cut_and_never_comes_back() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("raft.wal");
+        let (_tmp, dir) = wal_dir();
         let seg = dir.join(format!("{:016x}.wal", 1));
         {
             let log = WalLog::open(&dir).unwrap();
@@ -352,8 +357,7 @@ mod wal {
 
     #[test]
     fn a_bad_record_in_a_finished_segment_refuses_to_open() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("raft.wal");
+        let (_tmp, dir) = wal_dir();
         {
             append_n(&WalLog::open_with(&dir, 512).unwrap(), 10, 200);
         }
@@ -368,8 +372,7 @@ mod wal {
 
     #[test]
     fn a_segment_cut_short_while_being_made_is_dropped() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("raft.wal");
+        let (_tmp, dir) = wal_dir();
         {
             let log = WalLog::open_with(&dir, 512).unwrap();
             log.set_raw_meta("vote", b"v1").unwrap();

@@ -128,8 +128,9 @@ fn decode(data: &[u8], at: usize) -> Option<(u8, &[u8])> {
     (h.finalize() == crc).then_some((kind, payload))
 }
 
-fn u64_at(p: &[u8]) -> io::Result<u64> {
-    Ok(u64::from_le_bytes(p.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("short record".into()))?))
+/// The first `N` bytes of a payload.
+fn head<const N: usize>(p: &[u8]) -> io::Result<[u8; N]> {
+    p.get(..N).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("short record".into()))
 }
 
 impl Index {
@@ -163,9 +164,9 @@ impl Index {
 fn parse(kind: u8, payload: &[u8]) -> io::Result<Rec> {
     Ok(match kind {
         ENTRY => Rec::Entry(bincode::deserialize(payload).map_err(|e| corrupt(format!("log entry: {e}")))?),
-        TRUNCATE => Rec::Truncate(u64_at(payload)?),
+        TRUNCATE => Rec::Truncate(u64::from_le_bytes(head(payload)?)),
         PURGE => {
-            let index = u64_at(payload)?;
+            let index = u64::from_le_bytes(head(payload)?);
             let encoded = payload[8..].to_vec();
             let upto: LogId = bincode::deserialize(&encoded).map_err(|e| corrupt(format!("purge record: {e}")))?;
             if upto.index != index {
@@ -174,9 +175,7 @@ fn parse(kind: u8, payload: &[u8]) -> io::Result<Rec> {
             Rec::Purge(upto, encoded)
         }
         META => {
-            let len = u16::from_le_bytes(
-                payload.get(..2).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("short record".into()))?,
-            ) as usize;
+            let len = u16::from_le_bytes(head(payload)?) as usize;
             let name = payload.get(2..2 + len).ok_or_else(|| corrupt("short record".into()))?;
             let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("metadata name is not UTF-8".into()))?;
             Rec::Meta(name, payload[2 + len..].to_vec())
