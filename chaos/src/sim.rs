@@ -482,7 +482,11 @@ impl Driver {
             return;
         }
         let up: Vec<String> = self.others(&down);
-        let victim = up[self.rng.gen_range(0..up.len())].clone();
+        // Disk mode, half the time: the leader, back before anyone stands for election
+        // (openraft lets it resume its term from its disk).
+        let quick = !self.cfg.memory && !wipe && self.rng.gen_bool(0.5);
+        let leader = self.shared.borrow().leader.clone().filter(|l| quick && up.contains(l));
+        let victim = leader.unwrap_or_else(|| up[self.rng.gen_range(0..up.len())].clone());
         sim.crash(victim.as_str());
         self.lose_unsynced(&victim);
         self.crashed.push(victim.clone());
@@ -494,7 +498,8 @@ impl Driver {
         } else {
             self.note(t, format!("crash {victim}"));
         }
-        let heal_at = t + Duration::from_millis(self.rng.gen_range(500..3000));
+        let back_in = if quick { 20..300 } else { 500..3000 };
+        let heal_at = t + Duration::from_millis(self.rng.gen_range(back_in));
         self.pending.push((heal_at, Heal::Bounce(victim)));
     }
 
@@ -528,11 +533,17 @@ impl Driver {
         self.pending.push((heal_at, Heal::BounceMany(back)));
     }
 
-    /// A crashed node's disk keeps only what was durable (state-machine applies are not).
-    fn lose_unsynced(&self, name: &str) {
+    /// What a crashed node's disk keeps. The log's commit index may be older than the one
+    /// last saved (it rides with the next batch). Of the state-machine applies not synced
+    /// yet, a power loss keeps none and a process crash those its writer had written: half
+    /// the time none, else any part (each finds other bugs: a restart that must re-apply
+    /// the log; a node whose applies ran ahead of the commit index it finds).
+    fn lose_unsynced(&mut self, name: &str) {
+        let keep = if self.rng.gen_bool(0.5) { 0.0 } else { self.rng.gen_range(0.0..=1.0) };
         let i = self.names.iter().position(|n| n == name).expect("node");
         if let Some(d) = &*self.disks[i].lock().expect("disk slot") {
-            d.sm.lose_unsynced();
+            d.log.lose_unsynced();
+            d.sm.lose_unsynced(keep);
         }
     }
 

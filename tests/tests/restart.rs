@@ -79,6 +79,30 @@ async fn full_stop_then_only_two_come_back() {
     assert_all_readable(&c.client(), &acked, "all three back").await;
 }
 
+/// The leader is killed (-9) right after acknowledging writes and restarted before anyone
+/// else stands for election (long election timeouts): a linearizable read through it still
+/// holds every acknowledged write. openraft 0.9 lets a leader whose vote is on disk resume
+/// its term without an election, with the commit index it finds on disk as its read index;
+/// that index is written lazily, so the read came back without the last writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_reads_its_last_acknowledged_writes() {
+    let _g = serial().await;
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), "[raft]\nelection_min_ms = 1500\nelection_max_ms = 3000\n").unwrap();
+    let mut c = TestCluster::start_with_args(3, false, &["--config", conf.path().to_str().unwrap()]).await;
+    let endpoints: Vec<String> = c.nodes.iter().map(|n| n.grpc.clone()).collect();
+    for round in 0..3 {
+        // A write through any node first: then there is a leader, and every node knows it.
+        client_of(&endpoints).put_simple(format!("start{round}"), "v").await.unwrap();
+        let leader = c.wait_leader(None, Duration::from_secs(30)).await;
+        let grpc = c.node(leader).grpc.clone();
+        let acked = write_keys(&single_client(&grpc), &format!("round{round}"), 30).await;
+        c.node(leader).kill9();
+        c.node(leader).start_with(&[]);
+        assert_all_readable(&client_of(&[grpc]), &acked, &format!("round {round}, leader {leader} restarted")).await;
+    }
+}
+
 /// Node 3's disk is wiped. Started again with the same flags it refuses to run (it would
 /// come back with no memory of its votes or of the writes it acknowledged), naming the fix.
 /// With `--replace-lost-member` it joins under a new id, catches up, becomes a voter, and

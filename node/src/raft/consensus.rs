@@ -28,6 +28,21 @@ pub struct Consensus {
     write_timeout: Duration,
 }
 
+/// openraft 0.9 restarts a node whose vote on disk is its own, committed, as the leader of
+/// that term without an election, and bases its read index on the commit index it finds on
+/// disk. That index is written lazily (`store/log.rs`), so such a leader served linearizable
+/// reads without writes it had acknowledged just before the restart. Its vote is marked
+/// uncommitted instead: it starts as a follower, and the leader of the next election bounds
+/// every read by its own first entry. (Same term, same candidate: it grants no vote it would
+/// not have granted before.)
+async fn no_leadership_across_restart<L: RaftLogStorage<TypeConfig>>(id: NodeId, log: &mut L) -> anyhow::Result<()> {
+    let vote = log.read_vote().await.context("read vote")?;
+    if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(id)) {
+        log.save_vote(&openraft::Vote::new(v.leader_id().get_term(), id)).await.context("save vote")?;
+    }
+    Ok(())
+}
+
 impl Consensus {
     /// Starts Raft as node `id` over these stores.
     pub async fn start<L, S>(id: NodeId, config: &Config, network: Network, log: L, sm: S) -> anyhow::Result<Self>
@@ -35,6 +50,8 @@ impl Consensus {
         L: RaftLogStorage<TypeConfig>,
         S: RaftStateMachine<TypeConfig>,
     {
+        let mut log = log;
+        no_leadership_across_restart(id, &mut log).await?;
         let raft = Raft::new(id, Arc::new(raft_config(config)?), network, log, sm).await.context("start raft")?;
         let timeout = config.limits.request_timeout;
         let barrier = ReadBarrier::new(raft.clone(), timeout);

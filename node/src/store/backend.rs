@@ -70,6 +70,9 @@ pub trait LogBackend: RawMeta {
     fn blocking(&self) -> bool {
         false
     }
+    /// A crash: forget what a real log may not have written yet. Only the simulation's twin
+    /// models it (a real disk loses it by itself).
+    fn lose_unsynced(&self) {}
 }
 
 /// The in-memory log: same behaviour, nothing on disk.
@@ -117,6 +120,12 @@ impl LogBackend for MemLog {
         g.log = g.log.split_off(&(upto.index + 1));
         g.meta.insert(LogMeta::LastPurged.name().to_string(), encoded);
         Ok(())
+    }
+
+    /// The commit index rides with the next batch of a real log (`LogStore::save_committed`),
+    /// so a crash may leave any older one: the twin keeps none, the worst case.
+    fn lose_unsynced(&self) {
+        self.inner.lock().expect("poisoned").meta.remove(LogMeta::Committed.name());
     }
 }
 

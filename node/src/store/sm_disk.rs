@@ -10,6 +10,7 @@ use std::io;
 use std::sync::Mutex;
 
 /// Everything one apply batch changed.
+#[derive(Clone)]
 pub struct Changes {
     pub keys: Vec<(Bytes, Option<Entry>)>,
     pub clients: Vec<(u64, Option<ClientWindow>)>,
@@ -47,9 +48,11 @@ pub trait SmDisk: Send + Sync + 'static {
     fn blocking(&self) -> bool {
         false
     }
-    /// A crash: forget every `persist` not followed by a durable step. Only the
-    /// simulation's twin models it (a real disk loses them by itself).
-    fn lose_unsynced(&self) {}
+    /// A crash: of the `persist` calls not followed by a durable step, keep the first
+    /// `keep` (a fraction) and forget the rest. Only the simulation's twin models it (a real
+    /// disk loses them by itself: all of them in a power loss, the ones its writer had not
+    /// written yet in a process crash).
+    fn lose_unsynced(&self, _keep: f64) {}
 }
 
 /// Whether `meta` may replace the `kept` snapshot: it covers at least as much of the log.
@@ -58,14 +61,14 @@ pub fn is_newer(meta: &SnapshotMeta, kept: Option<&SnapshotMeta>) -> bool {
 }
 
 /// The in-memory twin of `sm.redb`. Like redb with `Durability::None` applies, `persist`
-/// is lost in a crash (`lose_unsynced`) until a durable step — `install` or `save_snapshot`,
-/// which make everything before them durable. (redb also makes an apply durable once a
-/// second; the twin never does: the worst case.)
+/// may be lost in a crash (`lose_unsynced`) until a durable step — `install` or
+/// `save_snapshot`, which make everything before them durable.
 #[derive(Default)]
 pub struct MemSmDisk {
     inner: Mutex<MemSm>,
-    /// What a crash leaves.
-    durable: Mutex<MemSm>,
+    /// The state at the last durable step, and every persist since, in order: a crash
+    /// keeps the first few.
+    durable: Mutex<(MemSm, Vec<Changes>)>,
 }
 
 #[derive(Clone, Default)]
@@ -81,9 +84,9 @@ struct MemSm {
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
-impl MemSmDisk {
-    fn persist_one(&self, c: &Changes) -> io::Result<()> {
-        let mut g = self.inner.lock().expect("poisoned");
+impl MemSm {
+    fn apply(&mut self, c: &Changes) {
+        let g = self;
 
         for (k, e) in &c.keys {
             match e {
@@ -108,13 +111,25 @@ impl MemSmDisk {
         g.last_version = c.last_version;
         g.clock_ms = c.clock_ms;
         g.revision = c.revision;
-        Ok(())
+    }
+}
+
+impl MemSmDisk {
+    /// Everything in `g` is now durable.
+    fn durable_step(&self, g: &MemSm) {
+        *self.durable.lock().expect("poisoned") = (g.clone(), Vec::new());
     }
 }
 
 impl SmDisk for MemSmDisk {
     fn persist(&self, batches: &[Changes]) -> io::Result<()> {
-        batches.iter().try_for_each(|c| self.persist_one(c))
+        let mut g = self.inner.lock().expect("poisoned");
+        let mut since = self.durable.lock().expect("poisoned");
+        for c in batches {
+            g.apply(c);
+            since.1.push(c.clone());
+        }
+        Ok(())
     }
 
     fn install(&self, sm: &StateMachine, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
@@ -128,7 +143,7 @@ impl SmDisk for MemSmDisk {
         g.clock_ms = sm.clock_ms();
         g.revision = sm.revision();
         g.snapshot = Some((meta.clone(), data.to_vec()));
-        *self.durable.lock().expect("poisoned") = g.clone();
+        self.durable_step(&g);
         Ok(())
     }
 
@@ -137,13 +152,16 @@ impl SmDisk for MemSmDisk {
         if is_newer(meta, g.snapshot.as_ref().map(|(m, _)| m)) {
             g.snapshot = Some((meta.clone(), data.to_vec()));
         }
-        *self.durable.lock().expect("poisoned") = g.clone();
+        self.durable_step(&g);
         Ok(())
     }
 
-    fn lose_unsynced(&self) {
-        let durable = self.durable.lock().expect("poisoned").clone();
-        *self.inner.lock().expect("poisoned") = durable;
+    fn lose_unsynced(&self, keep: f64) {
+        let mut g = self.inner.lock().expect("poisoned");
+        let (durable, since) = &*self.durable.lock().expect("poisoned");
+        *g = durable.clone();
+        let kept = (since.len() as f64 * keep.clamp(0.0, 1.0)) as usize;
+        since[..kept].iter().for_each(|c| g.apply(c));
     }
 
     fn load(&self) -> io::Result<Loaded> {
