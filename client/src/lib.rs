@@ -20,6 +20,8 @@ use tonic::{Code, Status};
 
 pub use statenode_proto::{backup, v1};
 
+pub mod tls;
+
 use statenode_proto::headers::{API_TOKEN, LEADER as LEADER_HEADER};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,19 @@ pub fn tcp_channel(addr: &str) -> Result<Channel> {
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .connect_lazy())
+}
+
+/// The dialer for a certs directory: TLS trusting its `ca.crt`, presenting
+/// `client.NAME.crt` when `cert_name` is given; plain TCP without a directory.
+pub fn dialer(certs_dir: Option<&std::path::Path>, cert_name: Option<&str>) -> std::io::Result<Dialer> {
+    let Some(dir) = certs_dir else {
+        if cert_name.is_some() {
+            return Err(std::io::Error::other("a client certificate needs --certs-dir"));
+        }
+        return Ok(Arc::new(tcp_channel));
+    };
+    let config = tls::client_config(dir, cert_name.map(|n| tls::client_files(dir, n)))?;
+    Ok(Arc::new(move |addr: &str| tls::channel(&config, addr).map_err(Error::Endpoint)))
 }
 
 /// Whether a failed attempt may be retried: the cluster was unavailable, or the outcome

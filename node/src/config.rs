@@ -45,8 +45,11 @@ pub struct Config {
     pub api_token: Option<String>,
     /// When set, every peer RPC (Raft messages, forwarded requests, joins) must carry it:
     /// without it a process that reaches the peer port cannot vote, join, or read and write
-    /// through it. Every member shares the one secret. It travels in clear until peer TLS.
+    /// through it. Every member shares the one secret. It travels in clear without TLS.
     pub cluster_secret: Option<String>,
+    /// TLS on every listener with the certificates in this directory (`statenode certs`):
+    /// `ca.crt`, `node.crt`, `node.key`. Peers must present a certificate of the same CA.
+    pub certs_dir: Option<PathBuf>,
     /// The app id for stores with `key_prefix = "appid"` when a request carries no
     /// `dapr-app-id` header.
     pub app_id: Option<String>,
@@ -184,6 +187,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             api_token: None,
             cluster_secret: None,
+            certs_dir: None,
             app_id: None,
             stores: vec![StoreConfig { name: "statestore".into(), key_prefix: default_key_prefix() }],
             raft: RaftTuning::default(),

@@ -80,6 +80,16 @@ impl Dialer for TcpDialer {
     }
 }
 
+/// TCP with TLS (`--certs-dir`): the peer's certificate checked against the cluster CA and
+/// the address dialed, this node's own presented.
+pub struct TlsDialer(pub Arc<rustls::ClientConfig>);
+
+impl Dialer for TlsDialer {
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        statenode_client::tls::channel(&self.0, addr)
+    }
+}
+
 /// Wall-clock milliseconds since the Unix epoch, as this node sees them.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 

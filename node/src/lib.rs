@@ -21,6 +21,7 @@ pub mod node;
 pub mod pattern;
 pub mod raft;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 pub use config::Config;

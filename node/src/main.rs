@@ -6,6 +6,7 @@ use statenode::config::{Config, LogFormat, StoreConfig};
 use statenode::{Listeners, Node, Role};
 use statenode_client::{members_table, Client, Options};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -68,6 +69,9 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Make the certificates for TLS (`serve --certs-dir DIR`).
+    #[command(subcommand)]
+    Certs(Certs),
     /// Exit 0 when this node's HTTP door answers `/readyz` (or `/livez`) with 200: the
     /// container image's HEALTHCHECK, which has no shell and no curl.
     Health {
@@ -77,6 +81,40 @@ enum Command {
         /// Ask `/livez` (the process answers) instead of `/readyz` (it serves linearizably).
         #[arg(long)]
         live: bool,
+        /// The node speaks TLS: trust the CA in this directory.
+        #[arg(long, env = "STATENODE_CERTS_DIR")]
+        certs_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)] // the subcommands are create-ca, create-node, create-client
+enum Certs {
+    /// A new cluster CA: ca.crt (give it to every node and client) and ca.key (keep it off
+    /// the nodes; it makes every other certificate).
+    CreateCa {
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// Replace files that exist.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// node.crt and node.key for a node reached at these host names and IP addresses.
+    CreateNode {
+        #[arg(long)]
+        certs_dir: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// client.NAME.crt and client.NAME.key: a client certificate for the principal NAME.
+    CreateClient {
+        #[arg(long)]
+        certs_dir: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+        name: String,
     },
 }
 
@@ -88,6 +126,12 @@ struct Endpoints {
     /// API token, for clusters started with --api-token.
     #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// The cluster speaks TLS: trust the CA in this directory.
+    #[arg(long, env = "STATENODE_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Present the client certificate client.NAME.crt from --certs-dir.
+    #[arg(long, env = "STATENODE_CERT_NAME")]
+    cert_name: Option<String>,
 }
 
 impl Endpoints {
@@ -101,7 +145,8 @@ impl Endpoints {
         // while the first may still be under way.
         let (deadline, attempt_timeout) = (Duration::from_secs(60), Duration::from_secs(30));
         let opts = Options { deadline, attempt_timeout, api_token: self.api_token.clone(), ..Options::default() };
-        Ok(Client::new(&self.endpoints, opts)?)
+        let dialer = statenode_client::dialer(self.certs_dir.as_deref(), self.cert_name.as_deref())?;
+        Ok(Client::with_dialer(&self.endpoints, opts, dialer)?)
     }
 }
 
@@ -156,6 +201,10 @@ struct NodeArgs {
     /// Require this secret on every peer RPC; every member must be given the same one.
     #[arg(long, env = "STATENODE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// TLS on every listener, mutual TLS between peers, with the certificates in this
+    /// directory (`statenode certs`).
+    #[arg(long, env = "STATENODE_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
     /// App id for stores whose key prefix is `appid` (when no `dapr-app-id` header is sent).
     #[arg(long, env = "STATENODE_APP_ID")]
     app_id: Option<String>,
@@ -202,6 +251,9 @@ impl NodeArgs {
         }
         if self.cluster_secret.is_some() {
             c.cluster_secret = self.cluster_secret;
+        }
+        if self.certs_dir.is_some() {
+            c.certs_dir = self.certs_dir;
         }
         if self.app_id.is_some() {
             c.app_id = self.app_id;
@@ -269,34 +321,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Health { http, live } => {
+        Command::Certs(c) => {
+            let made = match c {
+                Certs::CreateCa { certs_dir, overwrite } => statenode::tls::create_ca(&certs_dir, overwrite)?,
+                Certs::CreateNode { certs_dir, overwrite, hosts } => {
+                    statenode::tls::create_node(&certs_dir, &hosts, overwrite)?
+                }
+                Certs::CreateClient { certs_dir, overwrite, name } => {
+                    statenode::tls::create_client(&certs_dir, &name, overwrite)?
+                }
+            };
+            println!("wrote {} and its key", made.display());
+            Ok(())
+        }
+        Command::Health { http, live, certs_dir } => {
             let path = if live { "/livez" } else { "/readyz" };
-            let status = tokio::task::spawn_blocking(move || probe(&http, path)).await??;
+            let tls = certs_dir.map(|d| statenode_client::tls::client_config(&d, None)).transpose()?;
+            let status = tokio::task::spawn_blocking(move || probe(&http, path, tls)).await??;
             anyhow::ensure!(status == 200, "{path} answered {status}");
             Ok(())
         }
     }
 }
 
-/// One `GET path` over plain HTTP/1.0 to `addr`, within 3 s; returns the status code.
-fn probe(addr: &str, path: &str) -> anyhow::Result<u16> {
+/// One `GET path` over HTTP/1.0 to `addr` (over TLS with `tls`), within 3 s; returns the
+/// status code.
+fn probe(addr: &str, path: &str, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<u16> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let addr = statenode::config::routable(addr);
     let sock = addr.to_socket_addrs()?.next().with_context(|| format!("{addr} resolves to nothing"))?;
     let timeout = Duration::from_secs(3);
-    let mut conn = std::net::TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connect {addr}"))?;
+    let conn = std::net::TcpStream::connect_timeout(&sock, timeout).with_context(|| format!("connect {addr}"))?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
+    let mut conn: Box<dyn ReadWrite> = match tls {
+        Some(config) => {
+            let mut config = Arc::unwrap_or_clone(config);
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+            let tls = rustls::ClientConnection::new(Arc::new(config), name)?;
+            Box::new(rustls::StreamOwned::new(tls, conn))
+        }
+        None => Box::new(conn),
+    };
     write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    // HTTP/1.0: the server closes the connection after its answer.
+    // HTTP/1.0: the server closes the connection after its answer. (A TLS peer that closes
+    // without close_notify errs at the end: what came before still counts.)
     let mut head = Vec::new();
-    conn.take(256).read_to_end(&mut head)?;
+    if let Err(e) = conn.take(256).read_to_end(&mut head) {
+        anyhow::ensure!(!head.is_empty(), e);
+    }
     let line = String::from_utf8_lossy(&head);
     // "HTTP/1.x 200 OK"
     let code = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
     code.with_context(|| format!("{addr} answered no HTTP status"))
 }
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     config.validate()?;

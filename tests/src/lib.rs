@@ -183,6 +183,8 @@ pub fn single_client(addr: &str) -> Client {
 pub struct TestCluster {
     /// Sent by `client()` and the leader probes (clusters started with `--api-token`).
     pub token: Option<String>,
+    /// The certs directory of a TLS cluster (`--certs-dir`): clients trust its CA.
+    pub certs: Option<PathBuf>,
     pub nodes: Vec<Proc>,
     pub dir: tempfile::TempDir,
     pub memory: bool,
@@ -252,7 +254,8 @@ impl TestCluster {
             })
             .collect();
         let token = extra.iter().position(|a| *a == "--api-token").map(|i| extra[i + 1].to_string());
-        let c = TestCluster { token, nodes, dir, memory };
+        let certs = extra.iter().position(|a| *a == "--certs-dir").map(|i| PathBuf::from(extra[i + 1]));
+        let c = TestCluster { token, certs, nodes, dir, memory };
         c.wait_leader(None, Duration::from_secs(20)).await;
         (c, proxies)
     }
@@ -262,7 +265,13 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.endpoints(), Options { api_token: self.token.clone(), ..Options::default() }).expect("client")
+        self.client_of(&self.endpoints(), Options::default())
+    }
+
+    /// A client of these nodes, with the cluster's token and CA.
+    pub fn client_of<S: AsRef<str>>(&self, endpoints: &[S], opts: Options) -> Client {
+        let dialer = statenode_client::dialer(self.certs.as_deref(), None).expect("certs");
+        Client::with_dialer(endpoints, Options { api_token: self.token.clone(), ..opts }, dialer).expect("client")
     }
 
     /// Waits until a running node reports a leader other than `not`; returns its id.
@@ -273,10 +282,9 @@ impl TestCluster {
                 let opts = Options {
                     deadline: Duration::from_secs(2),
                     attempt_timeout: Duration::from_secs(1),
-                    api_token: self.token.clone(),
                     ..Options::default()
                 };
-                let probe = Client::new(&[&n.grpc], opts).expect("client");
+                let probe = self.client_of(&[&n.grpc], opts);
                 if let Ok(s) = probe.status().await {
                     let ok = s.leader_id != 0 && Some(s.leader_id) != not;
                     if ok && s.members.iter().any(|m| m.id == s.leader_id) {

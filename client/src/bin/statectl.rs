@@ -18,6 +18,12 @@ struct Cli {
     /// API token for servers started with --api-token.
     #[arg(long, global = true, env = "STATENODE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Speak TLS, trusting the CA in this directory (`statenode certs create-ca`).
+    #[arg(long, global = true, env = "STATENODE_CERTS_DIR")]
+    certs_dir: Option<std::path::PathBuf>,
+    /// Present the client certificate `client.NAME.crt` from --certs-dir.
+    #[arg(long, global = true, env = "STATENODE_CERT_NAME")]
+    cert_name: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -147,7 +153,8 @@ fn kv_json(kv: &pb::KeyValue) -> serde_json::Value {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let opts = Options { api_token: cli.api_token.clone(), ..Options::default() };
-    let client = Arc::new(Client::new(&cli.endpoints, opts)?);
+    let dialer = statenode_client::dialer(cli.certs_dir.as_deref(), cli.cert_name.as_deref())?;
+    let client = Arc::new(Client::with_dialer(&cli.endpoints, opts, dialer)?);
     let out = cli.output;
     let print = |v: serde_json::Value, text: String| {
         if out == Output::Json {

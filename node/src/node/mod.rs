@@ -57,6 +57,17 @@ impl Listeners {
         Self { peer: tcp_incoming(peer), grpc: tcp_incoming(grpc), http: http.map(tcp_incoming), mqtt: None }
     }
 
+    /// Every connection after a TLS handshake: peers must present a certificate of the CA.
+    fn with_tls(self, tls: &crate::tls::NodeTls) -> Self {
+        use crate::tls::wrap;
+        Self {
+            peer: wrap(self.peer, tls.peer.clone(), "peer"),
+            grpc: wrap(self.grpc, tls.grpc.clone(), "grpc"),
+            http: self.http.map(|i| wrap(i, tls.http.clone(), "http")),
+            mqtt: self.mqtt.map(|i| wrap(i, tls.mqtt.clone(), "mqtt")),
+        }
+    }
+
     /// Serves MQTT on `mqtt` too.
     pub fn with_mqtt(mut self, mqtt: TcpListener) -> Self {
         self.mqtt = Some(tcp_incoming(mqtt));
@@ -104,6 +115,18 @@ impl Node {
     /// Starts a node. `role` says whether it bootstraps (serve) or joins (join).
     pub async fn start(config: Config, listeners: Listeners, role: Role, io: Io) -> anyhow::Result<Node> {
         config.validate()?;
+        let (listeners, io) = match &config.certs_dir {
+            Some(dir) => {
+                let tls =
+                    crate::tls::NodeTls::load(dir).with_context(|| format!("certificates in {}", dir.display()))?;
+                let dialer = Arc::new(crate::io::TlsDialer(tls.dial.clone()));
+                (listeners.with_tls(&tls), Io { dialer, ..io })
+            }
+            None => {
+                tracing::warn!("no --certs-dir: every port speaks plaintext (see docs/security.md)");
+                (listeners, io)
+            }
+        };
         let boot = Boot::open(config, io)?;
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.

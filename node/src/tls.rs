@@ -1,0 +1,334 @@
+//! TLS on a node's listeners (`--certs-dir`), and the certificates for it
+//! (`statenode certs`, CockroachDB's model).
+//!
+//! A certs directory holds the cluster CA's certificate (`ca.crt`), a node's certificate
+//! and key (`node.crt`, `node.key`: server and client use, its host names and addresses as
+//! subject alternative names), and client certificates (`client.NAME.crt`/`.key`). The CA's
+//! key (`ca.key`) belongs on the machine that makes certificates, not on the nodes.
+//!
+//! The peer port requires a certificate signed by the CA (mutual TLS): a plaintext peer or
+//! one from another CA fails the handshake. The client ports (gRPC, HTTP, MQTT) accept a
+//! client certificate signed by the CA, and clients without one. The node's certificate is
+//! read again when its files change (`statenode_client::tls::Reloading`).
+
+use crate::io::{Conn, Incoming};
+use anyhow::Context;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName as Subject, ServerConfig, SignatureScheme};
+use statenode_client::tls::{self as ctls, Reloading, CA_CERT, CA_KEY, NODE_CERT, NODE_KEY};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
+
+/// A node's TLS: an acceptor for each port (each offers its own protocol in ALPN), the
+/// config to dial peers.
+#[derive(Clone)]
+pub struct NodeTls {
+    pub peer: TlsAcceptor,
+    pub grpc: TlsAcceptor,
+    pub http: TlsAcceptor,
+    pub mqtt: TlsAcceptor,
+    pub dial: Arc<ClientConfig>,
+}
+
+impl NodeTls {
+    /// Loads `dir`: `ca.crt`, `node.crt`, `node.key`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let roots = Arc::new(ctls::roots(dir)?);
+        let node = Reloading::load(dir.join(NODE_CERT), dir.join(NODE_KEY))?;
+        let server = |verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>, alpn: &[&[u8]]| {
+            let mut c = ServerConfig::builder_with_provider(ctls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(node.clone());
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            anyhow::Ok(TlsAcceptor::from(Arc::new(c)))
+        };
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), ctls::provider()).build()?;
+        let node_name = WebPkiServerVerifier::builder_with_provider(roots.clone(), ctls::provider()).build()?;
+        let required = Arc::new(NodesOnly { client, node_name });
+        let optional =
+            WebPkiClientVerifier::builder_with_provider(roots, ctls::provider()).allow_unauthenticated().build()?;
+        Ok(Self {
+            peer: server(required, &[b"h2"])?,
+            grpc: server(optional.clone(), &[b"h2"])?,
+            http: server(optional.clone(), &[b"http/1.1"])?,
+            // MQTT clients rarely offer ALPN (and name it variously): none is asked.
+            mqtt: server(optional, &[])?,
+            dial: ctls::client_config(dir, Some((dir.join(NODE_CERT), dir.join(NODE_KEY))))?,
+        })
+    }
+}
+
+/// A name every node certificate holds besides its own hosts: what a peer must prove.
+pub const NODE_NAME: &str = "node.statenode";
+
+/// The peer port's check: a certificate of the cluster CA (as any client's) that is also a
+/// server certificate for `NODE_NAME` — a node's, never a client certificate of the same CA.
+#[derive(Debug)]
+struct NodesOnly {
+    client: Arc<dyn ClientCertVerifier>,
+    node_name: Arc<WebPkiServerVerifier>,
+}
+
+impl ClientCertVerifier for NodesOnly {
+    fn root_hint_subjects(&self) -> &[Subject] {
+        self.client.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.client.verify_client_cert(leaf, intermediates, now)?;
+        let name = ServerName::try_from(NODE_NAME).expect("a DNS name");
+        self.node_name.verify_server_cert(leaf, intermediates, &name, &[], now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.client.supported_verify_schemes()
+    }
+}
+
+/// How long a client may take over its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Handshakes done and not yet taken by the server.
+const READY: usize = 64;
+
+/// The connections of `incoming` after a TLS handshake each (in their own tasks: a slow or
+/// silent client holds up nobody). A failed handshake is logged and dropped.
+pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str) -> Incoming {
+    let (tx, rx) = tokio::sync::mpsc::channel(READY);
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                c = incoming.next() => c,
+                // The server stopped taking connections: let go of the listener.
+                _ = tx.closed() => return,
+            };
+            let conn = match conn {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    continue;
+                }
+                None => return,
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE, acceptor.accept(conn)).await {
+                    Ok(Ok(tls)) => drop(tx.send(Ok(Conn::new(tls))).await),
+                    Ok(Err(e)) => tracing::debug!(door, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(door, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// A certificate's validity, from now.
+fn valid_for(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+}
+
+/// The CA's parameters: the same every time, so a CA made earlier signs with them.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "statenode");
+    dn.push(DnType::CommonName, "statenode CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+/// Writes `contents` to `path`, readable by its owner only when `private`; refuses to replace
+/// a file unless `overwrite`.
+fn write_file(path: &Path, contents: &str, private: bool, overwrite: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(if private { 0o600 } else { 0o644 });
+    if overwrite {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).with_context(|| {
+        if path.exists() && !overwrite {
+            format!("{} exists (--overwrite replaces it)", path.display())
+        } else {
+            format!("create {}", path.display())
+        }
+    })?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// `statenode certs create-ca`: a new CA, `ca.crt` and `ca.key` in `dir` (10 years).
+pub fn create_ca(dir: &Path, overwrite: bool) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let key = KeyPair::generate()?;
+    let mut params = ca_params();
+    valid_for(&mut params, 3650);
+    let cert = params.self_signed(&key)?;
+    write_file(&dir.join(CA_KEY), &key.serialize_pem(), true, overwrite)?;
+    write_file(&dir.join(CA_CERT), &cert.pem(), false, overwrite)?;
+    Ok(dir.join(CA_CERT))
+}
+
+/// Signs a new key's certificate with the CA in `dir`; returns (certificate, key) PEM.
+fn issue(dir: &Path, mut params: CertificateParams, days: i64) -> anyhow::Result<(String, String)> {
+    let ca_key_path = dir.join(CA_KEY);
+    let ca_key = std::fs::read_to_string(&ca_key_path)
+        .with_context(|| format!("read {} (make the CA first: statenode certs create-ca)", ca_key_path.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key).with_context(|| format!("{}: not a private key", ca_key_path.display()))?;
+    // The CA certificate must be the one made with this key (`ca_params` gives its name).
+    let ca_cert = ctls::read_certs(&dir.join(CA_CERT))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let key = KeyPair::generate()?;
+    valid_for(&mut params, days);
+    let cert = params.signed_by(&key, &issuer)?;
+    verify_chain(cert.der(), &ca_cert[0]).context("the new certificate does not verify against ca.crt")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Checks `leaf` against `ca` as a client certificate would be checked (catches a `ca.crt`
+/// that does not belong to `ca.key`).
+fn verify_chain(leaf: &[u8], ca: &CertificateDer<'static>) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ctls::provider()).build()?;
+    verifier.verify_client_cert(&CertificateDer::from(leaf.to_vec()), &[], UnixTime::now())?;
+    Ok(())
+}
+
+/// `statenode certs create-node HOST...`: `node.crt`/`node.key` for a node reached at these
+/// host names and IP addresses (server and client use: nodes dial each other with it).
+pub fn create_node(dir: &Path, hosts: &[String], overwrite: bool) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(!hosts.is_empty(), "name at least one host name or IP address the node is reached at");
+    for h in hosts {
+        // A DNS name or IP address as a client would dial it; a wildcard covers one label.
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        anyhow::ensure!(
+            rustls::pki_types::ServerName::try_from(name).is_ok(),
+            "{h:?} is not a host name or IP address"
+        );
+    }
+    let mut names = hosts.to_vec();
+    names.push(NODE_NAME.into());
+    let mut params = CertificateParams::new(names).context("a host name or address")?;
+    params.distinguished_name.push(DnType::OrganizationName, "statenode");
+    params.distinguished_name.push(DnType::CommonName, "node");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let (cert, key) = issue(dir, params, 1825)?;
+    write_file(&dir.join(NODE_KEY), &key, true, overwrite)?;
+    write_file(&dir.join(NODE_CERT), &cert, false, overwrite)?;
+    Ok(dir.join(NODE_CERT))
+}
+
+/// `statenode certs create-client NAME`: `client.NAME.crt`/`.key`, the principal NAME.
+pub fn create_client(dir: &Path, name: &str, overwrite: bool) -> anyhow::Result<PathBuf> {
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    anyhow::ensure!(ok, "a client name is 1 to 64 of A-Z a-z 0-9 - _ .");
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::OrganizationName, "statenode");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let (cert, key) = issue(dir, params, 1825)?;
+    let (cert_path, key_path) = ctls::client_files(dir, name);
+    write_file(&key_path, &key, true, overwrite)?;
+    write_file(&cert_path, &cert, false, overwrite)?;
+    Ok(cert_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_made_here_load_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), false).unwrap();
+        create_node(dir.path(), &["localhost".into(), "127.0.0.1".into()], false).unwrap();
+        create_client(dir.path(), "alice", false).unwrap();
+        NodeTls::load(dir.path()).unwrap();
+        // Nothing is replaced without --overwrite; a bad name or no host is refused.
+        let e = create_ca(dir.path(), false).unwrap_err();
+        assert!(format!("{e:#}").contains("--overwrite"), "{e:#}");
+        assert!(create_node(dir.path(), &[], true).is_err());
+        assert!(create_client(dir.path(), "../x", true).is_err());
+        assert!(create_node(dir.path(), &["not a host".into()], true).is_err());
+    }
+
+    #[test]
+    fn the_peer_port_takes_node_certificates_only() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), false).unwrap();
+        create_node(dir.path(), &["127.0.0.1".into()], false).unwrap();
+        create_client(dir.path(), "alice", false).unwrap();
+        let roots = Arc::new(ctls::roots(dir.path()).unwrap());
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), ctls::provider()).build().unwrap();
+        let node_name = WebPkiServerVerifier::builder_with_provider(roots, ctls::provider()).build().unwrap();
+        let peers = NodesOnly { client, node_name };
+        let now = UnixTime::now();
+        let node = ctls::read_certs(&dir.path().join(NODE_CERT)).unwrap();
+        peers.verify_client_cert(&node[0], &[], now).expect("a node's certificate");
+        let alice = ctls::read_certs(&ctls::client_files(dir.path(), "alice").0).unwrap();
+        peers.verify_client_cert(&alice[0], &[], now).expect_err("a client's certificate of the same CA");
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_does_not_verify() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        create_ca(a.path(), false).unwrap();
+        create_ca(b.path(), false).unwrap();
+        create_client(b.path(), "mallory", false).unwrap();
+        let foreign = ctls::read_certs(&ctls::client_files(b.path(), "mallory").0).unwrap();
+        let ca = ctls::read_certs(&a.path().join(CA_CERT)).unwrap();
+        assert!(verify_chain(&foreign[0], &ca[0]).is_err());
+        // A ca.crt that does not belong to ca.key: issuing refuses.
+        std::fs::copy(b.path().join(CA_CERT), a.path().join(CA_CERT)).unwrap();
+        assert!(create_client(a.path(), "bob", false).is_err());
+    }
+}

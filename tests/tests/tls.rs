@@ -1,0 +1,182 @@
+//! TLS from outside (issue 13): certificates made with `statenode certs`, a three-node
+//! cluster with `--certs-dir`, every door over TLS (the Rust client, statectl, curl, paho),
+//! plaintext refused everywhere, and a peer port that takes node certificates of its own CA
+//! only; a node certificate replaced on disk is served without a restart.
+
+use statenode::raft::network::encode;
+use statenode::raft::peer::PeerRequest;
+use statenode_client::tls::{self as ctls, NODE_CERT};
+use statenode_client::{v1 as pb, Options};
+use statenode_e2e::{bin, serial, TestCluster};
+use statenode_proto::v1::peer_client::PeerClient;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A CA, a node certificate for loopback, and a client certificate `alice`, in `dir`.
+fn make_certs(dir: &Path) {
+    let certs = |args: &[&str]| {
+        run(Command::new(bin("statenode")).arg("certs").args(args).args(["--certs-dir", dir.to_str().unwrap()]));
+    };
+    certs(&["create-ca"]);
+    certs(&["create-node", "localhost", "127.0.0.1"]);
+    certs(&["create-client", "alice"]);
+}
+
+/// A peer RPC (`Forward` of a status request) to `addr` over `channel`.
+async fn peer_status(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
+    let mut peer = PeerClient::new(channel);
+    tokio::time::timeout(Duration::from_secs(5), peer.forward(encode(&PeerRequest::Status)))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("no answer"))?
+        .map(drop)
+}
+
+fn tls_channel(config: Arc<rustls::ClientConfig>, addr: &str) -> tonic::transport::Channel {
+    ctls::channel(&config, addr).expect("channel")
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl").args(["-sS", "--max-time", "5"]).args(args).output().expect("curl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_every_door_and_refuses_strangers() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    let foreign = dir.path().join("foreign");
+    make_certs(&foreign);
+    let certs_arg = certs.to_str().unwrap();
+    let c = TestCluster::start_with_args(3, false, &["--certs-dir", certs_arg]).await;
+
+    // The Rust client over TLS.
+    let client = c.client();
+    client.put_simple("k", "v").await.expect("put over TLS");
+    let got = client.get("k", pb::Consistency::Linearizable).await.unwrap().expect("k");
+    assert_eq!(got.value, "v".as_bytes());
+    // A plaintext client gets nothing from a TLS port.
+    let plain = statenode_client::Client::new(
+        &[&c.nodes[0].grpc],
+        Options { deadline: Duration::from_secs(2), attempt_timeout: Duration::from_secs(1), ..Options::default() },
+    )
+    .unwrap();
+    assert!(plain.get("k", pb::Consistency::Stale).await.is_err(), "plaintext gRPC answered");
+
+    // statectl with --certs-dir; without it, an error.
+    let grpc = c.nodes[1].grpc.clone();
+    let out = run(Command::new(bin("statectl")).args(["--endpoints", &grpc, "--certs-dir", certs_arg, "get", "k"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains('v'), "{out:?}");
+    let out = Command::new(bin("statectl")).args(["--endpoints", &grpc, "get", "k"]).output().unwrap();
+    assert!(!out.status.success(), "statectl without TLS succeeded: {out:?}");
+
+    // curl over HTTPS, the native API and Dapr's; plain HTTP refused; the health probe.
+    let http = c.nodes[2].http.clone();
+    let ca = certs.join(ctls::CA_CERT);
+    let ca = ca.to_str().unwrap();
+    let url = |path: &str| format!("https://{http}{path}");
+    let out = curl(&["--cacert", ca, "-X", "PUT", "--data", "from-curl", &url("/v1/kv/curl")]);
+    assert!(out.status.success(), "{out:?}");
+    let out = curl(&["--cacert", ca, &url("/v1.0/state/statestore/curl")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-curl", "{out:?}");
+    let out = curl(&[&format!("http://{http}/v1/kv/curl")]);
+    assert!(!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("from-curl"), "{out:?}");
+    let out = curl(&["--cacert", foreign.join(ctls::CA_CERT).to_str().unwrap(), &url("/livez")]);
+    assert!(!out.status.success(), "curl trusting another CA accepted the node: {out:?}");
+    run(Command::new(bin("statenode")).args(["health", "--http", &http, "--certs-dir", certs_arg]));
+
+    // The peer port: nodes of this CA only.
+    let node_identity = Some((certs.join(NODE_CERT), certs.join(ctls::NODE_KEY)));
+    let member = ctls::client_config(&certs, node_identity).unwrap();
+    let anonymous = ctls::client_config(&certs, None).unwrap();
+    let client_cert = ctls::client_config(&certs, Some(ctls::client_files(&certs, "alice"))).unwrap();
+    let stranger = {
+        // A node certificate of another CA, trusting ours for the server's side.
+        let mut roots = ctls::roots(&certs).unwrap();
+        roots.add(ctls::read_certs(&foreign.join(ctls::CA_CERT)).unwrap().remove(0)).unwrap();
+        let own = ctls::Reloading::load(foreign.join(NODE_CERT), foreign.join(ctls::NODE_KEY)).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(ctls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(own);
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(cfg)
+    };
+    for n in &c.nodes {
+        let peer = n.peer.clone();
+        peer_status(tls_channel(member.clone(), &peer)).await.expect("a member's certificate is let in");
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{peer}")).unwrap().connect_lazy();
+        assert!(peer_status(plain).await.is_err(), "node {}: plaintext peer RPC answered", n.id);
+        assert!(peer_status(tls_channel(anonymous.clone(), &peer)).await.is_err(), "no client certificate");
+        let e = peer_status(tls_channel(client_cert.clone(), &peer)).await;
+        assert!(e.is_err(), "node {}: a client certificate reached the peer port", n.id);
+        let e = peer_status(tls_channel(stranger.clone(), &peer)).await;
+        assert!(e.is_err(), "node {}: another CA's node reached the peer port", n.id);
+    }
+
+    // MQTT over TLS with paho; plaintext to the same port gets no CONNACK.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/mqtt_tls.py");
+    let out = Command::new("python3").arg(script).args([&c.nodes[0].mqtt, ca]).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("all MQTT TLS checks passed"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.nodes[0].log_tail()
+    );
+
+    // The cluster still works after all that.
+    client.put_simple("k", "w").await.expect("put after the strangers");
+}
+
+/// The served certificate, as a client sees it in the handshake.
+async fn served_cert(addr: &str, certs: &Path) -> Vec<u8> {
+    let mut config = Arc::unwrap_or_clone(ctls::client_config(certs, None).unwrap());
+    config.alpn_protocols.clear();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// `create-node --overwrite` while the cluster runs: new handshakes get the new certificate
+/// (no restart), and the cluster keeps working with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_node_certificate_is_served_without_a_restart() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_certs(&certs);
+    let c = TestCluster::start_with_args(3, false, &["--certs-dir", certs.to_str().unwrap()]).await;
+    let http = c.nodes[0].http.clone();
+    let before = served_cert(&http, &certs).await;
+    assert_eq!(before, ctls::read_certs(&certs.join(NODE_CERT)).unwrap()[0].to_vec());
+    run(Command::new(bin("statenode"))
+        .args(["certs", "create-node", "--overwrite", "--certs-dir"])
+        .arg(&certs)
+        .args(["localhost", "127.0.0.1"]));
+    let now = ctls::read_certs(&certs.join(NODE_CERT)).unwrap()[0].to_vec();
+    assert_ne!(before, now);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_cert(&http, &certs).await != now {
+        assert!(std::time::Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The cluster keeps working (a write needs a quorum of peers).
+    let client = c.client();
+    client.put_simple("after-rotation", "v").await.expect("the cluster works after the rotation");
+}
