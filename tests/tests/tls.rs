@@ -139,6 +139,26 @@ async fn a_tls_cluster_serves_every_door_and_refuses_strangers() {
         c.nodes[0].log_tail()
     );
 
+    // The Dapr Python SDK over TLS, unmodified: https endpoints, the CA through the
+    // variables gRPC and Python's ssl read.
+    let n = &c.nodes[1];
+    let out = Command::new("python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/sdk_minimal.py"))
+        .env("DAPR_GRPC_ENDPOINT", format!("https://{}", n.grpc))
+        .env("DAPR_HTTP_ENDPOINT", format!("https://{}", n.http))
+        .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca)
+        .env("SSL_CERT_FILE", ca)
+        .env("DAPR_HEALTH_TIMEOUT", "30")
+        .env_remove("DAPR_API_TOKEN")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "the Dapr SDK over TLS: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The cluster still works after all that.
     client.put_simple("k", "w").await.expect("put after the strangers");
 }
