@@ -174,7 +174,7 @@ impl Default for Config {
             id: 1,
             data_dir: PathBuf::from("./statenode-data"),
             memory: false,
-            peer_listen: "0.0.0.0:7000".into(),
+            peer_listen: "127.0.0.1:7000".into(),
             peer_advertise: None,
             grpc: "0.0.0.0:50001".into(),
             grpc_advertise: None,

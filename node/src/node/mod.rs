@@ -75,6 +75,12 @@ impl Listeners {
     }
 }
 
+/// Whether `addr` (host:port) binds this machine's loopback only.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// How long a stopping node lets its servers finish open requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -127,6 +133,13 @@ impl Node {
                 (listeners, io)
             }
         };
+        if config.certs_dir.is_none() && config.cluster_secret.is_none() && !is_loopback(&config.peer_listen) {
+            tracing::warn!(
+                peer_listen = %config.peer_listen,
+                "the peer port is open beyond this machine with neither --certs-dir nor --cluster-secret: whoever \
+                 reaches it can join, vote, and read or write every key (see docs/security.md)"
+            );
+        }
         let boot = Boot::open(config, io)?;
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
@@ -333,6 +346,19 @@ async fn reap_expired(handle: NodeHandle, every: Duration, mut stop: watch::Rece
         }
         if let Err(e) = handle.expire_due().await {
             tracing::debug!(error = %e, "expire proposal failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tells_loopback_binds() {
+        for a in ["127.0.0.1:7000", "127.0.0.2:1", "localhost:7000", "[::1]:7000"] {
+            assert!(super::is_loopback(a), "{a}");
+        }
+        for a in ["0.0.0.0:7000", "[::]:7000", "10.0.0.1:7000", "n1:7000", "7000"] {
+            assert!(!super::is_loopback(a), "{a}");
         }
     }
 }
