@@ -136,6 +136,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub list_default_limit: usize,
     pub list_max_limit: usize,
+    /// Keys plus values of one reply: a bulk read beyond it is refused, a list page ends
+    /// before it (with at least one key). At least `max_key_bytes + max_value_bytes`.
+    pub max_response_bytes: usize,
     /// Longest a TTL may be, in milliseconds.
     pub max_ttl_ms: u64,
     #[serde(with = "millis")]
@@ -217,6 +220,7 @@ impl Default for Limits {
             max_key_bytes: 4096,
             max_value_bytes: 4 * 1024 * 1024,
             max_batch_ops: 128,
+            max_response_bytes: 16 << 20,
             max_request_bytes: 6 * 1024 * 1024,
             list_default_limit: 100,
             list_max_limit: 1000,
@@ -397,6 +401,9 @@ impl Limits {
         if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {
             return Err(Error::invalid("limits must be positive and list_default_limit <= list_max_limit"));
         }
+        if self.max_response_bytes < self.max_key_bytes.saturating_add(self.max_value_bytes) {
+            return Err(Error::invalid("max_response_bytes must hold one key and value at their limits"));
+        }
         Ok(())
     }
 
@@ -431,6 +438,25 @@ impl Limits {
         }
         if n > self.max_batch_ops {
             return Err(Error::TooLarge(format!("{n} operations; the limit is {}", self.max_batch_ops)));
+        }
+        Ok(())
+    }
+
+    /// A read of `n` keys at once (bulk get): at most `max_batch_ops`.
+    pub fn check_bulk_read(&self, n: usize) -> Result<()> {
+        if n > self.max_batch_ops {
+            return Err(Error::TooLarge(format!("{n} keys in one read; the limit is {}", self.max_batch_ops)));
+        }
+        Ok(())
+    }
+
+    /// The keys and values a bulk read found: at most `max_response_bytes`.
+    pub fn check_reply(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_response_bytes {
+            return Err(Error::TooLarge(format!(
+                "the keys and values read come to {bytes} bytes; the limit is {}: read fewer keys at once",
+                self.max_response_bytes
+            )));
         }
         Ok(())
     }
@@ -550,5 +576,11 @@ mod tests {
         assert!(matches!(l.check_key(&[b'k'; 4097]), Err(Error::TooLarge(_))));
         assert!(matches!(l.check_batch(0), Err(Error::InvalidArgument(_))));
         assert!(matches!(l.check_batch(129), Err(Error::TooLarge(_))));
+        assert!(matches!(l.check_bulk_read(129), Err(Error::TooLarge(_))));
+        assert!(l.check_bulk_read(128).is_ok() && l.check_reply(16 << 20).is_ok());
+        assert!(matches!(l.check_reply((16 << 20) + 1), Err(Error::TooLarge(_))));
+        // A reply must hold one key and value at their limits.
+        let small = Limits { max_response_bytes: 1 << 20, ..Limits::default() };
+        assert!(small.validate().is_err());
     }
 }

@@ -565,6 +565,7 @@ async fn dapr_bad_bulk_gets_transactions_and_queries() {
     c.limits.max_batch_ops = 4;
     let f = Fixture::start(c).await;
     bad_bulk_gets(&f).await;
+    too_many_keys_in_a_bulk_read(&f).await;
     bad_transactions(&f).await;
     bad_queries(&f).await;
     f.stop().await;
@@ -583,6 +584,16 @@ async fn bad_bulk_gets(f: &Fixture) {
     assert_eq!(r.json()["details"][2], error_info("DAPR_STATE_ILLEGAL_KEY"));
     let r = f.post(&format!("{BULK}?consistency=bogus"), r#"{"keys":["k"]}"#).await;
     assert_dapr_error(&r, 400, "ERR_STATE_BULK_GET");
+}
+
+/// More keys than `max_batch_ops` in one bulk read (4 here): refused whole, on both APIs.
+async fn too_many_keys_in_a_bulk_read(f: &Fixture) {
+    let keys: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    let r = f.post(BULK, &json!({ "keys": keys }).to_string()).await;
+    assert_dapr_error(&r, 413, "ERR_STATE_BULK_GET");
+    assert!(r.text().contains("5 keys in one read; the limit is 4"), "{}", r.text());
+    let r = f.post(BULK, &json!({ "keys": &keys[..4] }).to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 async fn bad_transactions(f: &Fixture) {
@@ -752,6 +763,42 @@ async fn native_list(f: &Fixture) {
     // Non-UTF-8 values are listed as base64.
     let page = f.get("/v1/kv?prefix=bin").await.json();
     assert_eq!(page["kvs"][0]["value_base64"], "AJ+Slv8=");
+}
+
+/// Replies within `max_response_bytes`: a list page ends early (at least one key, and a
+/// cursor that goes on), and a bulk read whose values exceed it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_stay_within_the_response_byte_limit() {
+    let mut c = config();
+    c.limits.max_key_bytes = 64;
+    c.limits.max_value_bytes = 1000;
+    c.limits.max_response_bytes = 2500;
+    let f = Fixture::start(c).await;
+    let value = vec![b'x'; 1000];
+    for i in 0..5 {
+        assert_eq!(f.put(&format!("/v1/kv/big/{i}"), &value).await.status, 200);
+    }
+    let (mut pages, mut seen, mut cursor) = (0, 0, String::new());
+    loop {
+        let r = f.get(&format!("/v1/kv?prefix=big/&limit=100&cursor={cursor}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        let n = page["kvs"].as_array().unwrap().len();
+        assert!((1..=2).contains(&n), "a page of {n} values of 1000 bytes within 2500 bytes");
+        (pages, seen) = (pages + 1, seen + n);
+        match page.get("next_cursor").and_then(Value::as_str) {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(seen, 5);
+    let keys: Vec<String> = (0..3).map(|i| format!("big/{i}")).collect();
+    let r = f.post(BULK, &json!({ "keys": keys }).to_string()).await;
+    assert_dapr_error(&r, 413, "ERR_STATE_BULK_GET");
+    let r = f.post(BULK, &json!({ "keys": &keys[..2] }).to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,16 +97,22 @@ impl NodeHandle {
 
     /// Reads every key at one read index; answers in request order.
     pub async fn get_many(&self, keys: &[Bytes], c: Consistency) -> Result<Vec<Option<Entry>>> {
+        let limits = &self.inner.limits;
+        limits.check_bulk_read(keys.len())?;
         for k in keys {
-            self.inner.limits.check_key(k)?;
+            limits.check_key(k)?;
         }
-        if c == Consistency::Stale {
-            return Ok(self.local_read(keys, self.now_ms()));
-        }
-        match self.route(PeerRequest::Read(keys.to_vec())).await? {
-            PeerReply::Read(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        let got = if c == Consistency::Stale {
+            self.local_read(keys, self.now_ms())
+        } else {
+            match self.route(PeerRequest::Read(keys.to_vec())).await? {
+                PeerReply::Read(r) => r,
+                other => return Err(unexpected(other)),
+            }
+        };
+        let bytes = keys.iter().zip(&got).map(|(k, e)| e.as_ref().map_or(0, |e| k.len() + e.value.len())).sum();
+        limits.check_reply(bytes)?;
+        Ok(got)
     }
 
     /// Whether this node can serve a linearizable read right now (readiness).
@@ -233,10 +239,21 @@ impl NodeHandle {
         keys.iter().map(|k| st.kv.get(k, now).cloned()).collect()
     }
 
+    /// One page: at most `q.limit` keys, and keys plus values within `max_response_bytes`
+    /// (at least one key, so paging always moves on).
     fn local_list(&self, q: &ListQuery, now: u64) -> ListPage {
         let st = self.inner.sm.read();
-        let entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
-        let next_cursor = (entries.len() == q.limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
+        let mut entries = st.kv.list(&q.prefix, &q.after, q.limit, now);
+        let mut full = entries.len() == q.limit;
+        let mut bytes = 0usize;
+        if let Some(cut) = entries.iter().position(|(k, e)| {
+            bytes += k.len() + e.value.len();
+            bytes > self.inner.limits.max_response_bytes
+        }) {
+            entries.truncate(cut.max(1));
+            full = true;
+        }
+        let next_cursor = full.then(|| entries.last().map(|(k, _)| k.clone())).flatten();
         ListPage { entries, next_cursor, revision: st.kv.revision() }
     }
 }
