@@ -3,7 +3,7 @@
 use crate::api::ListQuery;
 use crate::auth::rules::Authorization;
 use crate::error::{Error, Result};
-use crate::kv::Put;
+use crate::kv::{Op, Put, SessionOp, TxnOp};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -440,6 +440,44 @@ impl Limits {
             return Err(Error::TooLarge(format!("{n} operations; the limit is {}", self.max_batch_ops)));
         }
         Ok(())
+    }
+
+    /// The operations of a transaction or bulk write: their number, each key and value, and
+    /// all of them together.
+    pub fn check_ops(&self, ops: &[TxnOp]) -> Result<()> {
+        self.check_batch(ops.len())?;
+        let mut total = 0usize;
+        for op in ops {
+            match op {
+                TxnOp::Put(p) => self.check_put(p)?,
+                TxnOp::Delete(d) => self.check_key(&d.key)?,
+            }
+            total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
+        }
+        self.check_request(total)
+    }
+
+    /// A session change's subscriptions and observed keys, within `max_request_bytes`.
+    pub fn check_session(&self, op: &SessionOp) -> Result<()> {
+        if let SessionOp::Save { subs, observed, .. } = op {
+            let size = subs.iter().map(|s| s.filter.len() + 2).sum::<usize>()
+                + observed.iter().map(|k| k.len()).sum::<usize>();
+            self.check_request(size)?;
+        }
+        Ok(())
+    }
+
+    /// A command as a request carries it: what the doors check, checked again where it is
+    /// served, so a request forwarded by a member gets no less.
+    pub fn check_op(&self, op: &Op) -> Result<()> {
+        match op {
+            Op::Put(p) => self.check_put(p),
+            Op::Delete(d) => self.check_key(&d.key),
+            Op::Txn(ops) | Op::Batch(ops) => self.check_ops(ops),
+            Op::Session(s) => self.check_session(s),
+            Op::Expire => Ok(()),
+            Op::Group(_) => Err(Error::invalid("a group of commands is built by the leader, never sent to it")),
+        }
     }
 
     /// A read of `n` keys at once (bulk get): at most `max_batch_ops`.

@@ -292,3 +292,54 @@ async fn the_peer_port_refuses_rpcs_without_the_cluster_secret() {
     assert!(f.get(b"forged", Consistency::Linearizable).await.unwrap().is_none(), "nothing was written");
     c.stop().await;
 }
+
+/// A member's forwarded requests meet the limits the doors apply: an oversized value, too
+/// many keys in one read, an unbounded list page. (Before, a member's `Forward` went straight
+/// to Raft and to the state machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_requests_meet_the_front_door_limits() {
+    use statenode::api::ListQuery;
+    use statenode::kv::{Command, Op};
+    use statenode::raft::network::{decode, encode, SECRET_HEADER};
+    use statenode::raft::peer::{PeerReply, PeerRequest};
+    use statenode_proto::v1::peer_client::PeerClient;
+
+    const SECRET: &str = "the-members-know-this-one";
+    let c = Cluster::start_with(3, 5000, |cfg| {
+        cfg.cluster_secret = Some(SECRET.into());
+        cfg.limits.max_value_bytes = 1024;
+        cfg.limits.max_batch_ops = 8;
+        cfg.limits.list_max_limit = 10;
+        cfg.limits.list_default_limit = 10;
+        cfg.limits.max_response_bytes = 1 << 20;
+    })
+    .await;
+    let leader = c.wait_leader().await as usize - 1;
+    for i in 0..20 {
+        c.handle(leader).put(put(&format!("l{i:02}"), "v"), None).await.unwrap();
+    }
+    let ask = |req: PeerRequest| {
+        let addr = c.peers[leader].clone();
+        async move {
+            let mut peer = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut r = tonic::Request::new(encode(&req));
+            r.metadata_mut().insert(SECRET_HEADER, SECRET.parse().unwrap());
+            let reply = peer.forward(r).await.expect("the RPC itself is let in").into_inner();
+            decode::<Result<PeerReply, statenode::error::Error>>(&reply).unwrap()
+        }
+    };
+    let big = Put { value: vec![b'x'; 2048].into(), ..put("big", "") };
+    let r = ask(PeerRequest::Write(Command { client: None, now_ms: 0, op: Op::Put(big) })).await;
+    assert!(matches!(r, Err(statenode::error::Error::TooLarge(_))), "{r:?}");
+    let keys = (0..9).map(|i| bytes::Bytes::from(format!("l{i:02}"))).collect();
+    let r = ask(PeerRequest::Read(keys)).await;
+    assert!(matches!(r, Err(statenode::error::Error::TooLarge(_))), "{r:?}");
+    let q = ListQuery { prefix: "l".into(), after: bytes::Bytes::new(), limit: 1_000_000 };
+    match ask(PeerRequest::List(q)).await {
+        Ok(PeerReply::List(page)) => assert_eq!(page.entries.len(), 10, "the page is capped at list_max_limit"),
+        other => panic!("{other:?}"),
+    }
+    let got = c.handle(leader).get(b"big", Consistency::Linearizable).await.unwrap();
+    assert!(got.is_none(), "nothing was written");
+    c.stop().await;
+}

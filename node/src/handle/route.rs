@@ -63,20 +63,22 @@ impl NodeHandle {
     async fn serve(&self, req: PeerRequest) -> std::result::Result<PeerReply, Fail> {
         let c = &self.inner.consensus;
         match req {
-            PeerRequest::Write(cmd) if matches!(cmd.op, Op::Group(_)) => {
-                Err(Error::invalid("a group of commands is built by the leader, never sent to it").into())
-            }
             PeerRequest::Write(mut cmd) => {
+                self.inner.limits.check_op(&cmd.op)?;
                 // The leader stamps its clock: apply derives versions and TTLs from it.
                 cmd.now_ms = self.now_ms();
                 Ok(PeerReply::Write(c.write(cmd).await?))
             }
             PeerRequest::Read(keys) => {
+                let limits = &self.inner.limits;
+                limits.check_bulk_read(keys.len())?;
+                keys.iter().try_for_each(|k| limits.check_key(k))?;
                 c.read_barrier().await?;
                 let now = self.expire_due_first().await?;
                 Ok(PeerReply::Read(self.local_read(&keys, now)))
             }
-            PeerRequest::List(q) => {
+            PeerRequest::List(mut q) => {
+                self.inner.limits.check_list(&mut q)?;
                 c.read_barrier().await?;
                 let now = self.expire_due_first().await?;
                 Ok(PeerReply::List(self.local_list(&q, now)))

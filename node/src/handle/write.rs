@@ -78,11 +78,7 @@ impl NodeHandle {
     /// An MQTT session change (`kv::session`): the session as it left it. Returns once this
     /// node applied it too.
     pub async fn session(&self, op: SessionOp) -> Result<SessionResult> {
-        if let SessionOp::Save { subs, observed, .. } = &op {
-            let size = subs.iter().map(|s| s.filter.len() + 2).sum::<usize>()
-                + observed.iter().map(|k| k.len()).sum::<usize>();
-            self.inner.limits.check_request(size)?;
-        }
+        self.inner.limits.check_session(&op)?;
         let r = self.write(Op::Session(op), None).await?;
         // Callers read the session's record on this node next: it must hold this change.
         if !self.sm().wait_revision(r.revision, self.inner.limits.request_timeout).await {
@@ -115,17 +111,7 @@ impl NodeHandle {
     }
 
     fn check_ops(&self, ops: &[TxnOp]) -> Result<()> {
-        let limits = &self.inner.limits;
-        limits.check_batch(ops.len())?;
-        let mut total = 0usize;
-        for op in ops {
-            match op {
-                TxnOp::Put(p) => limits.check_put(p)?,
-                TxnOp::Delete(d) => limits.check_key(&d.key)?,
-            }
-            total += op.key().len() + if let TxnOp::Put(p) = op { p.value.len() } else { 0 };
-        }
-        limits.check_request(total)
+        self.inner.limits.check_ops(ops)
     }
 }
 
