@@ -145,6 +145,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Open HTTP connections per node; more are closed at once.
     pub max_http_connections: usize,
+    /// Open client gRPC connections per node; more are closed at once.
+    pub max_grpc_connections: usize,
+    /// Open watches per node (HTTP, gRPC, MQTT key notifications); more are refused
+    /// (429 / RESOURCE_EXHAUSTED) until one ends.
+    pub max_watchers: usize,
     /// How long an HTTP client may take to send a request head.
     #[serde(with = "millis")]
     pub http_header_timeout: Duration,
@@ -227,6 +232,8 @@ impl Default for Limits {
             max_ttl_ms: 10 * 365 * 24 * 3600 * 1000,
             request_timeout: Duration::from_secs(5),
             max_http_connections: 4096,
+            max_grpc_connections: 4096,
+            max_watchers: 4096,
             http_header_timeout: Duration::from_secs(30),
             mqtt_max_connections: 4096,
             mqtt_max_packet_bytes: 6 * 1024 * 1024 + 64 * 1024,
@@ -396,6 +403,8 @@ impl Limits {
             self.list_default_limit,
             self.list_max_limit,
             self.max_http_connections,
+            self.max_grpc_connections,
+            self.max_watchers,
         ];
         let zero_time = self.request_timeout.is_zero() || self.http_header_timeout.is_zero();
         if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {

@@ -24,6 +24,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A per-node resource is used up (open watches, connections): try again later.
+    #[error("resource exhausted: {0}")]
+    Exhausted(String),
     /// The outcome is unknown: the request may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -63,6 +63,48 @@ pub fn tcp_incoming(l: TcpListener) -> Incoming {
     }))
 }
 
+/// At most `max` of `incoming`'s connections open at once: one beyond is closed as soon as it
+/// is accepted (logged), and its place frees when an open one ends.
+pub fn limit(incoming: Incoming, max: usize, door: &'static str) -> Incoming {
+    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    Box::pin(incoming.filter_map(move |c| match c {
+        Ok(conn) => match open.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(Conn::new(Held { conn, _permit: permit }))),
+            Err(_) => {
+                tracing::warn!(door, limit = max, "connection limit reached; closing a new connection");
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    }))
+}
+
+/// A connection holding its place under `limit`.
+struct Held {
+    conn: Conn,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Held {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.conn).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_shutdown(cx)
+    }
+}
+
 pub use crate::raft::network::Dialer;
 
 /// Real TCP.
@@ -126,7 +168,12 @@ pub fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Streams (calls, watches) one connection may hold open at once.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
 }
+
+/// HTTP/2 streams per gRPC connection (client and peer ports).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Resolves once `stop` turns true (or its sender is gone): a server's shutdown signal.
 pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {

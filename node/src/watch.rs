@@ -32,6 +32,8 @@ pub struct EventHub {
     tx: broadcast::Sender<HubMsg>,
     sessions: broadcast::Sender<SessionNews>,
     capacity: usize,
+    /// Open `EventStream`s (watches, MQTT key notifications).
+    watchers: std::sync::atomic::AtomicUsize,
 }
 
 struct History {
@@ -49,7 +51,18 @@ pub enum Start {
     Resync { next: u64, events: Vec<Arc<Event>> },
 }
 
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.hub.watchers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl EventHub {
+    /// Event streams open on this node.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(capacity: usize, next_revision: u64) -> Self {
         Self::with_live_capacity(capacity, capacity, next_revision)
     }
@@ -60,7 +73,7 @@ impl EventHub {
         let (tx, _) = broadcast::channel(live.max(1));
         let inner = Mutex::new(History { events: VecDeque::new(), complete_from: next_revision });
         let (sessions, _) = broadcast::channel(1024);
-        Self { inner, tx, sessions, capacity }
+        Self { inner, tx, sessions, capacity, watchers: Default::default() }
     }
 
     /// Tells the broker which sessions changed (nobody listening is fine).
@@ -151,6 +164,7 @@ pub struct EventStream {
 
 impl EventStream {
     pub fn new(hub: Arc<EventHub>, prefix: Bytes, from_revision: Option<u64>, node: u64) -> Self {
+        hub.watchers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (start, rx) = hub.subscribe(from_revision);
         let min_revision = from_revision.unwrap_or(0);
         let backlog = backlog(start, node, from_revision);

@@ -765,6 +765,45 @@ async fn native_list(f: &Fixture) {
     assert_eq!(page["kvs"][0]["value_base64"], "AJ+Slv8=");
 }
 
+/// At most `max_watchers` watches at once: one more is refused (429 over HTTP) until one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_grpc_connections_are_bounded() {
+    let mut c = config();
+    c.limits.max_watchers = 2;
+    c.limits.max_grpc_connections = 2;
+    let f = Fixture::start(c).await;
+    let h = f.node.handle();
+    let first = h.watch("a".into(), None).expect("first watch");
+    let _second = h.watch("b".into(), None).expect("second watch");
+    let e = h.watch("c".into(), None).err().expect("a third watch is refused");
+    assert!(matches!(e, statenode::error::Error::Exhausted(_)), "{e:?}");
+    let r = f.get("/v1/watch?prefix=x").await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (429, json!("exhausted")), "{}", r.text());
+    drop(first);
+    drop(h.watch("d".into(), None).expect("room again once a watch ended"));
+
+    // Client gRPC connections: two open, a third closed at once, room again after one ends.
+    let client = |deadline| {
+        let opts = statenode_client::Options {
+            deadline,
+            attempt_timeout: Duration::from_secs(1),
+            ..statenode_client::Options::default()
+        };
+        statenode_client::Client::new(&[&f.grpc], opts).unwrap()
+    };
+    let (a, b) = (client(Duration::from_secs(5)), client(Duration::from_secs(5)));
+    a.status().await.expect("first connection");
+    b.status().await.expect("second connection");
+    assert!(client(Duration::from_secs(2)).status().await.is_err(), "a third connection was served");
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client(Duration::from_secs(2)).status().await.is_err() {
+        assert!(Instant::now() < deadline, "no room after a connection closed");
+    }
+    drop(b);
+    f.stop().await;
+}
+
 /// Replies within `max_response_bytes`: a list page ends early (at least one key, and a
 /// cursor that goes on), and a bulk read whose values exceed it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

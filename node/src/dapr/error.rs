@@ -198,6 +198,7 @@ impl DaprError {
             _ if conflict => (409, Code::Aborted),
             Error::InvalidArgument(_) | Error::NotFound(_) => (400, Code::InvalidArgument),
             Error::TooLarge(_) => (413, Code::ResourceExhausted),
+            Error::Exhausted(_) => (429, Code::ResourceExhausted),
             Error::Unauthorized => (401, Code::Unauthenticated),
             _ => (500, Code::Internal),
         };

@@ -61,7 +61,7 @@ impl From<Error> for Status {
             Error::ConditionFailed(_) | Error::FencingRejected(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::TooLarge(_) | Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Unauthorized => Code::Unauthenticated,
             Error::Internal(detail) => {

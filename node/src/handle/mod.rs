@@ -132,9 +132,15 @@ impl NodeHandle {
     }
 
     /// Every applied change under `prefix` on this node, from `from_revision` if given.
+    /// At most `max_watchers` at once on this node.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> Result<EventStream> {
-        self.inner.limits.check_request(prefix.len())?;
-        Ok(EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id()))
+        let limits = &self.inner.limits;
+        limits.check_request(prefix.len())?;
+        let stream = EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id());
+        if self.inner.sm.hub().watchers() > limits.max_watchers {
+            return Err(Error::Exhausted(format!("{} watches are open on this node", limits.max_watchers)));
+        }
+        Ok(stream)
     }
 
     /// `client`'s MQTT session record as this node applied it.

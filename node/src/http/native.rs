@@ -75,6 +75,7 @@ impl IntoResponse for Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Exhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "exhausted"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::Internal(d) => {

@@ -61,7 +61,7 @@ impl From<Error> for Reply {
     fn from(e: Error) -> Reply {
         match e {
             Error::FencingRejected(text) => Reply::err(&text),
-            Error::TooLarge(_) => Reply::err("the quota has been exceeded"),
+            Error::TooLarge(_) | Error::Exhausted(_) => Reply::err("the quota has been exceeded"),
             Error::InvalidArgument(_) => Reply::err("syntax error"),
             Error::ConditionFailed(text) => Reply::err(&text),
             Error::Unauthorized => Reply::err("not authorized"),

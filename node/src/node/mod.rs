@@ -121,6 +121,8 @@ impl Node {
     /// Starts a node. `role` says whether it bootstraps (serve) or joins (join).
     pub async fn start(config: Config, listeners: Listeners, role: Role, io: Io) -> anyhow::Result<Node> {
         config.validate()?;
+        let mut listeners = listeners;
+        listeners.grpc = crate::io::limit(listeners.grpc, config.limits.max_grpc_connections, "grpc");
         let (listeners, io) = match &config.certs_dir {
             Some(dir) => {
                 let tls =
