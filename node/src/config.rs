@@ -43,6 +43,9 @@ pub struct Config {
     /// When set, every client request (HTTP and gRPC, except health probes) must carry
     /// this value in the `dapr-api-token` header / metadata.
     pub api_token: Option<String>,
+    /// Named tokens, one `NAME TOKEN` a line, each as good as `api_token`; read again when
+    /// the file changes (token rotation without a restart).
+    pub token_file: Option<PathBuf>,
     /// When set, every peer RPC (Raft messages, forwarded requests, joins) must carry it:
     /// without it a process that reaches the peer port cannot vote, join, or read and write
     /// through it. Every member shares the one secret. It travels in clear without TLS.
@@ -136,6 +139,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub list_default_limit: usize,
     pub list_max_limit: usize,
+    /// Keys in one bulk read. Dapr sets no limit of its own and its users read thousands of
+    /// keys at once, so this is not `max_batch_ops`; `max_response_bytes` bounds the reply.
+    pub max_bulk_read_keys: usize,
     /// Keys plus values of one reply: a bulk read beyond it is refused, a list page ends
     /// before it (with at least one key). At least `max_key_bytes + max_value_bytes`.
     pub max_response_bytes: usize,
@@ -194,6 +200,7 @@ impl Default for Config {
             replace_lost_member: false,
             log_format: LogFormat::Text,
             api_token: None,
+            token_file: None,
             cluster_secret: None,
             certs_dir: None,
             app_id: None,
@@ -226,6 +233,7 @@ impl Default for Limits {
             max_value_bytes: 4 * 1024 * 1024,
             max_batch_ops: 128,
             max_response_bytes: 16 << 20,
+            max_bulk_read_keys: 10_000,
             max_request_bytes: 6 * 1024 * 1024,
             list_default_limit: 100,
             list_max_limit: 1000,
@@ -405,6 +413,7 @@ impl Limits {
             self.max_http_connections,
             self.max_grpc_connections,
             self.max_watchers,
+            self.max_bulk_read_keys,
         ];
         let zero_time = self.request_timeout.is_zero() || self.http_header_timeout.is_zero();
         if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {
@@ -489,10 +498,10 @@ impl Limits {
         }
     }
 
-    /// A read of `n` keys at once (bulk get): at most `max_batch_ops`.
+    /// A read of `n` keys at once (bulk get): at most `max_bulk_read_keys`.
     pub fn check_bulk_read(&self, n: usize) -> Result<()> {
-        if n > self.max_batch_ops {
-            return Err(Error::TooLarge(format!("{n} keys in one read; the limit is {}", self.max_batch_ops)));
+        if n > self.max_bulk_read_keys {
+            return Err(Error::TooLarge(format!("{n} keys in one read; the limit is {}", self.max_bulk_read_keys)));
         }
         Ok(())
     }
@@ -623,8 +632,8 @@ mod tests {
         assert!(matches!(l.check_key(&[b'k'; 4097]), Err(Error::TooLarge(_))));
         assert!(matches!(l.check_batch(0), Err(Error::InvalidArgument(_))));
         assert!(matches!(l.check_batch(129), Err(Error::TooLarge(_))));
-        assert!(matches!(l.check_bulk_read(129), Err(Error::TooLarge(_))));
-        assert!(l.check_bulk_read(128).is_ok() && l.check_reply(16 << 20).is_ok());
+        assert!(matches!(l.check_bulk_read(10_001), Err(Error::TooLarge(_))));
+        assert!(l.check_bulk_read(10_000).is_ok() && l.check_reply(16 << 20).is_ok());
         assert!(matches!(l.check_reply((16 << 20) + 1), Err(Error::TooLarge(_))));
         // A reply must hold one key and value at their limits.
         let small = Limits { max_response_bytes: 1 << 20, ..Limits::default() };

@@ -198,6 +198,10 @@ struct NodeArgs {
     /// Require this `dapr-api-token` on every client request (health probes exempt).
     #[arg(long, env = "STATENODE_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Also accept the named tokens of this file (`NAME TOKEN` a line), read again when it
+    /// changes.
+    #[arg(long, env = "STATENODE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Require this secret on every peer RPC; every member must be given the same one.
     #[arg(long, env = "STATENODE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
@@ -248,6 +252,9 @@ impl NodeArgs {
         }
         if self.api_token.is_some() {
             c.api_token = self.api_token;
+        }
+        if self.token_file.is_some() {
+            c.token_file = self.token_file;
         }
         if self.cluster_secret.is_some() {
             c.cluster_secret = self.cluster_secret;

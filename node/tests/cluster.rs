@@ -308,7 +308,7 @@ async fn forwarded_requests_meet_the_front_door_limits() {
     let c = Cluster::start_with(3, 5000, |cfg| {
         cfg.cluster_secret = Some(SECRET.into());
         cfg.limits.max_value_bytes = 1024;
-        cfg.limits.max_batch_ops = 8;
+        cfg.limits.max_bulk_read_keys = 8;
         cfg.limits.list_max_limit = 10;
         cfg.limits.list_default_limit = 10;
         cfg.limits.max_response_bytes = 1 << 20;

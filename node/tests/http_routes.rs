@@ -563,6 +563,7 @@ async fn unmatched_and_badly_escaped_paths(f: &Fixture) {
 async fn dapr_bad_bulk_gets_transactions_and_queries() {
     let mut c = config();
     c.limits.max_batch_ops = 4;
+    c.limits.max_bulk_read_keys = 4;
     let f = Fixture::start(c).await;
     bad_bulk_gets(&f).await;
     too_many_keys_in_a_bulk_read(&f).await;
@@ -586,7 +587,7 @@ async fn bad_bulk_gets(f: &Fixture) {
     assert_dapr_error(&r, 400, "ERR_STATE_BULK_GET");
 }
 
-/// More keys than `max_batch_ops` in one bulk read (4 here): refused whole, on both APIs.
+/// More keys than `max_bulk_read_keys` in one bulk read (4 here): refused whole.
 async fn too_many_keys_in_a_bulk_read(f: &Fixture) {
     let keys: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
     let r = f.post(BULK, &json!({ "keys": keys }).to_string()).await;

@@ -407,3 +407,55 @@ async fn stores_are_namespaces_and_tokens_are_checked() {
     assert_eq!(r.json()["results"][0]["key"], "k");
     assert_eq!(r.json()["results"][0]["data"], "one");
 }
+
+/// Named tokens from `--token-file`, next to `--api-token`: a new token is added while the
+/// old one still works, the old one is removed, all without a restart, on HTTP and gRPC; a
+/// broken file keeps the tokens before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_tokens_rotate_without_a_restart() {
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let (old, new) = ("alice-token-0123456789-old", "alice-token-0123456789-new");
+    std::fs::write(&file, format!("# NAME TOKEN\nalice {old}\n")).unwrap();
+    let extra = ["--token-file", file.to_str().unwrap(), "--api-token", "the-harness-token-0123"];
+    let c = TestCluster::start_with_args(1, true, &extra).await;
+    let a = c.nodes[0].http.clone();
+    let status = |t: &'static str| {
+        let a = a.clone();
+        async move { request(&a, "PUT", "/v1/kv/rotated", &[("dapr-api-token", t)], b"v").await.status }
+    };
+    let wait_for = |t: &'static str, want: u16| {
+        let status = status.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while status(t).await != want {
+                assert!(Instant::now() < deadline, "token {t} never answered {want}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(status(old).await, 200);
+    assert_eq!(status(new).await, 401);
+    std::fs::write(&file, format!("alice {old}\nalice-next {new}\n")).unwrap();
+    wait_for(new, 200).await;
+    assert_eq!(status(old).await, 200, "both are valid while clients move");
+    std::fs::write(&file, format!("alice-next {new}\n")).unwrap();
+    wait_for(old, 401).await;
+    // gRPC checks the same tokens.
+    let grpc = |token: &str| {
+        let opts = statenode_client::Options {
+            deadline: Duration::from_secs(2),
+            api_token: Some(token.into()),
+            ..statenode_client::Options::default()
+        };
+        statenode_client::Client::new(&[&c.nodes[0].grpc], opts).unwrap()
+    };
+    grpc(new).put_simple("over-grpc", "v").await.expect("the new token over gRPC");
+    assert!(grpc(old).put_simple("over-grpc", "v").await.is_err(), "the removed token over gRPC");
+    // A file that no longer parses keeps the tokens before it.
+    std::fs::write(&file, "this is not a token file\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status(new).await, 200);
+    assert_eq!(status(old).await, 401);
+}

@@ -35,6 +35,14 @@ fn make_certs(dir: &Path) {
     certs(&["create-client", "alice"]);
 }
 
+/// A three-node cluster on certificates made in `dir/certs`; returns it and that directory.
+async fn tls_cluster(dir: &Path) -> (TestCluster, PathBuf) {
+    let certs = dir.join("certs");
+    make_certs(&certs);
+    let c = TestCluster::start_with_args(3, false, &["--certs-dir", certs.to_str().unwrap()]).await;
+    (c, certs)
+}
+
 /// A peer RPC (`Forward` of a status request) to `addr` over `channel`.
 async fn peer_status(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
     let mut peer = PeerClient::new(channel);
@@ -56,12 +64,10 @@ fn curl(args: &[&str]) -> Output {
 async fn a_tls_cluster_serves_every_door_and_refuses_strangers() {
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    make_certs(&certs);
+    let (c, certs) = tls_cluster(dir.path()).await;
+    let certs_arg = certs.to_str().unwrap();
     let foreign = dir.path().join("foreign");
     make_certs(&foreign);
-    let certs_arg = certs.to_str().unwrap();
-    let c = TestCluster::start_with_args(3, false, &["--certs-dir", certs_arg]).await;
 
     // The Rust client over TLS.
     let client = c.client();
@@ -179,9 +185,7 @@ async fn served_cert(addr: &str, certs: &Path) -> Vec<u8> {
 async fn a_replaced_node_certificate_is_served_without_a_restart() {
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    make_certs(&certs);
-    let c = TestCluster::start_with_args(3, false, &["--certs-dir", certs.to_str().unwrap()]).await;
+    let (c, certs) = tls_cluster(dir.path()).await;
     let http = c.nodes[0].http.clone();
     let before = served_cert(&http, &certs).await;
     assert_eq!(before, ctls::read_certs(&certs.join(NODE_CERT)).unwrap()[0].to_vec());

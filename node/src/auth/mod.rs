@@ -2,34 +2,57 @@
 //! (`rules.rs`).
 
 pub mod rules;
+mod token_file;
 
 pub use statenode_proto::headers::API_TOKEN as TOKEN_HEADER;
+pub use token_file::TokenFile;
 
-/// The token a node requires of its clients, if any.
+use std::sync::Arc;
+
+/// The tokens a node accepts from its clients, if any: `--api-token`, and the named tokens
+/// of `--token-file` (several valid at once, so a token rotates without a restart).
 #[derive(Clone, Default)]
-pub struct Token(Option<String>);
+pub struct Token {
+    one: Option<String>,
+    file: Option<Arc<TokenFile>>,
+}
 
-/// Never prints the secret.
+/// Never prints a secret.
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Token(set)" } else { "Token(none)" })
+        let set = self.one.is_some() || self.file.is_some();
+        f.write_str(if set { "Token(set)" } else { "Token(none)" })
     }
 }
 
 impl Token {
     pub fn new(token: Option<String>) -> Self {
-        Self(token)
+        Self { one: token, file: None }
     }
 
-    /// Checks the token a request presented (`None`: none was sent).
+    /// `--api-token` and, when given, the tokens of a token file.
+    pub fn with_file(token: Option<String>, file: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let file = file.map(TokenFile::load).transpose()?.map(Arc::new);
+        Ok(Self { one: token, file })
+    }
+
+    /// Checks the token a request presented (`None`: none was sent). Every accepted token is
+    /// compared, in constant time each, whichever matches.
     pub fn check(&self, given: Option<&[u8]>) -> Result<(), Denied> {
-        let Some(want) = &self.0 else {
+        if self.one.is_none() && self.file.is_none() {
             return Ok(());
+        }
+        let Some(g) = given else {
+            return Err(Denied::Missing);
         };
-        match given {
-            None => Err(Denied::Missing),
-            Some(g) if constant_time_eq(g, want.as_bytes()) => Ok(()),
-            Some(_) => Err(Denied::Mismatch),
+        let mut ok = self.one.as_ref().is_some_and(|want| constant_time_eq(g, want.as_bytes()));
+        if let Some(file) = &self.file {
+            ok |= file.matches(g).is_some();
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied::Mismatch)
         }
     }
 }
@@ -42,7 +65,7 @@ pub enum Denied {
 }
 
 /// Compares secrets without stopping at the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -142,12 +142,14 @@ impl Node {
                  reaches it can join, vote, and read or write every key (see docs/security.md)"
             );
         }
+        let token =
+            Token::with_file(config.api_token.clone(), config.token_file.as_deref()).context("the token file")?;
         let boot = Boot::open(config, io)?;
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let secret = Token::new(boot.config.cluster_secret.clone());
         let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), secret, stop_rx.clone()));
-        let doors = Doors { grpc: listeners.grpc, http: listeners.http, mqtt: listeners.mqtt };
+        let doors = Doors { grpc: listeners.grpc, http: listeners.http, mqtt: listeners.mqtt, token };
         match boot.run(role, doors, stop_rx).await {
             Ok(Up { handle, consensus, mut tasks, log }) => {
                 tasks.push(peer);
@@ -272,17 +274,18 @@ struct Doors {
     grpc: Incoming,
     http: Option<Incoming>,
     mqtt: Option<Incoming>,
+    /// What the HTTP and gRPC doors require of their clients.
+    token: Token,
 }
 
 /// The client front doors: gRPC always, HTTP and MQTT when given a listener.
 fn serve_clients(
-    Doors { grpc, http, mqtt }: Doors,
+    Doors { grpc, http, mqtt, token }: Doors,
     handle: &NodeHandle,
     config: &Config,
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let dapr = Dapr::new(handle.clone(), config);
-    let token = Token::new(config.api_token.clone());
     let mut tasks = vec![tokio::spawn(crate::grpc::serve(grpc, dapr.clone(), token.clone(), stop.clone()))];
     if let Some(http) = http {
         let state = Arc::new(crate::http::HttpState { dapr, token });
