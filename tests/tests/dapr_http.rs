@@ -425,14 +425,11 @@ async fn named_tokens_rotate_without_a_restart() {
         let a = a.clone();
         async move { request(&a, "PUT", "/v1/kv/rotated", &[("dapr-api-token", t)], b"v").await.status }
     };
-    let wait_for = |t: &'static str, want: u16| {
-        let status = status.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while status(t).await != want {
-                assert!(Instant::now() < deadline, "token {t} never answered {want}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let wait_for = |t: &'static str, want: u16| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(t).await != want {
+            assert!(Instant::now() < deadline, "token {t} never answered {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     assert_eq!(status(old).await, 200);
