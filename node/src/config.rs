@@ -153,6 +153,9 @@ pub struct Limits {
     pub max_http_connections: usize,
     /// Open client gRPC connections per node; more are closed at once.
     pub max_grpc_connections: usize,
+    /// TLS handshakes in progress per port (`--certs-dir`); a connection beyond is closed at
+    /// once.
+    pub tls_max_handshakes: usize,
     /// Open watches per node (HTTP, gRPC, MQTT key notifications); more are refused
     /// (429 / RESOURCE_EXHAUSTED) until one ends.
     pub max_watchers: usize,
@@ -242,6 +245,7 @@ impl Default for Limits {
             max_http_connections: 4096,
             max_grpc_connections: 4096,
             max_watchers: 4096,
+            tls_max_handshakes: 1024,
             http_header_timeout: Duration::from_secs(30),
             mqtt_max_connections: 4096,
             mqtt_max_packet_bytes: 6 * 1024 * 1024 + 64 * 1024,
@@ -414,6 +418,7 @@ impl Limits {
             self.max_grpc_connections,
             self.max_watchers,
             self.max_bulk_read_keys,
+            self.tls_max_handshakes,
         ];
         let zero_time = self.request_timeout.is_zero() || self.http_header_timeout.is_zero();
         if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {

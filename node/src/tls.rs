@@ -127,8 +127,11 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const READY: usize = 64;
 
 /// The connections of `incoming` after a TLS handshake each (in their own tasks: a slow or
-/// silent client holds up nobody). A failed handshake is logged and dropped.
-pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str) -> Incoming {
+/// silent client holds up nobody). A failed handshake is logged and dropped. At most
+/// `max_pending` handshakes at once: a connection beyond is closed at once (a flood of silent
+/// connections would otherwise hold a socket and a task each for the handshake timeout).
+pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str, max_pending: usize) -> Incoming {
+    let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
     let (tx, rx) = tokio::sync::mpsc::channel(READY);
     tokio::spawn(async move {
         loop {
@@ -145,8 +148,13 @@ pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str) -
                 }
                 None => return,
             };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(door, limit = max_pending, "too many TLS handshakes at once; closing a new connection");
+                continue;
+            };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE, acceptor.accept(conn)).await {
                     Ok(Ok(tls)) => drop(tx.send(Ok(Conn::new(tls))).await),
                     Ok(Err(e)) => tracing::debug!(door, error = %e, "TLS handshake failed"),

@@ -805,6 +805,40 @@ async fn watches_and_grpc_connections_are_bounded() {
     f.stop().await;
 }
 
+/// With TLS, at most `tls_max_handshakes` handshakes at once per port: silent connections
+/// hold their places, one more is closed at once, and a place frees when one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_in_progress_are_bounded() {
+    use statenode_client::tls as ctls;
+    use tokio::io::AsyncReadExt;
+    let certs = tempfile::tempdir().unwrap();
+    statenode::tls::create_ca(certs.path(), false).unwrap();
+    statenode::tls::create_node(certs.path(), &["127.0.0.1".into()], false).unwrap();
+    let mut c = config();
+    c.certs_dir = Some(certs.path().to_path_buf());
+    c.limits.tls_max_handshakes = 2;
+    let f = Fixture::start(c).await;
+    // Closed at once: the read ends (EOF or reset) within a second; held: it waits.
+    async fn closed_at_once(s: &mut tokio::net::TcpStream) -> bool {
+        let mut b = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await.is_ok_and(|r| r.map_or(true, |n| n == 0))
+    }
+    let mut silent1 = tokio::net::TcpStream::connect(&f.grpc).await.unwrap();
+    let mut silent2 = tokio::net::TcpStream::connect(&f.grpc).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(&f.grpc).await.unwrap();
+    assert!(closed_at_once(&mut third).await, "a third handshake at once was let wait");
+    assert!(!closed_at_once(&mut silent1).await && !closed_at_once(&mut silent2).await, "a held place was closed");
+    drop(silent1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config = ctls::client_config(certs.path(), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&f.grpc).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("a handshake once a place is free");
+    drop(silent2);
+    f.stop().await;
+}
+
 /// Replies within `max_response_bytes`: a list page ends early (at least one key, and a
 /// cursor that goes on), and a bulk read whose values exceed it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,13 +58,14 @@ impl Listeners {
     }
 
     /// Every connection after a TLS handshake: peers must present a certificate of the CA.
-    fn with_tls(self, tls: &crate::tls::NodeTls) -> Self {
-        use crate::tls::wrap;
+    fn with_tls(self, tls: &crate::tls::NodeTls, max_pending: usize) -> Self {
+        let wrap =
+            |i, acceptor: &tokio_rustls::TlsAcceptor, door| crate::tls::wrap(i, acceptor.clone(), door, max_pending);
         Self {
-            peer: wrap(self.peer, tls.peer.clone(), "peer"),
-            grpc: wrap(self.grpc, tls.grpc.clone(), "grpc"),
-            http: self.http.map(|i| wrap(i, tls.http.clone(), "http")),
-            mqtt: self.mqtt.map(|i| wrap(i, tls.mqtt.clone(), "mqtt")),
+            peer: wrap(self.peer, &tls.peer, "peer"),
+            grpc: wrap(self.grpc, &tls.grpc, "grpc"),
+            http: self.http.map(|i| wrap(i, &tls.http, "http")),
+            mqtt: self.mqtt.map(|i| wrap(i, &tls.mqtt, "mqtt")),
         }
     }
 
@@ -128,7 +129,7 @@ impl Node {
                 let tls =
                     crate::tls::NodeTls::load(dir).with_context(|| format!("certificates in {}", dir.display()))?;
                 let dialer = Arc::new(crate::io::TlsDialer(tls.dial.clone()));
-                (listeners.with_tls(&tls), Io { dialer, ..io })
+                (listeners.with_tls(&tls, config.limits.tls_max_handshakes), Io { dialer, ..io })
             }
             None => {
                 tracing::warn!("no --certs-dir: every port speaks plaintext (see docs/security.md)");
