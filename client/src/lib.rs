@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 
 pub use statenode_proto::{backup, v1};
 
+pub mod reload;
 pub mod tls;
 
 use statenode_proto::headers::{API_TOKEN, LEADER as LEADER_HEADER};

@@ -3,6 +3,7 @@
 //! files change so certificates rotate without a restart. Used by clients, by `statectl`, and
 //! by a node dialing its peers.
 
+use crate::reload::{self, Reloaded};
 use hyper_util::rt::TokioIo;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -16,9 +17,9 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
@@ -69,33 +70,11 @@ pub fn roots(dir: &Path) -> io::Result<RootCertStore> {
     Ok(roots)
 }
 
-/// How often a handshake may look at the files again.
-const RECHECK: Duration = Duration::from_secs(1);
-
-/// A certificate and its key from two files, read again once either file changes (looked
-/// at no more than once a second). A change that does not load (a half-written file) keeps
-/// the previous pair and is tried again.
-pub struct Reloading {
-    cert: PathBuf,
-    key: PathBuf,
-    state: Mutex<Loaded>,
-}
-
-struct Loaded {
-    stamp: (SystemTime, SystemTime),
-    checked: Instant,
-    current: Arc<CertifiedKey>,
-}
-
-impl fmt::Debug for Reloading {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Reloading({})", self.cert.display())
-    }
-}
-
-fn stamp(cert: &Path, key: &Path) -> io::Result<(SystemTime, SystemTime)> {
-    Ok((std::fs::metadata(cert)?.modified()?, std::fs::metadata(key)?.modified()?))
-}
+/// A certificate and its key from two files, read again once either file changes
+/// (`reload::Reloaded`: looked at no more than once a second, at a handshake; a change that
+/// does not load keeps the previous pair).
+#[derive(Debug)]
+pub struct Reloading(Reloaded<Arc<CertifiedKey>>);
 
 fn certified(cert: &Path, key: &Path) -> io::Result<Arc<CertifiedKey>> {
     let chain = read_certs(cert)?;
@@ -107,32 +86,14 @@ fn certified(cert: &Path, key: &Path) -> io::Result<Arc<CertifiedKey>> {
 
 impl Reloading {
     pub fn load(cert: PathBuf, key: PathBuf) -> io::Result<Arc<Self>> {
-        let stamp = stamp(&cert, &key)?;
-        let current = certified(&cert, &key)?;
-        Ok(Arc::new(Self { cert, key, state: Mutex::new(Loaded { stamp, checked: Instant::now(), current }) }))
+        let paths = vec![cert.clone(), key.clone()];
+        let pair = Reloaded::new("certificate", paths, reload::RECHECK, move || certified(&cert, &key))?;
+        Ok(Arc::new(Self(pair)))
     }
 
     /// The pair to present now.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut st = self.state.lock().expect("poisoned");
-        if st.checked.elapsed() >= RECHECK {
-            st.checked = Instant::now();
-            match stamp(&self.cert, &self.key) {
-                Ok(s) if s != st.stamp => match certified(&self.cert, &self.key) {
-                    Ok(ck) => {
-                        tracing::info!(cert = %self.cert.display(), "certificate files changed; loaded them");
-                        st.stamp = s;
-                        st.current = ck;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "certificate files changed but do not load; keeping the old ones")
-                    }
-                },
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the certificate files; keeping the old ones"),
-            }
-        }
-        st.current.clone()
+        self.0.current()
     }
 }
 

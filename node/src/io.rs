@@ -18,31 +18,35 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ConnIo for T {}
 
 /// One accepted connection, whatever network it came from.
-pub struct Conn(Box<dyn ConnIo>);
+pub struct Conn {
+    io: Box<dyn ConnIo>,
+    /// Its place under a connection limit (`limit`), given back when it closes.
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl Conn {
     pub fn new(io: impl ConnIo) -> Self {
-        Self(Box::new(io))
+        Self { io: Box::new(io), _place: None }
     }
 }
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
+        Pin::new(&mut *self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
+        Pin::new(&mut *self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
+        Pin::new(&mut *self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }
 
@@ -69,7 +73,7 @@ pub fn limit(incoming: Incoming, max: usize, door: &'static str) -> Incoming {
     let open = Arc::new(tokio::sync::Semaphore::new(max));
     Box::pin(incoming.filter_map(move |c| match c {
         Ok(conn) => match open.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(Conn::new(Held { conn, _permit: permit }))),
+            Ok(place) => Some(Ok(Conn { _place: Some(place), ..conn })),
             Err(_) => {
                 tracing::warn!(door, limit = max, "connection limit reached; closing a new connection");
                 None
@@ -77,32 +81,6 @@ pub fn limit(incoming: Incoming, max: usize, door: &'static str) -> Incoming {
         },
         Err(e) => Some(Err(e)),
     }))
-}
-
-/// A connection holding its place under `limit`.
-struct Held {
-    conn: Conn,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Held {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Held {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_shutdown(cx)
-    }
 }
 
 pub use crate::raft::network::Dialer;

@@ -5,27 +5,17 @@
 //! tokens themselves).
 
 use super::constant_time_eq;
+use statenode_client::reload::{self, Reloaded};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// How often a request may look at the file again.
-const RECHECK: Duration = Duration::from_secs(1);
 /// The shortest token accepted: a guessable one protects nothing.
 const MIN_TOKEN: usize = 16;
 
-pub struct TokenFile {
-    path: PathBuf,
-    state: Mutex<State>,
-}
-
-struct State {
-    stamp: SystemTime,
-    checked: Instant,
-    /// (name, token)
-    tokens: Vec<(String, String)>,
-}
+/// (name, token) pairs.
+pub struct TokenFile(Reloaded<Arc<Vec<(String, String)>>>);
 
 /// The tokens of a token file's text; an error names the line, never a token.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
@@ -54,44 +44,28 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(tokens)
 }
 
-fn read(path: &Path) -> io::Result<(SystemTime, Vec<(String, String)>)> {
-    let stamp = std::fs::metadata(path)?.modified()?;
+fn read(path: &Path) -> io::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)?;
-    let tokens =
-        parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-    Ok((stamp, tokens))
+    parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
 }
 
 impl TokenFile {
     /// Reads `path`; a file that does not parse is an error (the node does not start).
     pub fn load(path: &Path) -> io::Result<Self> {
-        let (stamp, tokens) = read(path)?;
-        let state = Mutex::new(State { stamp, checked: Instant::now(), tokens });
-        Ok(Self { path: path.to_path_buf(), state })
+        Self::load_with(path, reload::RECHECK)
+    }
+
+    /// `load`, looking at the file again no more than once per `recheck`.
+    pub fn load_with(path: &Path, recheck: Duration) -> io::Result<Self> {
+        let owned = path.to_path_buf();
+        let tokens = Reloaded::new("token file", vec![owned.clone()], recheck, move || read(&owned).map(Arc::new))?;
+        Ok(Self(tokens))
     }
 
     /// The name of the token `given` is, if any (every token compared).
     pub fn matches(&self, given: &[u8]) -> Option<String> {
-        let mut st = self.state.lock().expect("poisoned");
-        if st.checked.elapsed() >= RECHECK {
-            st.checked = Instant::now();
-            match std::fs::metadata(&self.path).and_then(|m| m.modified()) {
-                Ok(stamp) if stamp != st.stamp => match read(&self.path) {
-                    Ok((stamp, tokens)) => {
-                        tracing::info!(file = %self.path.display(), tokens = tokens.len(), "token file changed; loaded it");
-                        st.stamp = stamp;
-                        st.tokens = tokens;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "token file changed but does not load; keeping the old tokens")
-                    }
-                },
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the token file; keeping the old tokens"),
-            }
-        }
         let mut found = None;
-        for (name, token) in &st.tokens {
+        for (name, token) in self.0.current().iter() {
             if constant_time_eq(given, token.as_bytes()) {
                 found = Some(name.clone());
             }
@@ -103,6 +77,7 @@ impl TokenFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn parses_names_and_tokens_and_refuses_bad_lines() {
@@ -123,18 +98,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, "alice 0123456789abcdef-old\n").unwrap();
-        let f = TokenFile::load(&path).unwrap();
+        let f = TokenFile::load_with(&path, Duration::ZERO).unwrap();
         assert_eq!(f.matches(b"0123456789abcdef-old").as_deref(), Some("alice"));
         assert_eq!(f.matches(b"0123456789abcdef-new"), None);
         let later = SystemTime::now() + Duration::from_secs(5);
         std::fs::write(&path, "alice 0123456789abcdef-new\n").unwrap();
         std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
-        f.state.lock().unwrap().checked -= RECHECK;
         assert_eq!(f.matches(b"0123456789abcdef-new").as_deref(), Some("alice"));
         assert_eq!(f.matches(b"0123456789abcdef-old"), None);
         std::fs::write(&path, "not a token file").unwrap();
-        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later + RECHECK).unwrap();
-        f.state.lock().unwrap().checked -= RECHECK;
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later + reload::RECHECK).unwrap();
         assert_eq!(f.matches(b"0123456789abcdef-new").as_deref(), Some("alice"), "a bad file keeps the old tokens");
         assert!(TokenFile::load(&path).is_err(), "a bad file at start is an error");
     }

@@ -54,7 +54,7 @@ impl NodeHandle {
 
     /// All-or-nothing: every condition holds and every op applies, or none does.
     pub async fn txn(&self, ops: Vec<TxnOp>, client: Option<ClientRef>) -> Result<TxnDone> {
-        self.check_ops(&ops)?;
+        self.inner.limits.check_ops(&ops)?;
         let r = self.write(Op::Txn(ops), client).await?;
         let Outcome::Txn { succeeded, failed, results } = r.outcome else {
             return Err(Error::internal(format!("a transaction answered {:?}", r.outcome)));
@@ -65,7 +65,7 @@ impl NodeHandle {
 
     /// Each op applies on its own, all in one log entry (Dapr's bulk save and delete).
     pub async fn batch(&self, ops: Vec<TxnOp>, client: Option<ClientRef>) -> Result<BatchDone> {
-        self.check_ops(&ops)?;
+        self.inner.limits.check_ops(&ops)?;
         let r = self.write(Op::Batch(ops), client).await?;
         let Outcome::Batch(results) = r.outcome else {
             return Err(Error::internal(format!("a batch answered {:?}", r.outcome)));
@@ -108,10 +108,6 @@ impl NodeHandle {
             PeerReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
         }
-    }
-
-    fn check_ops(&self, ops: &[TxnOp]) -> Result<()> {
-        self.inner.limits.check_ops(ops)
     }
 }
 

@@ -82,6 +82,26 @@ fn is_loopback(addr: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The client gRPC connection limit, TLS on every port with `--certs-dir` (and peers dialed
+/// with it), and the start-up warnings about what is left open.
+fn guard(config: &Config, mut listeners: Listeners, io: Io) -> anyhow::Result<(Listeners, Io)> {
+    listeners.grpc = crate::io::limit(listeners.grpc, config.limits.max_grpc_connections, "grpc");
+    let Some(dir) = &config.certs_dir else {
+        tracing::warn!("no --certs-dir: every port speaks plaintext (see docs/security.md)");
+        if config.cluster_secret.is_none() && !is_loopback(&config.peer_listen) {
+            tracing::warn!(
+                peer_listen = %config.peer_listen,
+                "the peer port is open beyond this machine with neither --certs-dir nor --cluster-secret: whoever \
+                 reaches it can join, vote, and read or write every key (see docs/security.md)"
+            );
+        }
+        return Ok((listeners, io));
+    };
+    let tls = crate::tls::NodeTls::load(dir).with_context(|| format!("certificates in {}", dir.display()))?;
+    let dialer = Arc::new(crate::io::TlsDialer(tls.dial.clone()));
+    Ok((listeners.with_tls(&tls, config.limits.tls_max_handshakes), Io { dialer, ..io }))
+}
+
 /// How long a stopping node lets its servers finish open requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -122,27 +142,7 @@ impl Node {
     /// Starts a node. `role` says whether it bootstraps (serve) or joins (join).
     pub async fn start(config: Config, listeners: Listeners, role: Role, io: Io) -> anyhow::Result<Node> {
         config.validate()?;
-        let mut listeners = listeners;
-        listeners.grpc = crate::io::limit(listeners.grpc, config.limits.max_grpc_connections, "grpc");
-        let (listeners, io) = match &config.certs_dir {
-            Some(dir) => {
-                let tls =
-                    crate::tls::NodeTls::load(dir).with_context(|| format!("certificates in {}", dir.display()))?;
-                let dialer = Arc::new(crate::io::TlsDialer(tls.dial.clone()));
-                (listeners.with_tls(&tls, config.limits.tls_max_handshakes), Io { dialer, ..io })
-            }
-            None => {
-                tracing::warn!("no --certs-dir: every port speaks plaintext (see docs/security.md)");
-                (listeners, io)
-            }
-        };
-        if config.certs_dir.is_none() && config.cluster_secret.is_none() && !is_loopback(&config.peer_listen) {
-            tracing::warn!(
-                peer_listen = %config.peer_listen,
-                "the peer port is open beyond this machine with neither --certs-dir nor --cluster-secret: whoever \
-                 reaches it can join, vote, and read or write every key (see docs/security.md)"
-            );
-        }
+        let (listeners, io) = guard(&config, listeners, io)?;
         let token =
             Token::with_file(config.api_token.clone(), config.token_file.as_deref()).context("the token file")?;
         let boot = Boot::open(config, io)?;
