@@ -46,6 +46,8 @@ pub struct Config {
     /// Named tokens, one `NAME TOKEN` a line, each as good as `api_token`; read again when
     /// the file changes (token rotation without a restart).
     pub token_file: Option<PathBuf>,
+    /// `/metrics` asks for a token like every other path (not only the probes are open).
+    pub protect_metrics: bool,
     /// When set, every peer RPC (Raft messages, forwarded requests, joins) must carry it:
     /// without it a process that reaches the peer port cannot vote, join, or read and write
     /// through it. Every member shares the one secret. It travels in clear without TLS.
@@ -204,6 +206,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             api_token: None,
             token_file: None,
+            protect_metrics: false,
             cluster_secret: None,
             certs_dir: None,
             app_id: None,

@@ -30,8 +30,9 @@ pub enum Error {
     /// The outcome is unknown: the request may or may not have been applied.
     #[error("timed out: {0}")]
     Timeout(String),
-    #[error("unauthorized")]
-    Unauthorized,
+    /// The caller's rules do not allow this (`auth::Caller`).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -2,6 +2,7 @@
 //! disk. `main.rs` passes real TCP, the system clock and redb; the chaos suite passes
 //! turmoil's network, a simulated (skewable) clock and in-memory disks that survive crashes.
 
+use crate::auth::CertName;
 use crate::store::{LogBackend, SmDisk};
 use std::io;
 use std::pin::Pin;
@@ -22,11 +23,22 @@ pub struct Conn {
     io: Box<dyn ConnIo>,
     /// Its place under a connection limit (`limit`), given back when it closes.
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What the client's certificate, verified in the TLS handshake, says it is.
+    cert: Option<Arc<CertName>>,
 }
 
 impl Conn {
     pub fn new(io: impl ConnIo) -> Self {
-        Self { io: Box::new(io), _place: None }
+        Self { io: Box::new(io), _place: None, cert: None }
+    }
+
+    /// A connection whose client presented a verified certificate.
+    pub fn with_cert(io: impl ConnIo, cert: Option<CertName>) -> Self {
+        Self { cert: cert.map(Arc::new), ..Self::new(io) }
+    }
+
+    pub fn cert_name(&self) -> Option<Arc<CertName>> {
+        self.cert.clone()
     }
 }
 
@@ -50,9 +62,12 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// gRPC requests find their connection's client certificate name in their extensions.
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = Option<Arc<CertName>>;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.cert.clone()
+    }
 }
 
 /// A stream of accepted connections.

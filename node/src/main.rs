@@ -202,6 +202,9 @@ struct NodeArgs {
     /// changes.
     #[arg(long, env = "STATENODE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// `/metrics` asks for a token too (else only it and the health probes are open).
+    #[arg(long, env = "STATENODE_PROTECT_METRICS", num_args = 0..=1, default_missing_value = "true")]
+    protect_metrics: Option<bool>,
     /// Require this secret on every peer RPC; every member must be given the same one.
     #[arg(long, env = "STATENODE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
@@ -240,6 +243,9 @@ impl NodeArgs {
         }
         if let Some(r) = self.replace_lost_member {
             c.replace_lost_member = r;
+        }
+        if let Some(p) = self.protect_metrics {
+            c.protect_metrics = p;
         }
         if let Some(secs) = self.bootstrap_timeout {
             c.bootstrap_timeout = Duration::from_secs(secs);

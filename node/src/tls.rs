@@ -11,6 +11,7 @@
 //! client certificate signed by the CA, and clients without one. The node's certificate is
 //! read again when its files change (`statenode_client::tls::Reloading`).
 
+use crate::auth::CertName;
 use crate::io::{Conn, Incoming};
 use anyhow::Context;
 use rcgen::{
@@ -156,7 +157,10 @@ pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str, m
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE, acceptor.accept(conn)).await {
-                    Ok(Ok(tls)) => drop(tx.send(Ok(Conn::new(tls))).await),
+                    Ok(Ok(tls)) => {
+                        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(cert_name);
+                        drop(tx.send(Ok(Conn::with_cert(tls, cert))).await)
+                    }
                     Ok(Err(e)) => tracing::debug!(door, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(door, "TLS handshake timed out"),
                 }
@@ -164,6 +168,66 @@ pub fn wrap(mut incoming: Incoming, acceptor: TlsAcceptor, door: &'static str, m
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// What a client certificate the handshake verified says its holder is: a node (it is a
+/// server certificate for `NODE_NAME`), else its subject's common name. `None` for a
+/// certificate that cannot be read or has no usable common name.
+pub fn cert_name(der: &CertificateDer<'_>) -> Option<CertName> {
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
+    let node = ServerName::try_from(NODE_NAME).expect("a DNS name");
+    if cert.verify_is_valid_for_subject_name(&node).is_ok() {
+        return Some(CertName::Node);
+    }
+    common_name(cert.subject()).map(CertName::Client)
+}
+
+/// The longest name a client certificate may give (a principal's name).
+const MAX_NAME: usize = 256;
+
+/// The first common name (OID 2.5.4.3) of an X.501 `Name`'s DER contents (a sequence of
+/// relative distinguished names, each a set of type-and-value sequences), when it is a
+/// UTF-8, printable or IA5 string of visible characters.
+pub fn common_name(mut name: &[u8]) -> Option<String> {
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    while !name.is_empty() {
+        let (set, rest) = der(name, SET)?;
+        name = rest;
+        let mut set = set;
+        while !set.is_empty() {
+            let (pair, rest) = der(set, SEQUENCE)?;
+            set = rest;
+            let (oid, value) = der(pair, OID)?;
+            if oid != CN {
+                continue;
+            }
+            let (&tag, _) = value.split_first()?;
+            let (text, _) = der(value, tag).filter(|_| matches!(tag, 0x0c | 0x13 | 0x16))?;
+            let text = std::str::from_utf8(text).ok()?;
+            let usable = !text.is_empty() && text.len() <= MAX_NAME && !text.chars().any(char::is_control);
+            return usable.then(|| text.to_string());
+        }
+    }
+    None
+}
+
+/// One DER element with tag `want`: its contents and what follows it.
+fn der(b: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |len, &b| len << 8 | b as usize), &rest[n..])
+    };
+    (tag == want && rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// A certificate's validity, from now.
@@ -338,5 +402,40 @@ mod tests {
         // A ca.crt that does not belong to ca.key: issuing refuses.
         std::fs::copy(b.path().join(CA_CERT), a.path().join(CA_CERT)).unwrap();
         assert!(create_client(a.path(), "bob", false).is_err());
+    }
+
+    #[test]
+    fn names_of_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), false).unwrap();
+        create_node(dir.path(), &["127.0.0.1".into()], false).unwrap();
+        create_client(dir.path(), "alice", false).unwrap();
+        let node = ctls::read_certs(&dir.path().join(NODE_CERT)).unwrap();
+        assert_eq!(cert_name(&node[0]), Some(CertName::Node));
+        let alice = ctls::read_certs(&ctls::client_files(dir.path(), "alice").0).unwrap();
+        assert_eq!(cert_name(&alice[0]), Some(CertName::Client("alice".into())));
+        assert_eq!(cert_name(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])), None);
+    }
+
+    #[test]
+    fn common_names_from_hostile_der() {
+        // SET { SEQUENCE { OID 2.5.4.3, UTF8String "bob" } }
+        let name = [0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x03, b'b', b'o', b'b'];
+        assert_eq!(common_name(&name).as_deref(), Some("bob"));
+        // Every truncation fails cleanly.
+        for cut in 0..name.len() {
+            assert_eq!(common_name(&name[..cut]), None, "cut at {cut}");
+        }
+        let mut wrong_type = name;
+        wrong_type[9] = 0x04; // an OCTET STRING
+        assert_eq!(common_name(&wrong_type), None);
+        let mut control = name;
+        control[12] = b'\n';
+        assert_eq!(common_name(&control), None, "a control character");
+        // A length that claims more than there is, and long-form lengths.
+        assert_eq!(common_name(&[0x31, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(common_name(&[0x31, 0x80]), None);
+        let long = [0x31, 0x81, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x13, 0x03, b'e', b'v', b'e'];
+        assert_eq!(common_name(&long).as_deref(), Some("eve"));
     }
 }

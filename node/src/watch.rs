@@ -160,6 +160,8 @@ pub struct EventStream {
     /// Nothing older is delivered: a watcher resuming at a node that is still catching up
     /// must not see, again, events it already had from another node.
     min_revision: u64,
+    /// Only events of keys this keeps are delivered (the caller's read rules).
+    keep: Option<Box<dyn Fn(&[u8]) -> bool + Send + Sync>>,
 }
 
 impl EventStream {
@@ -168,7 +170,12 @@ impl EventStream {
         let (start, rx) = hub.subscribe(from_revision);
         let min_revision = from_revision.unwrap_or(0);
         let backlog = backlog(start, node, from_revision);
-        Self { prefix, backlog, rx, hub, node, last: 0, taken_at_last: 0, min_revision }
+        Self { prefix, backlog, rx, hub, node, last: 0, taken_at_last: 0, min_revision, keep: None }
+    }
+
+    /// From now on, delivers only events of keys `keep` keeps.
+    pub fn keep_only(&mut self, keep: impl Fn(&[u8]) -> bool + Send + Sync + 'static) {
+        self.keep = Some(Box::new(keep));
     }
 
     pub async fn next(&mut self) -> Option<WatchItem> {
@@ -195,7 +202,8 @@ impl EventStream {
                     } else {
                         (self.last, self.taken_at_last) = (e.revision, 1);
                     }
-                    if !e.key.starts_with(&self.prefix) || e.revision < self.min_revision {
+                    let kept = self.keep.as_ref().is_none_or(|keep| keep(&e.key));
+                    if !e.key.starts_with(&self.prefix) || e.revision < self.min_revision || !kept {
                         continue;
                     }
                 }

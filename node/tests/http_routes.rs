@@ -10,12 +10,14 @@ use axum::body::Body;
 use base64::Engine;
 use hyper::http::{HeaderMap, Request};
 use serde_json::{json, Value};
-use statenode::auth::Token;
+use statenode::auth::rules::Policy;
+use statenode::auth::{Gate, Token};
 use statenode::config::{Config, StoreConfig};
 use statenode::dapr::Dapr;
 use statenode::http::{respond, HttpState};
 use statenode::io::Io;
 use statenode::{Listeners, Node, Role};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -58,7 +60,10 @@ impl Fixture {
         let listeners = Listeners::from_tcp(peer, grpc, None);
         let node = Node::start(config.clone(), listeners, Role::Serve, Io::real()).await.expect("node starts");
         wait_for_leader(&node).await;
-        let state = HttpState { dapr: Dapr::new(node.handle(), &config), token: Token::new(config.api_token.clone()) };
+        let token = Token::with_file(config.api_token.clone(), config.token_file.as_deref()).expect("token file");
+        let gate = Arc::new(Gate::new(token, Arc::new(Policy::new(config.authorization.clone()))));
+        let dapr = Dapr::new(node.handle(), &config);
+        let state = HttpState { dapr, gate, protect_metrics: config.protect_metrics };
         Fixture { node, state, peer: p, grpc: g }
     }
 
@@ -1150,5 +1155,164 @@ async fn api_token_guards_every_route_but_health_probes() {
         missing.len() + wrong.len()
     );
     assert!(m.lines().any(|l| l == refused), "metrics lack {refused:?}:\n{m}");
+    f.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Principals and per-key rules
+// ---------------------------------------------------------------------------------------
+
+/// `app1` reads and writes its own keys and reads `shared/*`; `ops` reads everything and
+/// administers the cluster; the unnamed `--api-token` is the operator's.
+const RULES: &str = r#"
+[[rules]]
+principals = { usernames = ["app1"] }
+stateStoreResources = [
+  { method = "ReadWrite", keys = ["{principal.username}/*"] },
+  { method = "Read", keys = ["shared/*"] },
+]
+
+[[rules]]
+principals = { usernames = ["ops"] }
+admin = true
+stateStoreResources = [{ method = "Read", keys = ["*"] }]
+"#;
+
+const ROOT: [(&str, &str); 1] = [("dapr-api-token", "root-token-0123456789")];
+const APP1: [(&str, &str); 1] = [("dapr-api-token", "app1-token-0123456789")];
+const OPS: [(&str, &str); 1] = [("dapr-api-token", "ops-token-0123456789")];
+
+async fn rules_fixture(dir: &std::path::Path) -> Fixture {
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "app1 app1-token-0123456789\nops ops-token-0123456789\n").unwrap();
+    let mut c = config();
+    c.api_token = Some("root-token-0123456789".into());
+    c.token_file = Some(tokens);
+    c.authorization = Some(toml::from_str(RULES).unwrap());
+    let f = Fixture::start(c).await;
+    for k in ["app1/a", "app2/a", "shared/x"] {
+        assert_eq!(f.call("PUT", &format!("/v1/kv/{k}"), &ROOT, b"v").await.status, 200, "{k}");
+    }
+    f
+}
+
+/// The keys of a native list or a Dapr query answer.
+fn keys_of(v: &Value, list: &str) -> Vec<String> {
+    v[list].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_bound_what_each_named_token_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = rules_fixture(dir.path()).await;
+
+    // Native API: app1 writes its own keys and reads shared ones, nothing else.
+    assert_eq!(f.call("PUT", "/v1/kv/app1/b", &APP1, b"1").await.status, 200);
+    for (method, uri) in
+        [("PUT", "/v1/kv/app2/b"), ("PUT", "/v1/kv/shared/x"), ("DELETE", "/v1/kv/app2/a"), ("GET", "/v1/kv/app2/a")]
+    {
+        let r = f.call(method, uri, &APP1, b"1").await;
+        assert_native_error(&r, 403, "permission_denied");
+        assert!(r.text().contains("principal \\\"app1\\\" may not"), "{}", r.text());
+    }
+    assert_eq!(f.call("GET", "/v1/kv/shared/x", &APP1, b"").await.text(), "v");
+    // A list shows only what the caller may read.
+    let r = f.call("GET", "/v1/kv", &APP1, b"").await;
+    assert_eq!(keys_of(&r.json(), "kvs"), ["app1/a", "app1/b", "shared/x"], "{}", r.text());
+    let r = f.call("GET", "/v1/kv?prefix=app2/", &APP1, b"").await;
+    assert_eq!((r.status, keys_of(&r.json(), "kvs").len()), (200, 0));
+    // ops reads everything and writes nothing.
+    assert_eq!(keys_of(&f.call("GET", "/v1/kv", &OPS, b"").await.json(), "kvs").len(), 4);
+    assert_native_error(&f.call("PUT", "/v1/kv/ops/x", &OPS, b"1").await, 403, "permission_denied");
+
+    // Dapr API: the same rules on the stored keys; a bulk save with one key denied saves none.
+    let both = json!([{"key": "app1/d", "value": 1}, {"key": "app2/d", "value": 1}]).to_string();
+    let r = f.call("POST", S, &APP1, both.as_bytes()).await;
+    assert_dapr_error(&r, 403, "ERR_STATE_SAVE");
+    let r = f.call("POST", S, &APP1, br#"[{"key":"app1/d","value":2}]"#).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_dapr_error(&f.call("GET", &at("app2%2Fa"), &APP1, b"").await, 403, "ERR_STATE_GET");
+    assert_eq!(f.call("GET", &at("app1%2Fd"), &APP1, b"").await.text(), "2");
+    let tx = json!({"operations": [{"operation": "delete", "request": {"key": "app2/a"}}]}).to_string();
+    assert_eq!(f.call("POST", TX, &APP1, tx.as_bytes()).await.status, 403);
+    let bulk = json!({"keys": ["app1/a", "app2/a"]}).to_string();
+    assert_eq!(f.call("POST", BULK, &APP1, bulk.as_bytes()).await.status, 403);
+    let r = f.call("POST", QUERY, &APP1, br#"{"filter":{}}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keys_of(&r.json(), "results"), ["app1/a", "app1/b", "app1/d", "shared/x"]);
+
+    // Nothing a refusal touched changed.
+    for (k, want) in [("app2/a", "v"), ("shared/x", "v")] {
+        assert_eq!(f.call("GET", &format!("/v1/kv/{k}"), &ROOT, b"").await.text(), want, "{k}");
+    }
+    for k in ["app2/b", "app2/d", "ops/x"] {
+        assert_eq!(f.call("GET", &format!("/v1/kv/{k}"), &ROOT, b"").await.status, 404, "{k}");
+    }
+
+    // Cluster operations need the admin permission.
+    let again = json!({"id": 1, "peer_addr": f.peer, "grpc_addr": f.grpc}).to_string();
+    assert_native_error(&f.call("POST", "/v1/cluster/join", &APP1, again.as_bytes()).await, 403, "permission_denied");
+    assert_eq!(f.call("POST", "/v1/cluster/join", &OPS, again.as_bytes()).await.status, 200);
+    let leave = br#"{"id":77}"#;
+    assert_native_error(&f.call("POST", "/v1/cluster/leave", &APP1, leave).await, 403, "permission_denied");
+    assert_native_error(&f.call("POST", "/v1/cluster/leave", &OPS, leave).await, 404, "not_found");
+    assert_eq!(f.call("GET", "/v1/cluster", &APP1, b"").await.status, 200, "status is anyone's");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delivers_only_the_keys_its_caller_may_read() {
+    use statenode::auth::rules::Principal;
+    use statenode::auth::Caller;
+    use statenode::handle::WatchItem;
+    let dir = tempfile::tempdir().unwrap();
+    let f = rules_fixture(dir.path()).await;
+    let a: statenode::auth::rules::Authorization = toml::from_str(RULES).unwrap();
+    let app1 = Principal { client_id: "app1".into(), username: Some("app1".into()) };
+    let caller = Caller::Named { principal: Arc::new(app1), policy: Arc::new(Policy::new(Some(a))) };
+    let mut events = f.node.handle().acting_for(caller).watch(bytes::Bytes::new(), None).unwrap();
+    for k in ["app2/w", "shared/w", "app1/w"] {
+        assert_eq!(f.call("PUT", &format!("/v1/kv/{k}"), &ROOT, b"w").await.status, 200, "{k}");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let item = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("an event in time");
+        if let Some(WatchItem::Event(e)) = item {
+            seen.push(String::from_utf8_lossy(&e.key).into_owned());
+        }
+    }
+    assert_eq!(seen, ["shared/w", "app1/w"]);
+    drop(events);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rules_and_no_token_a_request_names_nobody() {
+    let mut c = config();
+    c.authorization = Some(toml::from_str(RULES).unwrap());
+    c.protect_metrics = true;
+    let f = Fixture::start(c).await;
+    assert_native_error(&f.put("/v1/kv/app1/a", b"1").await, 403, "permission_denied");
+    assert_native_error(&f.get("/v1/kv/app1/a").await, 403, "permission_denied");
+    assert_native_error(&f.get("/v1/kv").await, 403, "permission_denied");
+    assert_native_error(&f.get("/v1/watch").await, 403, "permission_denied");
+    assert_dapr_error(&f.save(json!([{"key": "k", "value": 1}])).await, 403, "ERR_STATE_SAVE");
+    // Probes stay open; /metrics too, as no token is asked for at all.
+    for (uri, status) in [("/livez", 200), ("/readyz", 200), ("/v1.0/healthz", 204), ("/metrics", 200)] {
+        assert_eq!(f.get(uri).await.status, status, "{uri}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_ask_for_the_token() {
+    let mut c = config();
+    c.api_token = Some("s3cret".into());
+    c.protect_metrics = true;
+    let f = Fixture::start(c).await;
+    assert_eq!(f.get("/metrics").await.status, 401);
+    assert_eq!(f.call("GET", "/metrics", &[("dapr-api-token", "s3cret")], b"").await.status, 200);
+    assert_eq!(f.get("/livez").await.status, 200);
+    assert_eq!(f.get("/readyz").await.status, 200);
     f.stop().await;
 }

@@ -63,6 +63,9 @@ pub struct Rule {
     pub broker_resources: Vec<BrokerResource>,
     #[serde(default)]
     pub state_store_resources: Vec<StateStoreResource>,
+    /// Cluster operations on the HTTP and gRPC doors: join, leave, backup.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// Who a rule is for: any of these client ids (globs) or verified usernames (globs).
@@ -226,6 +229,11 @@ impl Policy {
             .flat_map(|r| &r.state_store_resources)
             .filter(|r| wanted(r.method))
             .any(|r| r.keys.iter().any(|k| key_matches(r.key_type, k, p, key)))
+    }
+
+    /// Whether `p` may run cluster operations.
+    pub fn is_admin(&self, p: &Principal) -> bool {
+        self.0.is_none() || self.rules_for(p).any(|r| r.admin)
     }
 
     fn topic_allowed(&self, p: &Principal, method: BrokerMethod, fits: impl Fn(&str) -> bool) -> bool {

@@ -193,13 +193,13 @@ impl DaprError {
         let (http, grpc) = match err {
             Error::Unavailable { .. } => (503, Code::Unavailable),
             Error::Timeout(_) => (504, Code::DeadlineExceeded),
+            Error::Forbidden(_) => (403, Code::PermissionDenied),
             // Dapr reports every transaction failure, etag conflicts too, as internal.
             _ if op == StateOp::Transaction => (500, Code::Internal),
             _ if conflict => (409, Code::Aborted),
             Error::InvalidArgument(_) | Error::NotFound(_) => (400, Code::InvalidArgument),
             Error::TooLarge(_) => (413, Code::ResourceExhausted),
             Error::Exhausted(_) => (429, Code::ResourceExhausted),
-            Error::Unauthorized => (401, Code::Unauthenticated),
             _ => (500, Code::Internal),
         };
         let mut e = Self::of(op, http, grpc, message);

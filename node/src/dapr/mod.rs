@@ -109,8 +109,8 @@ struct Store {
 #[derive(Clone)]
 pub struct Dapr {
     handle: NodeHandle,
-    stores: Vec<Store>,
-    app_id: Option<String>,
+    stores: Arc<[Store]>,
+    app_id: Option<Arc<str>>,
     /// Set with `PUT /v1.0/metadata/{key}` or `SetMetadata`; reported in `extended`.
     extended: Arc<Mutex<BTreeMap<String, String>>>,
 }
@@ -120,7 +120,8 @@ const MAX_EXTENDED: usize = 256;
 
 /// A store resolved for one request: turns Dapr keys into stored keys and back.
 pub struct Scope<'a> {
-    dapr: &'a Dapr,
+    /// Acting for the request's caller.
+    handle: NodeHandle,
     store: &'a Store,
     /// `<prefix>||` for this request, or empty.
     key_prefix: String,
@@ -129,7 +130,13 @@ pub struct Scope<'a> {
 impl Dapr {
     pub fn new(handle: NodeHandle, config: &Config) -> Self {
         let stores = config.stores.iter().enumerate().map(|(i, s)| store(i, s)).collect();
-        Self { handle, stores, app_id: config.app_id.clone(), extended: Arc::default() }
+        let app_id = config.app_id.as_deref().map(Arc::from);
+        Self { handle, stores, app_id, extended: Arc::default() }
+    }
+
+    /// This API, acting for `caller` (`NodeHandle::acting_for`).
+    pub fn acting_for(&self, caller: crate::auth::Caller) -> Self {
+        Self { handle: self.handle.acting_for(caller), ..self.clone() }
     }
 
     /// The `extended` metadata, with the runtime version.
@@ -180,7 +187,7 @@ impl Dapr {
             return Err(DaprError::illegal_key(name, &prefix));
         }
         let key_prefix = if prefix.is_empty() { prefix } else { format!("{prefix}||") };
-        Ok(Scope { dapr: self, store, key_prefix })
+        Ok(Scope { handle: self.handle.clone(), store, key_prefix })
     }
 }
 
@@ -209,7 +216,12 @@ impl Scope<'_> {
     }
 
     fn handle(&self) -> &NodeHandle {
-        &self.dapr.handle
+        &self.handle
+    }
+
+    /// This scope, acting for `caller` (`NodeHandle::acting_for`).
+    pub fn acting_for(self, caller: crate::auth::Caller) -> Self {
+        Self { handle: self.handle.acting_for(caller), ..self }
     }
 
     /// The stored key of a Dapr key; rejects empty keys and keys with `||`.

@@ -35,21 +35,23 @@ impl Cluster for ClusterService {
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Reply<pb::JoinResponse> {
+        let handle = self.handle.acting_for(super::caller(&req));
         let r = req.into_inner();
-        let joined = self.handle.join(r.id, r.peer_addr, r.grpc_addr).await?;
+        let joined = handle.join(r.id, r.peer_addr, r.grpc_addr).await?;
         Ok(Response::new(pb::JoinResponse { members: members(joined) }))
     }
 
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Reply<pb::LeaveResponse> {
-        let left = self.handle.leave(req.into_inner().id).await?;
+        let handle = self.handle.acting_for(super::caller(&req));
+        let left = handle.leave(req.into_inner().id).await?;
         Ok(Response::new(pb::LeaveResponse { members: members(left) }))
     }
 
     type BackupStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::BackupChunk, Status>>>;
 
     /// The backup file in 1 MiB chunks, the first one saying how big it is.
-    async fn backup(&self, _: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
-        let (revision, snapshot) = self.handle.backup().await?;
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let (revision, snapshot) = self.handle.acting_for(super::caller(&req)).backup().await?;
         let file = bytes::Bytes::from(statenode_proto::backup::encode(revision, &snapshot));
         drop(snapshot);
         let total_bytes = file.len() as u64;

@@ -94,8 +94,9 @@ impl DaprService {
         Fut: Future<Output = Result<T, DaprError>> + Send + 's,
     {
         let app = req.metadata().get(APP_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let caller = super::caller(&req);
         let r = req.into_inner();
-        let scope = self.dapr.scope(r.store_name(), app.as_deref())?;
+        let scope = self.dapr.scope(r.store_name(), app.as_deref())?.acting_for(caller);
         Ok(Response::new(f(scope, r).await?))
     }
 }

@@ -15,27 +15,34 @@ pub struct KvService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+impl KvService {
+    /// The handle acting for the request's caller, and the request.
+    fn acting<T>(&self, req: Request<T>) -> (NodeHandle, T) {
+        (self.handle.acting_for(super::caller(&req)), req.into_inner())
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
-        let req = req.into_inner();
-        let entry = self.handle.get(&req.key, convert::consistency(req.consistency)?).await?;
+        let (handle, req) = self.acting(req);
+        let entry = handle.get(&req.key, convert::consistency(req.consistency)?).await?;
         let kv = entry.map(|e| convert::key_value(req.key, &e, true));
         Ok(Response::new(pb::GetResponse { kv }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Reply<pb::PutResponse> {
-        let req = req.into_inner();
+        let (handle, req) = self.acting(req);
         let (client, key) = (convert::client(req.client), req.key.clone());
-        let done = self.handle.put(convert::put(req)?, client).await?;
+        let done = handle.put(convert::put(req)?, client).await?;
         let kv = done.meta.map(|m| convert::meta_kv(key, &m));
         Ok(Response::new(pb::PutResponse { applied: done.applied, kv, revision: done.revision }))
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
-        let req = req.into_inner();
+        let (handle, req) = self.acting(req);
         let client = convert::client(req.client);
-        let done = self.handle.delete(convert::delete(req)?, client).await?;
+        let done = handle.delete(convert::delete(req)?, client).await?;
         let outcome = match done.outcome {
             DeleteOutcome::Deleted => pb::DeleteOutcome::Deleted,
             DeleteOutcome::NotFound => pb::DeleteOutcome::NotFound,
@@ -45,18 +52,18 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
-        let req = req.into_inner();
+        let (handle, req) = self.acting(req);
         let ops = req.ops.into_iter().map(convert::txn_op).collect::<Result<Vec<_>, _>>()?;
-        let done = self.handle.txn(ops, convert::client(req.client)).await?;
+        let done = handle.txn(ops, convert::client(req.client)).await?;
         let failed_index = done.failed.unwrap_or(0);
         Ok(Response::new(pb::TxnResponse { succeeded: done.succeeded, failed_index, revision: done.revision }))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Reply<pb::ListResponse> {
-        let req = req.into_inner();
+        let (handle, req) = self.acting(req);
         let c = convert::consistency(req.consistency)?;
         let q = ListQuery { prefix: req.prefix, after: req.cursor, limit: req.limit as usize };
-        let page = self.handle.list(q, c).await?;
+        let page = handle.list(q, c).await?;
         let kvs = page.entries.into_iter().map(|(k, e)| convert::key_value(k, &e, !req.keys_only)).collect();
         let next_cursor = page.next_cursor.unwrap_or_default();
         Ok(Response::new(pb::ListResponse { kvs, next_cursor, revision: page.revision }))
@@ -65,9 +72,9 @@ impl Kv for KvService {
     type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
-        let req = req.into_inner();
+        let (handle, req) = self.acting(req);
         let from = (req.from_revision > 0).then_some(req.from_revision);
-        let mut events = self.handle.watch(req.prefix, from)?;
+        let mut events = handle.watch(req.prefix, from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             while let Some(item) = events.next().await {

@@ -6,7 +6,7 @@ pub mod convert;
 pub mod dapr;
 pub mod kv;
 
-use crate::auth::{Denied, Token, TOKEN_HEADER};
+use crate::auth::{Caller, CertName, Denied, Gate, TOKEN_HEADER};
 use crate::dapr::Dapr;
 use crate::error::Error;
 use crate::io::Incoming;
@@ -16,6 +16,7 @@ use kv::KvService;
 use statenode_proto::dapr::proto::runtime::v1::dapr_server::DaprServer;
 use statenode_proto::v1::cluster_server::ClusterServer;
 use statenode_proto::v1::kv_server::KvServer;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
@@ -24,10 +25,10 @@ use tonic::{Code, Status};
 pub const LEADER_HEADER: &str = statenode_proto::headers::LEADER;
 
 /// Serves the client gRPC services on `incoming` until `stop`.
-pub async fn serve(incoming: Incoming, dapr: Dapr, token: Token, stop: watch::Receiver<bool>) {
+pub async fn serve(incoming: Incoming, dapr: Dapr, gate: Arc<Gate>, stop: watch::Receiver<bool>) {
     let handle = dapr.handle().clone();
     let max = handle.limits().max_request_bytes + 64 * 1024;
-    let auth = token_check(token);
+    let auth = authenticate(gate);
     let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
     let metrics = crate::metrics::GrpcLayer(handle.metrics().clone());
     let cluster = ClusterServer::new(ClusterService { handle });
@@ -44,13 +45,26 @@ pub async fn serve(incoming: Incoming, dapr: Dapr, token: Token, stop: watch::Re
     }
 }
 
-/// Checks the `dapr-api-token` metadata when a token is configured (every client service).
-fn token_check(token: Token) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
-    move |req| match token.check(req.metadata().get(TOKEN_HEADER).map(|v| v.as_bytes())) {
-        Ok(()) => Ok(req),
-        Err(Denied::Missing) => Err(Status::unauthenticated("missing api token in request metadata")),
-        Err(Denied::Mismatch) => Err(Status::unauthenticated("authentication error: api token mismatch")),
+/// Every client service: checks the `dapr-api-token` metadata and the connection's client
+/// certificate, and leaves the request's `Caller` in its extensions (`caller`).
+fn authenticate(gate: Arc<Gate>) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |mut req| {
+        let token = req.metadata().get(TOKEN_HEADER).map(|v| v.as_bytes());
+        let cert = req.extensions().get::<Option<Arc<CertName>>>().and_then(|c| c.as_deref());
+        match gate.caller(token, cert) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            Err(Denied::Missing) => Err(Status::unauthenticated("missing api token in request metadata")),
+            Err(Denied::Mismatch) => Err(Status::unauthenticated("authentication error: api token mismatch")),
+        }
     }
+}
+
+/// Who a request acts for, as `authenticate` found (nobody, had it not run).
+fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Nobody)
 }
 
 /// The one Error → gRPC Status table.
@@ -63,7 +77,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::TooLarge(_) | Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Timeout(_) => Code::DeadlineExceeded,
-            Error::Unauthorized => Code::Unauthenticated,
+            Error::Forbidden(_) => Code::PermissionDenied,
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 return Status::internal("internal error");

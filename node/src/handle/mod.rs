@@ -8,6 +8,8 @@ mod write;
 pub use crate::api::*;
 pub use crate::watch::{EventStream, SessionNews, WatchItem};
 
+use crate::auth::rules::Access;
+use crate::auth::Caller;
 use crate::config::Limits;
 use crate::error::{Error, LeaderHint, Result};
 use crate::io::Clock;
@@ -22,9 +24,13 @@ use bytes::Bytes;
 use std::sync::Arc;
 use write::OwnRefs;
 
+/// A handle acts for one caller (`acting_for`): every key it reads or writes, every cluster
+/// operation, is checked against that caller's rules here, once for every door. A new handle
+/// acts for the node itself (`Caller::Root`).
 #[derive(Clone)]
 pub struct NodeHandle {
     inner: Arc<Inner>,
+    caller: Caller,
 }
 
 struct Inner {
@@ -60,7 +66,12 @@ impl NodeHandle {
         let (metrics, own_refs, expiring, mailbox) =
             (Arc::default(), OwnRefs::new(), Default::default(), Default::default());
         let inner = Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring, mailbox };
-        Self { inner: Arc::new(inner) }
+        Self { inner: Arc::new(inner), caller: Caller::Root }
+    }
+
+    /// This handle, acting for `caller`.
+    pub fn acting_for(&self, caller: Caller) -> Self {
+        Self { inner: self.inner.clone(), caller }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -101,6 +112,7 @@ impl NodeHandle {
         limits.check_bulk_read(keys.len())?;
         for k in keys {
             limits.check_key(k)?;
+            self.caller.check(k, Access::Read)?;
         }
         let got = if c == Consistency::Stale {
             self.local_read(keys, self.now_ms())
@@ -120,23 +132,34 @@ impl NodeHandle {
         self.get_many(&[], Consistency::Linearizable).await.map(drop)
     }
 
+    /// One page of keys under a prefix: only those the caller may read (the cursor still
+    /// moves on past the others).
     pub async fn list(&self, mut q: ListQuery, c: Consistency) -> Result<ListPage> {
         self.inner.limits.check_list(&mut q)?;
-        if c == Consistency::Stale {
-            return Ok(self.local_list(&q, self.now_ms()));
-        }
-        match self.route(PeerRequest::List(q)).await? {
-            PeerReply::List(p) => Ok(p),
-            other => Err(unexpected(other)),
-        }
+        self.caller.check_some_keys()?;
+        let mut page = if c == Consistency::Stale {
+            self.local_list(&q, self.now_ms())
+        } else {
+            match self.route(PeerRequest::List(q)).await? {
+                PeerReply::List(p) => p,
+                other => return Err(unexpected(other)),
+            }
+        };
+        page.entries.retain(|(k, _)| self.caller.may(k, Access::Read));
+        Ok(page)
     }
 
-    /// Every applied change under `prefix` on this node, from `from_revision` if given.
-    /// At most `max_watchers` at once on this node.
+    /// Every applied change under `prefix` on this node, from `from_revision` if given, to
+    /// the keys the caller may read. At most `max_watchers` at once on this node.
     pub fn watch(&self, prefix: Bytes, from_revision: Option<u64>) -> Result<EventStream> {
         let limits = &self.inner.limits;
         limits.check_request(prefix.len())?;
-        let stream = EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id());
+        self.caller.check_some_keys()?;
+        let mut stream = EventStream::new(self.inner.sm.hub().clone(), prefix, from_revision, self.id());
+        if !matches!(self.caller, Caller::Root) {
+            let caller = self.caller.clone();
+            stream.keep_only(move |key| caller.may(key, Access::Read));
+        }
         if self.inner.sm.hub().watchers() > limits.max_watchers {
             return Err(Error::Exhausted(format!("{} watches are open on this node", limits.max_watchers)));
         }
@@ -193,6 +216,7 @@ impl NodeHandle {
     /// call: the revision it is at, and the state machine's snapshot.
     /// Served from this node's own state once it applied the leader's read index.
     pub async fn backup(&self) -> Result<(u64, Vec<u8>)> {
+        self.caller.check_admin()?;
         let index = match self.route(PeerRequest::ReadIndex).await? {
             PeerReply::ReadIndex(i) => i,
             other => return Err(unexpected(other)),
@@ -210,6 +234,7 @@ impl NodeHandle {
 
     /// Adds node `id`, reachable at these peer and client addresses (admin join).
     pub async fn join(&self, id: NodeId, peer_addr: String, grpc_addr: String) -> Result<Vec<Member>> {
+        self.caller.check_admin()?;
         if id == 0 {
             return Err(Error::invalid("node id must be at least 1"));
         }
@@ -223,6 +248,7 @@ impl NodeHandle {
     }
 
     pub async fn leave(&self, id: NodeId) -> Result<Vec<Member>> {
+        self.caller.check_admin()?;
         match self.route(PeerRequest::Leave { id }).await? {
             PeerReply::Members(m) => Ok(m),
             other => Err(unexpected(other)),

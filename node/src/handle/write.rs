@@ -4,6 +4,7 @@
 
 use super::NodeHandle;
 use crate::api::{BatchDone, DeleteDone, PutDone, TxnDone};
+use crate::auth::rules::Access;
 use crate::error::{Error, Result};
 use crate::kv::{
     ClientRef, Command, CommandResult, Delete, DeleteOutcome, Op, OpResult, Outcome, Put, Rejection, SessionOp,
@@ -101,12 +102,33 @@ impl NodeHandle {
     /// Every write gets a `(client_id, seq)` — the caller's or one of this node's — so a
     /// retry after an unknown outcome is answered from the dedup table, never applied twice.
     async fn write(&self, op: Op, client: Option<ClientRef>) -> Result<CommandResult> {
+        self.check_caller(&op)?;
         let client = client.or_else(|| (!matches!(op, Op::Expire)).then(|| self.inner.own_refs.next()));
         // `now_ms` is stamped by the leader that proposes it (`route.rs`, `serve`).
         let cmd = Command { client, now_ms: 0, op };
         match self.route(PeerRequest::Write(cmd)).await? {
             PeerReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl NodeHandle {
+    /// Whether the caller may write every key `op` writes.
+    fn check_caller(&self, op: &Op) -> Result<()> {
+        let check = |k: &[u8]| self.caller.check(k, Access::Write);
+        match op {
+            Op::Put(p) => check(&p.key),
+            Op::Delete(d) => check(&d.key),
+            Op::Txn(ops) | Op::Batch(ops) => ops.iter().try_for_each(|o| match o {
+                TxnOp::Put(p) => check(&p.key),
+                TxnOp::Delete(d) => check(&d.key),
+            }),
+            // The node's own (the MQTT door's sessions, under its own rules; the reaper).
+            _ => match self.caller {
+                crate::auth::Caller::Root => Ok(()),
+                _ => Err(Error::Forbidden("only the node itself proposes this".into())),
+            },
         }
     }
 }

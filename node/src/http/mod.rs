@@ -5,7 +5,7 @@
 pub mod dapr;
 pub mod native;
 
-use crate::auth::{Token, TOKEN_HEADER};
+use crate::auth::{CertName, Gate, TOKEN_HEADER};
 use crate::dapr::Dapr;
 use crate::io::Incoming;
 use axum::body::Body;
@@ -18,10 +18,13 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// What every HTTP request handler shares.
+/// What every HTTP request handler shares: the API (acting for the request's caller once
+/// routed) and what turns credentials into callers.
 pub struct HttpState {
     pub dapr: Dapr,
-    pub token: Token,
+    pub gate: Arc<Gate>,
+    /// `/metrics` asks for a token too.
+    pub protect_metrics: bool,
 }
 
 impl HttpState {
@@ -46,9 +49,13 @@ pub async fn serve(mut incoming: Incoming, state: Arc<HttpState>, mut stop: watc
             continue;
         }
         let state = state.clone();
+        let cert = conn.cert_name();
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
+                if let Some(cert) = &cert {
+                    req.extensions_mut().insert(cert.clone());
+                }
                 async move { Ok::<_, std::convert::Infallible>(respond(&state, req.map(Body::new)).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -77,11 +84,23 @@ async fn route(state: &HttpState, req: Request<Body>) -> (&'static str, Response
     // path is still a key.
     let exempt = req.method() == Method::GET
         && !native::is_key_path(req.uri().path())
-        && matches!(path.as_str(), "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" | "/metrics");
-    let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
-    if !exempt && state.token.check(given).is_err() {
-        return ("unauthorized", text(StatusCode::UNAUTHORIZED, "invalid api token"));
-    }
+        && match path.as_str() {
+            "/v1.0/healthz" | "/v1.0/healthz/outbound" | "/livez" | "/readyz" => true,
+            "/metrics" => !state.protect_metrics,
+            _ => false,
+        };
+    let caller = if exempt {
+        // A probe reads no key: it acts for nobody in particular.
+        crate::auth::Caller::Nobody
+    } else {
+        let given = req.headers().get(TOKEN_HEADER).map(HeaderValue::as_bytes);
+        match state.gate.caller(given, req.extensions().get::<Arc<CertName>>().map(|c| &**c)) {
+            Ok(caller) => caller,
+            Err(_) => return ("unauthorized", text(StatusCode::UNAUTHORIZED, "invalid api token")),
+        }
+    };
+    let (gate, protect_metrics) = (state.gate.clone(), state.protect_metrics);
+    let state = &HttpState { dapr: state.dapr.acting_for(caller), gate, protect_metrics };
     if path.starts_with("/v1.0/") || path.starts_with("/v1.0-alpha1/") {
         dapr::route(state, &path, req).await
     } else {

@@ -77,7 +77,7 @@ impl IntoResponse for Error {
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::Exhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "exhausted"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_denied"),
             Error::Internal(d) => {
                 tracing::error!(detail = %d, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

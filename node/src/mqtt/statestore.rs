@@ -64,7 +64,7 @@ impl From<Error> for Reply {
             Error::TooLarge(_) | Error::Exhausted(_) => Reply::err("the quota has been exceeded"),
             Error::InvalidArgument(_) => Reply::err("syntax error"),
             Error::ConditionFailed(text) => Reply::err(&text),
-            Error::Unauthorized => Reply::err("not authorized"),
+            Error::Forbidden(_) => Reply::err("not authorized"),
             Error::NotFound(text) => Reply::err(&text),
             Error::Unavailable { reason, .. } => Reply::Status { code: 503, message: reason, props: vec![] },
             Error::Timeout(reason) => Reply::Status { code: 408, message: reason, props: vec![] },

@@ -1,7 +1,7 @@
 //! `Node::start`: opens storage, starts Raft, the servers and the background tasks;
 //! bootstraps or joins; shuts everything down gracefully.
 
-use crate::auth::Token;
+use crate::auth::{Gate, Token};
 use crate::config::Config;
 use crate::dapr::Dapr;
 use crate::handle::NodeHandle;
@@ -287,14 +287,15 @@ fn serve_clients(
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let dapr = Dapr::new(handle.clone(), config);
-    let mut tasks = vec![tokio::spawn(crate::grpc::serve(grpc, dapr.clone(), token.clone(), stop.clone()))];
+    let policy = Arc::new(crate::auth::rules::Policy::new(config.authorization.clone()));
+    let gate = Arc::new(Gate::new(token, policy.clone()));
+    let mut tasks = vec![tokio::spawn(crate::grpc::serve(grpc, dapr.clone(), gate.clone(), stop.clone()))];
     if let Some(http) = http {
-        let state = Arc::new(crate::http::HttpState { dapr, token });
+        let state = Arc::new(crate::http::HttpState { dapr, gate, protect_metrics: config.protect_metrics });
         tasks.push(tokio::spawn(crate::http::serve(http, state, stop.clone())));
     }
     if let Some(mqtt) = mqtt {
-        let policy = crate::auth::rules::Policy::new(config.authorization.clone());
-        let broker = crate::mqtt::Broker::new(handle.clone(), config.limits.clone(), policy);
+        let broker = crate::mqtt::Broker::new(handle.clone(), config.limits.clone(), (*policy).clone());
         tasks.push(tokio::spawn(crate::mqtt::serve(mqtt, broker, stop.clone())));
     }
     tasks
@@ -329,7 +330,7 @@ async fn serve_peer(incoming: Incoming, svc: PeerService, secret: Token, stop: w
         PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
     let check =
         move |req: tonic::Request<()>| match secret.check(req.metadata().get(SECRET_HEADER).map(|v| v.as_bytes())) {
-            Ok(()) => Ok(req),
+            Ok(_) => Ok(req),
             Err(_) => Err(tonic::Status::unauthenticated("wrong or missing cluster secret")),
         };
     let svc = tonic::service::interceptor::InterceptedService::new(svc, check);
