@@ -143,6 +143,9 @@ pub enum WatchItem {
     },
 }
 
+/// Which keys a stream delivers.
+type KeyFilter = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// A watch: the backlog first, then live events; filtered by prefix.
 pub struct EventStream {
     prefix: Bytes,
@@ -161,7 +164,7 @@ pub struct EventStream {
     /// must not see, again, events it already had from another node.
     min_revision: u64,
     /// Only events of keys this keeps are delivered (the caller's read rules).
-    keep: Option<Box<dyn Fn(&[u8]) -> bool + Send + Sync>>,
+    keep: Option<KeyFilter>,
 }
 
 impl EventStream {
