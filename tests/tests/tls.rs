@@ -234,6 +234,7 @@ stateStoreResources = [{ method = "ReadWrite", keys = ["alice/*"] }]
 
 [[authorization.rules]]
 principals = { usernames = ["reader"] }
+brokerResources = [{ method = "Connect" }]
 stateStoreResources = [{ method = "Read", keys = ["alice/*"] }]
 "#,
     )
@@ -274,4 +275,15 @@ stateStoreResources = [{ method = "Read", keys = ["alice/*"] }]
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
     let got = alice.get("alice/1", pb::Consistency::Linearizable).await.unwrap().expect("alice/1");
     assert_eq!(got.value, "mine".as_bytes(), "a refused write changed nothing");
+
+    // MQTT (paho): the certificate names the principal the rules let connect.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/mqtt_cert.py");
+    let mqtt_args = [c.nodes[2].mqtt.as_str(), ca.to_str().unwrap(), crt.to_str().unwrap(), key.to_str().unwrap()];
+    let out = Command::new("python3").arg(script).args(mqtt_args).output().expect("python3");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("all MQTT certificate checks passed"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

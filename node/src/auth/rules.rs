@@ -183,12 +183,15 @@ impl Policy {
         self.0.is_some()
     }
 
-    /// The principal of a CONNECT, its password checked when users are configured.
+    /// The principal of a CONNECT, its password checked when users are configured. A
+    /// verified client certificate's common name (`cert`) is the username of a CONNECT that
+    /// names none.
     pub fn authenticate(
         &self,
         client_id: &str,
         username: Option<&str>,
         password: Option<&[u8]>,
+        cert: Option<&str>,
     ) -> Result<Principal, Refusal> {
         let mut p = Principal { client_id: client_id.to_string(), username: None };
         let Some(a) = &self.0 else { return Ok(p) };
@@ -199,6 +202,8 @@ impl Policy {
                 return Err(Refusal::BadCredentials);
             }
             p.username = Some(name.to_string());
+        } else {
+            p.username = cert.map(str::to_string);
         }
         if !self.rules_for(&p).any(|r| r.broker_resources.iter().any(|b| b.method == BrokerMethod::Connect)) {
             return Err(Refusal::NotAuthorized);
@@ -363,7 +368,7 @@ mod tests {
     #[test]
     fn no_rules_allow_everything() {
         let p = Policy::default();
-        assert!(p.authenticate("anyone", Some("who"), None).is_ok());
+        assert!(p.authenticate("anyone", Some("who"), None, None).is_ok());
         assert!(p.can_key(&sensor(), b"x", Access::Write));
         assert!(p.can_publish(&sensor(), "a/b") && p.can_subscribe(&sensor(), "#"));
     }
@@ -371,12 +376,20 @@ mod tests {
     #[test]
     fn connect_needs_a_rule_and_the_right_password() {
         let p = policy();
-        assert_eq!(p.authenticate("sensor-9", None, None).unwrap().username, None);
-        assert_eq!(p.authenticate("intruder", None, None), Err(Refusal::NotAuthorized));
-        assert_eq!(p.authenticate("x", Some("alice"), Some(b"wrong")), Err(Refusal::BadCredentials));
-        assert_eq!(p.authenticate("x", Some("alice"), None), Err(Refusal::BadCredentials));
-        assert_eq!(p.authenticate("x", Some("mallory"), Some(b"s3cret")), Err(Refusal::BadCredentials));
-        assert_eq!(p.authenticate("x", Some("alice"), Some(b"s3cret")).unwrap().username.as_deref(), Some("alice"));
+        assert_eq!(p.authenticate("sensor-9", None, None, None).unwrap().username, None);
+        assert_eq!(p.authenticate("intruder", None, None, None), Err(Refusal::NotAuthorized));
+        assert_eq!(p.authenticate("x", Some("alice"), Some(b"wrong"), None), Err(Refusal::BadCredentials));
+        assert_eq!(p.authenticate("x", Some("alice"), None, None), Err(Refusal::BadCredentials));
+        assert_eq!(p.authenticate("x", Some("mallory"), Some(b"s3cret"), None), Err(Refusal::BadCredentials));
+        assert_eq!(
+            p.authenticate("x", Some("alice"), Some(b"s3cret"), None).unwrap().username.as_deref(),
+            Some("alice")
+        );
+        // A client certificate names the user when CONNECT does not; a password still must
+        // match when it does.
+        assert_eq!(p.authenticate("x", None, None, Some("alice")).unwrap().username.as_deref(), Some("alice"));
+        assert_eq!(p.authenticate("x", None, None, Some("bob")), Err(Refusal::NotAuthorized));
+        assert_eq!(p.authenticate("x", Some("alice"), Some(b"no"), Some("alice")), Err(Refusal::BadCredentials));
     }
 
     #[test]

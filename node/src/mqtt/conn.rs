@@ -4,6 +4,7 @@
 use super::codec::{self, ReadError};
 use super::{statestore, topic, Attached, Broker, Message, Refused, Signals, MAX_SESSION_EXPIRY};
 use crate::auth::rules::{Principal, Refusal};
+use crate::auth::CertName;
 use crate::io::Conn;
 use mqtt_proto::v5::{
     Connack, ConnackProperties, Connect, ConnectReasonCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Puback,
@@ -34,6 +35,7 @@ impl Drop for Counted {
 pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
     let count = broker.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let _counted = Counted(broker.inner.clone());
+    let cert = conn.cert_name();
     let (rd, mut wr) = tokio::io::split(conn);
     let max = broker.limits().mqtt_max_packet_bytes;
     let (mut inbox, _reading) = reader(rd, max);
@@ -54,7 +56,7 @@ pub async fn run(broker: Broker, conn: Conn, stop: watch::Receiver<bool>) {
     if count > broker.limits().mqtt_max_connections {
         return refuse(&mut wr, ConnectReasonCode::QuotaExceeded).await;
     }
-    let mut c = match Connection::open(broker, connect, &mut wr).await {
+    let mut c = match Connection::open(broker, connect, cert.as_deref(), &mut wr).await {
         Some(c) => c,
         None => return,
     };
@@ -147,13 +149,19 @@ struct Connection {
 }
 
 impl Connection {
-    /// Attaches the session and answers CONNACK; `None` when refused.
-    async fn open(broker: Broker, c: Connect, wr: &mut WriteHalf<Conn>) -> Option<Connection> {
+    /// Attaches the session and answers CONNACK; `None` when refused. `cert`: what the
+    /// client's verified certificate says it is.
+    async fn open(broker: Broker, c: Connect, cert: Option<&CertName>, wr: &mut WriteHalf<Conn>) -> Option<Connection> {
         let assigned = c.client_id.is_empty().then(|| -> Arc<str> {
             format!("statenode-{:016x}", rand::Rng::gen::<u64>(&mut rand::thread_rng())).into()
         });
         let client = assigned.clone().unwrap_or_else(|| c.client_id.clone());
-        let principal = match broker.policy().authenticate(&client, c.username.as_deref(), c.password.as_deref()) {
+        let cert = match cert {
+            Some(CertName::Client(name)) => Some(name.as_str()),
+            _ => None,
+        };
+        let principal = match broker.policy().authenticate(&client, c.username.as_deref(), c.password.as_deref(), cert)
+        {
             Ok(p) => Arc::new(p),
             Err(refusal) => {
                 let code = match refusal {
