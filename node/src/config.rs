@@ -155,6 +155,16 @@ pub struct Limits {
     pub max_http_connections: usize,
     /// Open client gRPC connections per node; more are closed at once.
     pub max_grpc_connections: usize,
+    /// Open connections to the peer port; more are closed at once (a member holds a few).
+    pub max_peer_connections: usize,
+    /// Longest a gRPC call (client or peer port) may take to answer; a stream's events are
+    /// not bounded by it, only its start.
+    #[serde(with = "millis")]
+    pub grpc_call_timeout: Duration,
+    /// Bytes of keys and values the watch history keeps for watchers that resume (besides
+    /// its 16,384 events); older events go first, and a watcher resuming before them
+    /// re-reads the state.
+    pub watch_history_bytes: usize,
     /// TLS handshakes in progress per port (`--certs-dir`); a connection beyond is closed at
     /// once.
     pub tls_max_handshakes: usize,
@@ -247,6 +257,9 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             max_http_connections: 4096,
             max_grpc_connections: 4096,
+            max_peer_connections: 256,
+            grpc_call_timeout: Duration::from_secs(60),
+            watch_history_bytes: 64 << 20,
             max_watchers: 4096,
             tls_max_handshakes: 1024,
             http_header_timeout: Duration::from_secs(30),
@@ -419,11 +432,14 @@ impl Limits {
             self.list_max_limit,
             self.max_http_connections,
             self.max_grpc_connections,
+            self.max_peer_connections,
+            self.watch_history_bytes,
             self.max_watchers,
             self.max_bulk_read_keys,
             self.tls_max_handshakes,
         ];
-        let zero_time = self.request_timeout.is_zero() || self.http_header_timeout.is_zero();
+        let zero_time =
+            self.request_timeout.is_zero() || self.http_header_timeout.is_zero() || self.grpc_call_timeout.is_zero();
         if positive.contains(&0) || self.list_default_limit > self.list_max_limit || zero_time {
             return Err(Error::invalid("limits must be positive and list_default_limit <= list_max_limit"));
         }

@@ -156,9 +156,11 @@ impl Io {
 
 /// A gRPC server builder (peer and client ports) that pings idle HTTP/2 connections and
 /// closes those whose peer stopped answering — a vanished peer would otherwise hold its
-/// connection, and a graceful stop, open until TCP gives up.
-pub fn grpc_server() -> tonic::transport::Server {
+/// connection, and a graceful stop, open until TCP gives up — and answers every call within
+/// `call_timeout` (DEADLINE_EXCEEDED else; a stream's start is bounded, not its events).
+pub fn grpc_server(call_timeout: Duration) -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .timeout(call_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Streams (calls, watches) one connection may hold open at once.

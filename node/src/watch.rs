@@ -32,12 +32,16 @@ pub struct EventHub {
     tx: broadcast::Sender<HubMsg>,
     sessions: broadcast::Sender<SessionNews>,
     capacity: usize,
+    /// Bytes of keys and values `History` keeps at most (always the newest event).
+    max_bytes: usize,
     /// Open `EventStream`s (watches, MQTT key notifications).
     watchers: std::sync::atomic::AtomicUsize,
 }
 
 struct History {
     events: VecDeque<Arc<Event>>,
+    /// Bytes of keys and values in `events`.
+    bytes: usize,
     /// Every event with revision >= this one is in `events` (or not yet applied).
     complete_from: u64,
 }
@@ -71,9 +75,14 @@ impl EventHub {
     /// (and resumes from the `capacity` events of history).
     pub fn with_live_capacity(capacity: usize, live: usize, next_revision: u64) -> Self {
         let (tx, _) = broadcast::channel(live.max(1));
-        let inner = Mutex::new(History { events: VecDeque::new(), complete_from: next_revision });
+        let inner = Mutex::new(History { events: VecDeque::new(), bytes: 0, complete_from: next_revision });
         let (sessions, _) = broadcast::channel(1024);
-        Self { inner, tx, sessions, capacity, watchers: Default::default() }
+        Self { inner, tx, sessions, capacity, max_bytes: usize::MAX, watchers: Default::default() }
+    }
+
+    /// This hub, its history also bounded by `max_bytes` of keys and values.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
     }
 
     /// Tells the broker which sessions changed (nobody listening is fine).
@@ -95,11 +104,12 @@ impl EventHub {
         let mut h = self.inner.lock().expect("poisoned");
         for e in events {
             let e = Arc::new(e);
+            h.bytes += size(&e);
             h.events.push_back(e.clone());
-            if h.events.len() > self.capacity {
-                if let Some(old) = h.events.pop_front() {
-                    h.complete_from = h.complete_from.max(old.revision + 1);
-                }
+            while h.events.len() > self.capacity || (h.bytes > self.max_bytes && h.events.len() > 1) {
+                let Some(old) = h.events.pop_front() else { break };
+                h.bytes -= size(&old);
+                h.complete_from = h.complete_from.max(old.revision + 1);
             }
             // No receivers is fine: nobody is watching.
             let _ = self.tx.send(HubMsg::Event(e));
@@ -110,6 +120,7 @@ impl EventHub {
     pub fn reset(&self, next_revision: u64) {
         let mut h = self.inner.lock().expect("poisoned");
         h.events.clear();
+        h.bytes = 0;
         h.complete_from = next_revision;
         // Live watchers must hear about the jump too: never a silent gap.
         let _ = self.tx.send(HubMsg::Reset { next: next_revision });
@@ -131,6 +142,11 @@ impl EventHub {
         };
         (start, rx)
     }
+}
+
+/// What an event holds on to, as the history counts it.
+fn size(e: &Event) -> usize {
+    e.key.len() + e.value.len()
 }
 
 /// One item of a watch stream.
@@ -306,6 +322,21 @@ mod tests {
         let (Start::Resync { next, events }, _) = hub.subscribe(Some(2)) else { panic!("expected a resync") };
         assert_eq!(next, 5);
         assert_eq!(revisions(&events), (5..=20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_too() {
+        // Ten events of 1 KiB values under a 3.5 KiB bound: the newest three stay.
+        let hub = EventHub::new(1000, 1).with_max_bytes(3584);
+        let big = |r: u64| Event { value: vec![b'v'; 1024].into(), ..ev(r) };
+        hub.publish((1..=10).map(big).collect());
+        let (Start::Resync { next, events }, _) = hub.subscribe(Some(1)) else { panic!("expected a resync") };
+        assert_eq!((next, revisions(&events)), (8, vec![8, 9, 10]));
+        // One event larger than the bound is still kept: a watcher can always resume at it.
+        hub.publish(vec![Event { value: vec![b'v'; 8192].into(), ..ev(11) }]);
+        let (Start::Resync { next, events }, _) = hub.subscribe(Some(10)) else { panic!("expected a resync") };
+        assert_eq!((next, revisions(&events)), (11, vec![11]));
+        assert_eq!(hub.inner.lock().unwrap().bytes, 8192 + 3);
     }
 
     /// A watcher that falls behind in the middle of a multi-key revision gets the rest of

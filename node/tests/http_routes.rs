@@ -777,7 +777,20 @@ async fn watches_and_grpc_connections_are_bounded() {
     let mut c = config();
     c.limits.max_watchers = 2;
     c.limits.max_grpc_connections = 2;
+    c.limits.max_peer_connections = 2;
     let f = Fixture::start(c).await;
+
+    // Peer-port connections: two silent ones held open, a third closed at once.
+    let held = [
+        tokio::net::TcpStream::connect(&f.peer).await.unwrap(),
+        tokio::net::TcpStream::connect(&f.peer).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(&f.peer).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut third, &mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a third peer connection was kept: {read:?}");
+    drop(held);
+
     let h = f.node.handle();
     let first = h.watch("a".into(), None).expect("first watch");
     let _second = h.watch("b".into(), None).expect("second watch");

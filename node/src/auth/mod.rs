@@ -3,7 +3,7 @@
 //! what a named caller may do (`Caller`).
 
 pub mod rules;
-mod token_file;
+pub mod token_file;
 
 pub use statenode_proto::headers::API_TOKEN as TOKEN_HEADER;
 pub use token_file::TokenFile;

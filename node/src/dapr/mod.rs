@@ -407,7 +407,7 @@ fn etag(e: &Option<String>) -> Option<u64> {
 }
 
 /// `ttlInSeconds`: -1 (or 0, or absent) = no TTL; otherwise whole seconds.
-fn ttl(metadata: &BTreeMap<String, String>, max_ms: u64) -> Result<Option<u64>, Error> {
+pub fn ttl(metadata: &BTreeMap<String, String>, max_ms: u64) -> Result<Option<u64>, Error> {
     let Some(v) = metadata.get(TTL_KEY) else {
         return Ok(None);
     };

@@ -28,12 +28,13 @@ pub const LEADER_HEADER: &str = statenode_proto::headers::LEADER;
 pub async fn serve(incoming: Incoming, dapr: Dapr, gate: Arc<Gate>, stop: watch::Receiver<bool>) {
     let handle = dapr.handle().clone();
     let max = handle.limits().max_request_bytes + 64 * 1024;
+    let call_timeout = handle.limits().grpc_call_timeout;
     let auth = authenticate(gate);
     let kv = KvServer::new(KvService { handle: handle.clone() }).max_decoding_message_size(max);
     let metrics = crate::metrics::GrpcLayer(handle.metrics().clone());
     let cluster = ClusterServer::new(ClusterService { handle });
     let dapr = DaprServer::new(DaprService { dapr }).max_decoding_message_size(max).max_encoding_message_size(max);
-    let r = crate::io::grpc_server()
+    let r = crate::io::grpc_server(call_timeout)
         .layer(metrics)
         .add_service(InterceptedService::new(kv, auth.clone()))
         .add_service(InterceptedService::new(cluster, auth.clone()))

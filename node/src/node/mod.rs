@@ -86,6 +86,7 @@ fn is_loopback(addr: &str) -> bool {
 /// with it), and the start-up warnings about what is left open.
 fn guard(config: &Config, mut listeners: Listeners, io: Io) -> anyhow::Result<(Listeners, Io)> {
     listeners.grpc = crate::io::limit(listeners.grpc, config.limits.max_grpc_connections, "grpc");
+    listeners.peer = crate::io::limit(listeners.peer, config.limits.max_peer_connections, "peer");
     let Some(dir) = &config.certs_dir else {
         tracing::warn!("no --certs-dir: every port speaks plaintext (see docs/security.md)");
         if config.cluster_secret.is_none() && !is_loopback(&config.peer_listen) {
@@ -149,7 +150,8 @@ impl Node {
         let (stop, stop_rx) = watch::channel(false);
         // Peers may ask this node about the cluster while it decides how to enter it.
         let secret = Token::new(boot.config.cluster_secret.clone());
-        let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), secret, stop_rx.clone()));
+        let call_timeout = boot.config.limits.grpc_call_timeout;
+        let peer = tokio::spawn(serve_peer(listeners.peer, boot.peer_service(), secret, call_timeout, stop_rx.clone()));
         let doors = Doors { grpc: listeners.grpc, http: listeners.http, mqtt: listeners.mqtt, token };
         match boot.run(role, doors, stop_rx).await {
             Ok(Up { handle, consensus, mut tasks, log }) => {
@@ -255,7 +257,7 @@ impl Boot {
     /// Starts Raft as node `id` over this node's stores, and the handle over it; the peer
     /// service serves Raft from then on.
     async fn start_raft(&self, id: NodeId) -> anyhow::Result<(NodeHandle, Arc<Consensus>)> {
-        let hub = Arc::new(EventHub::new(DEFAULT_HISTORY, 1));
+        let hub = Arc::new(EventHub::new(DEFAULT_HISTORY, 1).with_max_bytes(self.config.limits.watch_history_bytes));
         let sm = match &self.sm_disk {
             Some(d) => SmStore::disk(d.clone(), hub)?,
             None => SmStore::memory(hub),
@@ -325,7 +327,13 @@ fn background(
 
 /// Serves the peer port; with a cluster secret, an RPC without it is refused before it is
 /// read (compared in constant time).
-async fn serve_peer(incoming: Incoming, svc: PeerService, secret: Token, stop: watch::Receiver<bool>) {
+async fn serve_peer(
+    incoming: Incoming,
+    svc: PeerService,
+    secret: Token,
+    call_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
     let svc =
         PeerServer::new(svc).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE);
     let check =
@@ -334,7 +342,7 @@ async fn serve_peer(incoming: Incoming, svc: PeerService, secret: Token, stop: w
             Err(_) => Err(tonic::Status::unauthenticated("wrong or missing cluster secret")),
         };
     let svc = tonic::service::interceptor::InterceptedService::new(svc, check);
-    let r = crate::io::grpc_server()
+    let r = crate::io::grpc_server(call_timeout)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, crate::io::stopped(stop))
         .await;
