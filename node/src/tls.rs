@@ -18,12 +18,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName as Subject, ServerConfig, SignatureScheme};
+use statenode_client::reload::{self, Reloaded};
 use statenode_client::tls::{self as ctls, Reloading, CA_CERT, CA_KEY, NODE_CERT, NODE_KEY};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,9 +46,14 @@ pub struct NodeTls {
 impl NodeTls {
     /// Loads `dir`: `ca.crt`, `node.crt`, `node.key`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let roots = Arc::new(ctls::roots(dir)?);
+        Self::load_with(dir, reload::RECHECK)
+    }
+
+    /// `load`, looking at `ca.crt` again no more than once per `recheck`.
+    fn load_with(dir: &Path, recheck: Duration) -> anyhow::Result<Self> {
+        let trust = Trust::load(dir, recheck)?;
         let node = Reloading::load(dir.join(NODE_CERT), dir.join(NODE_KEY))?;
-        let server = |verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>, alpn: &[&[u8]]| {
+        let server = |verifier: Arc<dyn ClientCertVerifier>, alpn: &[&[u8]]| {
             let mut c = ServerConfig::builder_with_provider(ctls::provider())
                 .with_safe_default_protocol_versions()?
                 .with_client_cert_verifier(verifier)
@@ -55,18 +61,21 @@ impl NodeTls {
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             anyhow::Ok(TlsAcceptor::from(Arc::new(c)))
         };
-        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), ctls::provider()).build()?;
-        let node_name = WebPkiServerVerifier::builder_with_provider(roots.clone(), ctls::provider()).build()?;
-        let required = Arc::new(NodesOnly { client, node_name });
-        let optional =
-            WebPkiClientVerifier::builder_with_provider(roots, ctls::provider()).allow_unauthenticated().build()?;
+        let peers = Arc::new(ByCa { trust: trust.clone(), nodes_only: true });
+        let clients = Arc::new(ByCa { trust: trust.clone(), nodes_only: false });
+        let mut dial = ClientConfig::builder_with_provider(ctls::provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ByCa { trust, nodes_only: true }))
+            .with_client_cert_resolver(node.clone());
+        dial.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
-            peer: server(required, &[b"h2"])?,
-            grpc: server(optional.clone(), &[b"h2"])?,
-            http: server(optional.clone(), &[b"http/1.1"])?,
+            peer: server(peers, &[b"h2"])?,
+            grpc: server(clients.clone(), &[b"h2"])?,
+            http: server(clients.clone(), &[b"http/1.1"])?,
             // MQTT clients rarely offer ALPN (and name it variously): none is asked.
-            mqtt: server(optional, &[])?,
-            dial: ctls::client_config(dir, Some((dir.join(NODE_CERT), dir.join(NODE_KEY))))?,
+            mqtt: server(clients, &[])?,
+            dial: Arc::new(dial),
         })
     }
 }
@@ -74,17 +83,67 @@ impl NodeTls {
 /// A name every node certificate holds besides its own hosts: what a peer must prove.
 pub const NODE_NAME: &str = "node.statenode";
 
-/// The peer port's check: a certificate of the cluster CA (as any client's) that is also a
-/// server certificate for `NODE_NAME` — a node's, never a client certificate of the same CA.
+/// The cluster CA as verifiers, built again when `ca.crt` changes, so a CA rotates without a
+/// restart: put the new CA beside the old in `ca.crt`, move every certificate to the new one,
+/// then drop the old (docs/security.md).
 #[derive(Debug)]
-struct NodesOnly {
-    client: Arc<dyn ClientCertVerifier>,
-    node_name: Arc<WebPkiServerVerifier>,
+struct Trust {
+    verifiers: Reloaded<Arc<Verifiers>>,
+    /// The CA names a server asks client certificates of (as first loaded: a new CA made by
+    /// `statenode certs` has the same name).
+    hints: Vec<Subject>,
 }
 
-impl ClientCertVerifier for NodesOnly {
+#[derive(Debug)]
+struct Verifiers {
+    /// A certificate of the CA, as a client's.
+    client: Arc<dyn ClientCertVerifier>,
+    /// A certificate of the CA, as a server's for the name dialed.
+    server: Arc<WebPkiServerVerifier>,
+}
+
+impl Trust {
+    fn load(dir: &Path, recheck: Duration) -> std::io::Result<Arc<Self>> {
+        let owned = dir.to_path_buf();
+        let load = move || {
+            let roots = Arc::new(ctls::roots(&owned)?);
+            let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), ctls::provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(std::io::Error::other)?;
+            let server = WebPkiServerVerifier::builder_with_provider(roots, ctls::provider())
+                .build()
+                .map_err(std::io::Error::other)?;
+            Ok(Arc::new(Verifiers { client, server }))
+        };
+        let verifiers = Reloaded::new("CA certificate", vec![dir.join(CA_CERT)], recheck, load)?;
+        let hints = verifiers.current().client.root_hint_subjects().to_vec();
+        Ok(Arc::new(Self { verifiers, hints }))
+    }
+
+    fn now(&self) -> Arc<Verifiers> {
+        self.verifiers.current()
+    }
+}
+
+/// Checks a certificate against the cluster CA as it is now. As a client verifier: on the
+/// client ports a client certificate is optional; with `nodes_only` (the peer port) it is
+/// required and must also be a server certificate for `NODE_NAME` — a node's, never a client
+/// certificate of the same CA. As a server verifier: what a node dials (a node's certificate
+/// for the address dialed).
+#[derive(Debug)]
+struct ByCa {
+    trust: Arc<Trust>,
+    nodes_only: bool,
+}
+
+impl ClientCertVerifier for ByCa {
+    fn client_auth_mandatory(&self) -> bool {
+        self.nodes_only
+    }
+
     fn root_hint_subjects(&self) -> &[Subject] {
-        self.client.root_hint_subjects()
+        &self.trust.hints
     }
 
     fn verify_client_cert(
@@ -93,9 +152,12 @@ impl ClientCertVerifier for NodesOnly {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.client.verify_client_cert(leaf, intermediates, now)?;
-        let name = ServerName::try_from(NODE_NAME).expect("a DNS name");
-        self.node_name.verify_server_cert(leaf, intermediates, &name, &[], now)?;
+        let v = self.trust.now();
+        v.client.verify_client_cert(leaf, intermediates, now)?;
+        if self.nodes_only {
+            let name = ServerName::try_from(NODE_NAME).expect("a DNS name");
+            v.server.verify_server_cert(leaf, intermediates, &name, &[], now)?;
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -105,7 +167,7 @@ impl ClientCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.client.verify_tls12_signature(message, cert, dss)
+        ClientCertVerifier::verify_tls12_signature(&*self.trust.now().client, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -114,11 +176,46 @@ impl ClientCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.client.verify_tls13_signature(message, cert, dss)
+        ClientCertVerifier::verify_tls13_signature(&*self.trust.now().client, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.client.supported_verify_schemes()
+        ClientCertVerifier::supported_verify_schemes(&*self.trust.now().client)
+    }
+}
+
+impl ServerCertVerifier for ByCa {
+    fn verify_server_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.trust.now().server.verify_server_cert(leaf, intermediates, name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(&*self.trust.now().server, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(&*self.trust.now().server, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(&*self.trust.now().server)
     }
 }
 
@@ -379,10 +476,7 @@ mod tests {
         create_ca(dir.path(), false).unwrap();
         create_node(dir.path(), &["127.0.0.1".into()], false).unwrap();
         create_client(dir.path(), "alice", false).unwrap();
-        let roots = Arc::new(ctls::roots(dir.path()).unwrap());
-        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), ctls::provider()).build().unwrap();
-        let node_name = WebPkiServerVerifier::builder_with_provider(roots, ctls::provider()).build().unwrap();
-        let peers = NodesOnly { client, node_name };
+        let peers = ByCa { trust: Trust::load(dir.path(), reload::RECHECK).unwrap(), nodes_only: true };
         let now = UnixTime::now();
         let node = ctls::read_certs(&dir.path().join(NODE_CERT)).unwrap();
         peers.verify_client_cert(&node[0], &[], now).expect("a node's certificate");
@@ -437,5 +531,48 @@ mod tests {
         assert_eq!(common_name(&[0x31, 0x80]), None);
         let long = [0x31, 0x81, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x13, 0x03, b'e', b'v', b'e'];
         assert_eq!(common_name(&long).as_deref(), Some("eve"));
+    }
+
+    #[test]
+    fn a_new_ca_beside_the_old_is_trusted_without_a_restart() {
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (dir, client) in [(old.path(), "alice"), (new.path(), "bob")] {
+            create_ca(dir, false).unwrap();
+            create_node(dir, &["127.0.0.1".into()], false).unwrap();
+            create_client(dir, client, false).unwrap();
+        }
+        let trust = Trust::load(old.path(), Duration::ZERO).unwrap();
+        let (clients, peers) = (ByCa { trust: trust.clone(), nodes_only: false }, ByCa { trust, nodes_only: true });
+        let cert = |dir: &Path, file: PathBuf| ctls::read_certs(&dir.join(file)).unwrap().remove(0);
+        let alice = cert(old.path(), ctls::client_files(old.path(), "alice").0);
+        let bob = cert(new.path(), ctls::client_files(new.path(), "bob").0);
+        let new_node = cert(new.path(), NODE_CERT.into());
+        let now = UnixTime::now();
+        let ok = |v: &ByCa, c: &CertificateDer<'static>| v.verify_client_cert(c, &[], now).is_ok();
+        assert!(ok(&clients, &alice) && !ok(&clients, &bob) && !ok(&peers, &new_node));
+        // Both CAs in ca.crt: both trusted, at the next handshake.
+        let pem = |dir: &Path| std::fs::read_to_string(dir.join(CA_CERT)).unwrap();
+        let both = format!("{}{}", pem(new.path()), pem(old.path()));
+        std::fs::write(old.path().join(CA_CERT), both).unwrap();
+        bump_mtime(&old.path().join(CA_CERT));
+        assert!(ok(&clients, &alice) && ok(&clients, &bob) && ok(&peers, &new_node));
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        assert!(peers.verify_server_cert(&new_node, &[], &name, &[], now).is_ok(), "dialing a moved node");
+        // The old CA dropped: its certificates no longer.
+        std::fs::copy(new.path().join(CA_CERT), old.path().join(CA_CERT)).unwrap();
+        bump_mtime(&old.path().join(CA_CERT));
+        assert!(!ok(&clients, &alice) && ok(&clients, &bob));
+        // A ca.crt that does not parse keeps the CAs before it.
+        std::fs::write(old.path().join(CA_CERT), "garbage").unwrap();
+        bump_mtime(&old.path().join(CA_CERT));
+        assert!(ok(&clients, &bob));
+    }
+
+    /// A modification time no file system rounds away, later at each call.
+    fn bump_mtime(path: &Path) {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(10 * n)).unwrap();
     }
 }

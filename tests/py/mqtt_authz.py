@@ -1,8 +1,11 @@
 """Per-key and per-topic authorization (the AIO broker's model) through paho-mqtt, against a
-node started with tests/py/authz.toml. Usage: mqtt_authz.py MQTT_HOST:PORT HTTP_HOST:PORT
+node started with tests/py/authz.toml and an API token (the operator's: the rules bound the
+HTTP door too, and a request naming nobody may touch no key).
+Usage: mqtt_authz.py MQTT_HOST:PORT HTTP_HOST:PORT API_TOKEN
 
 Each check prints a line; the first failure raises (exit code 1)."""
 
+import sys
 import urllib.request
 
 from paho.mqtt.packettypes import PacketTypes
@@ -33,7 +36,8 @@ def main():
     check("another principal's keys", r.request(resp("GET", "own/reader-2/k"))[0], b"-ERR not authorized\r\n")
     check("observe allowed keys", r.request(resp("KEYNOTIFY", "shared/a"))[0], b"+OK\r\n")
     check("observe denied keys", r.request(resp("KEYNOTIFY", "secret"))[0], b"-ERR not authorized\r\n")
-    req = urllib.request.Request("http://%s/v1/kv/shared/a" % HTTP, data=b"from-http", method="PUT")
+    req = urllib.request.Request("http://%s/v1/kv/shared/a" % HTTP, data=b"from-http", method="PUT",
+                                 headers={"dapr-api-token": sys.argv[3]})
     urllib.request.urlopen(req, timeout=TIMEOUT).read()
     check("notified of an allowed key", r.notification(b"shared/a", "notification"),
           resp("NOTIFY", "SET", "VALUE", "from-http"))

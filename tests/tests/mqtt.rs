@@ -40,8 +40,11 @@ async fn paho_speaks_the_state_store_protocol_through_a_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_meets_the_authorization_rules() {
     let rules = py().join("authz.toml");
-    let c = TestCluster::start_with_args(1, true, &["--config", rules.to_str().expect("utf-8 path")]).await;
+    let token = "operator-token-0123456789".to_string();
+    let args = ["--config", rules.to_str().expect("utf-8 path"), "--api-token", &token];
+    let c = TestCluster::start_with_args(1, true, &args).await;
     c.wait_leader(None, Duration::from_secs(20)).await;
     let node = &c.nodes[0];
-    run_script("mqtt_authz.py", &[&node.mqtt, &node.http], "all MQTT authorization checks passed", node);
+    let script_args = [&node.mqtt, &node.http, &token];
+    run_script("mqtt_authz.py", &script_args, "all MQTT authorization checks passed", node);
 }

@@ -187,12 +187,14 @@ async fn served_cert(addr: &str, certs: &Path) -> Vec<u8> {
 }
 
 /// `create-node --overwrite` while the cluster runs: new handshakes get the new certificate
-/// (no restart), and the cluster keeps working with it.
+/// (no restart), and the cluster keeps working with it. Then the CA rotates the same way
+/// (docs/security.md): both CAs in `ca.crt`, certificates from the new one, the old CA
+/// dropped — a client of the old CA is refused, a restarted node rejoins under the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_node_certificate_is_served_without_a_restart() {
+async fn certificates_and_the_ca_rotate_without_a_restart() {
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let (c, certs) = tls_cluster(dir.path()).await;
+    let (mut c, certs) = tls_cluster(dir.path()).await;
     let http = c.nodes[0].http.clone();
     let before = served_cert(&http, &certs).await;
     assert_eq!(before, ctls::read_certs(&certs.join(NODE_CERT)).unwrap()[0].to_vec());
@@ -210,6 +212,69 @@ async fn a_replaced_node_certificate_is_served_without_a_restart() {
     // The cluster keeps working (a write needs a quorum of peers).
     let client = c.client();
     client.put_simple("after-rotation", "v").await.expect("the cluster works after the rotation");
+
+    // A new CA: beside the old one first, then every certificate from it.
+    let new_ca = dir.path().join("new-ca");
+    run(Command::new(bin("statenode")).args(["certs", "create-ca", "--certs-dir"]).arg(&new_ca));
+    let old_only = dir.path().join("old-ca");
+    std::fs::create_dir(&old_only).unwrap();
+    for f in [ctls::CA_CERT, "client.alice.crt", "client.alice.key"] {
+        std::fs::copy(certs.join(f), old_only.join(f)).unwrap();
+    }
+    let pem = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    let both = pem(new_ca.join(ctls::CA_CERT)) + &pem(certs.join(ctls::CA_CERT));
+    std::fs::write(certs.join(ctls::CA_CERT), both).unwrap();
+    std::fs::copy(new_ca.join(ctls::CA_KEY), certs.join(ctls::CA_KEY)).unwrap();
+    let certs_arg = certs.to_str().unwrap();
+    run(Command::new(bin("statenode")).args([
+        "certs",
+        "create-node",
+        "--overwrite",
+        "--certs-dir",
+        certs_arg,
+        "localhost",
+        "127.0.0.1",
+    ]));
+    run(Command::new(bin("statenode")).args([
+        "certs",
+        "create-client",
+        "alice",
+        "--overwrite",
+        "--certs-dir",
+        certs_arg,
+    ]));
+    let new_node = ctls::read_certs(&certs.join(NODE_CERT)).unwrap()[0].to_vec();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_cert(&http, &certs).await != new_node {
+        assert!(std::time::Instant::now() < deadline, "the new CA's certificate was never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The old CA dropped.
+    std::fs::copy(new_ca.join(ctls::CA_CERT), certs.join(ctls::CA_CERT)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let new_client = |endpoints: &[String]| {
+        let dialer = statenode_client::dialer(Some(&new_ca), None).unwrap();
+        let opts = Options { deadline: Duration::from_secs(20), ..Options::default() };
+        statenode_client::Client::with_dialer(endpoints, opts, dialer).unwrap()
+    };
+    new_client(&c.endpoints()).put_simple("new-ca", "v").await.expect("a client of the new CA");
+    let old = |args: &[&str]| {
+        let (crt, key) = ctls::client_files(&old_only, "alice");
+        let ca = old_only.join(ctls::CA_CERT);
+        let base = ["--cacert", ca.to_str().unwrap(), "--cert", crt.to_str().unwrap(), "--key", key.to_str().unwrap()];
+        curl(&[&base[..], args].concat())
+    };
+    assert!(!old(&[&format!("https://{http}/livez")]).status.success(), "a client of the old CA got in");
+    let (crt, key) = ctls::client_files(&certs, "alice");
+    let ca = certs.join(ctls::CA_CERT);
+    let new_alice = ["--cacert", ca.to_str().unwrap(), "--cert", crt.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let out = curl(&[&new_alice[..], &[&format!("https://{http}/v1/kv/new-ca")]].concat());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v", "{out:?}");
+    // A node restarted now dials and is dialed under the new CA only.
+    c.node(3).restart();
+    let three = vec![c.nodes[2].grpc.clone()];
+    let got = new_client(&three).get("new-ca", pb::Consistency::Linearizable).await.expect("node 3 back");
+    assert_eq!(got.expect("new-ca").value, "v".as_bytes());
 }
 
 /// Client certificates name principals under the rules (issue 13): `alice` reads and writes
