@@ -168,6 +168,9 @@ pub struct Limits {
     /// TLS handshakes in progress per port (`--certs-dir`); a connection beyond is closed at
     /// once.
     pub tls_max_handshakes: usize,
+    /// Dapr queries running at once per node (each reads its whole store); more are refused
+    /// (429 / RESOURCE_EXHAUSTED).
+    pub max_queries: usize,
     /// Open watches per node (HTTP, gRPC, MQTT key notifications); more are refused
     /// (429 / RESOURCE_EXHAUSTED) until one ends.
     pub max_watchers: usize,
@@ -258,6 +261,7 @@ impl Default for Limits {
             max_http_connections: 4096,
             max_grpc_connections: 4096,
             max_peer_connections: 256,
+            max_queries: 8,
             grpc_call_timeout: Duration::from_secs(60),
             watch_history_bytes: 64 << 20,
             max_watchers: 4096,
@@ -433,6 +437,7 @@ impl Limits {
             self.max_http_connections,
             self.max_grpc_connections,
             self.max_peer_connections,
+            self.max_queries,
             self.watch_history_bytes,
             self.max_watchers,
             self.max_bulk_read_keys,

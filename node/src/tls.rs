@@ -92,6 +92,8 @@ struct Trust {
     /// The CA names a server asks client certificates of (as first loaded: a new CA made by
     /// `statenode certs` has the same name).
     hints: Vec<Subject>,
+    /// How handshake signatures are checked (the crypto provider's, whatever the CA).
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
 
 #[derive(Debug)]
@@ -118,7 +120,8 @@ impl Trust {
         };
         let verifiers = Reloaded::new("CA certificate", vec![dir.join(CA_CERT)], recheck, load)?;
         let hints = verifiers.current().client.root_hint_subjects().to_vec();
-        Ok(Arc::new(Self { verifiers, hints }))
+        let algorithms = ctls::provider().signature_verification_algorithms;
+        Ok(Arc::new(Self { verifiers, hints, algorithms }))
     }
 
     fn now(&self) -> Arc<Verifiers> {
@@ -167,7 +170,7 @@ impl ClientCertVerifier for ByCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls12_signature(&*self.trust.now().client, message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -176,11 +179,11 @@ impl ClientCertVerifier for ByCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls13_signature(&*self.trust.now().client, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ClientCertVerifier::supported_verify_schemes(&*self.trust.now().client)
+        self.trust.algorithms.supported_schemes()
     }
 }
 
@@ -202,7 +205,7 @@ impl ServerCertVerifier for ByCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls12_signature(&*self.trust.now().server, message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -211,11 +214,11 @@ impl ServerCertVerifier for ByCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls13_signature(&*self.trust.now().server, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ServerCertVerifier::supported_verify_schemes(&*self.trust.now().server)
+        self.trust.algorithms.supported_schemes()
     }
 }
 

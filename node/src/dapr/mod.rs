@@ -113,6 +113,8 @@ pub struct Dapr {
     app_id: Option<Arc<str>>,
     /// Set with `PUT /v1.0/metadata/{key}` or `SetMetadata`; reported in `extended`.
     extended: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Queries running now (each reads its whole store): at most `max_queries`.
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 /// Most `extended` metadata entries kept.
@@ -125,13 +127,15 @@ pub struct Scope<'a> {
     store: &'a Store,
     /// `<prefix>||` for this request, or empty.
     key_prefix: String,
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 impl Dapr {
     pub fn new(handle: NodeHandle, config: &Config) -> Self {
         let stores = config.stores.iter().enumerate().map(|(i, s)| store(i, s)).collect();
         let app_id = config.app_id.as_deref().map(Arc::from);
-        Self { handle, stores, app_id, extended: Arc::default() }
+        let queries = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queries));
+        Self { handle, stores, app_id, extended: Arc::default(), queries }
     }
 
     /// This API, acting for `caller` (`NodeHandle::acting_for`).
@@ -187,7 +191,7 @@ impl Dapr {
             return Err(DaprError::illegal_key(name, &prefix));
         }
         let key_prefix = if prefix.is_empty() { prefix } else { format!("{prefix}||") };
-        Ok(Scope { handle: self.handle.clone(), store, key_prefix })
+        Ok(Scope { handle: self.handle.clone(), store, key_prefix, queries: self.queries.clone() })
     }
 }
 
@@ -378,7 +382,20 @@ impl Scope<'_> {
     }
 
     /// Every live key of this scope, in key order (for query).
-    pub async fn all(&self, c: Consistency) -> Result<Vec<Got>, DaprError> {
+    /// Runs `q` over the store: at most `max_queries` at once on this node (each holds the
+    /// store's values it reads), a page within `max_response_bytes`.
+    pub async fn query(&self, q: &query::Query, c: Consistency) -> Result<query::Page, DaprError> {
+        let name = &self.store.name;
+        let limits = self.handle().limits();
+        let Ok(_running) = self.queries.try_acquire() else {
+            let busy = Error::Exhausted(format!("{} queries are running on this node", limits.max_queries));
+            return Err(DaprError::store(StateOp::Query, name, "", &busy));
+        };
+        let items = self.all(c).await?;
+        q.run(items, limits.max_response_bytes).map_err(|e| DaprError::store(StateOp::Query, name, "", &e))
+    }
+
+    async fn all(&self, c: Consistency) -> Result<Vec<Got>, DaprError> {
         let space = self.space();
         let mut out = Vec::new();
         let mut after = Bytes::new();

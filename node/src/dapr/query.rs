@@ -3,6 +3,7 @@
 //! with an offset token.
 
 use super::Got;
+use crate::error::Error;
 use serde_json::Value;
 use std::cmp::Ordering;
 
@@ -70,8 +71,10 @@ impl Query {
     }
 
     /// Filters, sorts and pages `items` (in key order). Values that are not JSON are
-    /// matched as JSON strings.
-    pub fn run(&self, items: Vec<Got>) -> Page {
+    /// matched as JSON strings. A page holds at most `max_bytes` of keys and values (one
+    /// result at least; the token continues after it); results of a query without a page
+    /// limit that do not fit are an error: they are to be paged.
+    pub fn run(&self, items: Vec<Got>, max_bytes: usize) -> Result<Page, Error> {
         let mut rows: Vec<(Value, Got)> = items
             .into_iter()
             .filter_map(|g| {
@@ -93,10 +96,21 @@ impl Query {
         }
         let total = rows.len();
         let start = self.offset.min(total);
-        let end = if self.limit == 0 { total } else { start.saturating_add(self.limit).min(total) };
+        let mut end = if self.limit == 0 { total } else { start.saturating_add(self.limit).min(total) };
+        let mut bytes = 0usize;
+        let size = |g: &Got| g.key.len() + g.value.as_ref().map_or(0, |v| v.len());
+        if let Some(over) = rows[start..end].iter().position(|(_, g)| {
+            bytes += size(g);
+            bytes > max_bytes
+        }) {
+            if self.limit == 0 {
+                return Err(Error::TooLarge(format!("the results are over {max_bytes} bytes: page them (page.limit)")));
+            }
+            end = start + over.max(1);
+        }
         let token = (self.limit > 0 && end < total).then(|| end.to_string());
         let results = rows.drain(start..end).map(|(_, g)| g).collect();
-        Page { results, token }
+        Ok(Page { results, token })
     }
 }
 
@@ -262,7 +276,7 @@ mod tests {
     }
 
     fn keys(q: &str) -> (Vec<String>, Option<String>) {
-        let page = Query::parse(q.as_bytes()).unwrap().run(people());
+        let page = Query::parse(q.as_bytes()).unwrap().run(people(), usize::MAX).unwrap();
         (page.results.into_iter().map(|g| g.key).collect(), page.token)
     }
 
@@ -281,6 +295,23 @@ mod tests {
         assert_eq!((first, token.as_deref()), (vec!["6".to_string(), "5".into()], Some("2")));
         let (rest, token) = keys(r#"{"sort":[{"key":"person.id"}],"page":{"limit":10,"token":"4"}}"#);
         assert_eq!((rest, token), (vec!["4".to_string(), "3".into()], None));
+    }
+
+    #[test]
+    fn pages_stay_within_the_byte_limit() {
+        let q = |text: &str| Query::parse(text.as_bytes()).unwrap();
+        // Each of people()'s rows is 60 to 90 bytes: 200 bytes hold two of them.
+        let page = q(r#"{"page":{"limit":5}}"#).run(people(), 200).unwrap();
+        assert_eq!((page.results.len(), page.token.as_deref()), (2, Some("2")));
+        let page = q(r#"{"page":{"limit":5,"token":"2"}}"#).run(people(), 200).unwrap();
+        assert_eq!((page.results.len(), page.token.as_deref()), (2, Some("4")));
+        // One row over the limit still comes, alone: paging always moves on.
+        let page = q(r#"{"page":{"limit":5}}"#).run(people(), 1).unwrap();
+        assert_eq!((page.results.len(), page.token.as_deref()), (1, Some("1")));
+        // Without a page limit, results that do not fit are refused, not cut.
+        let e = q("{}").run(people(), 200).err().expect("refused");
+        assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+        assert_eq!(q("{}").run(people(), 10_000).unwrap().results.len(), 6);
     }
 
     #[test]

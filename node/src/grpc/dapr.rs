@@ -147,7 +147,7 @@ impl DaprApi for DaprService {
     async fn query_state_alpha1(&self, req: Request<rt::QueryStateRequest>) -> Reply<rt::QueryStateResponse> {
         self.call(req, |scope, r| async move {
             let q = Query::parse(r.query.as_bytes()).map_err(|e| DaprError::query_failed(scope.name(), e))?;
-            let page = q.run(scope.all(Consistency::Linearizable).await?);
+            let page = scope.query(&q, Consistency::Linearizable).await?;
             let results = page
                 .results
                 .into_iter()

@@ -363,7 +363,7 @@ async fn query(mut call: Call<'_>) -> Reply {
     let store = call.scope.name().to_string();
     let q = Query::parse(&body).map_err(|e| DaprError::query_failed(&store, e))?;
     let c = consistency(call.param("consistency"), StateOp::Query, &store)?;
-    let page = q.run(call.scope.all(c).await?);
+    let page = call.scope.query(&q, c).await?;
     if page.results.is_empty() {
         return Ok(empty(StatusCode::NO_CONTENT));
     }

@@ -26,7 +26,10 @@ fn items() -> Vec<Got> {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(q) = Query::parse(data) {
-        let page = q.run(items());
-        assert!(page.results.len() <= 5);
+        for max_bytes in [usize::MAX, 64] {
+            if let Ok(page) = q.run(items(), max_bytes) {
+                assert!(page.results.len() <= 5);
+            }
+        }
     }
 });
