@@ -262,8 +262,9 @@ impl Boot {
             Some(d) => SmStore::disk(d.clone(), hub)?,
             None => SmStore::memory(hub),
         };
-        let network = Network { channels: self.channels.clone(), ident: self.ident.clone() };
-        let log = LogStore::new(self.log.clone());
+        let log = LogStore::new(self.log.clone(), id)?;
+        sm.apply_after(log.synced());
+        let network = Network { channels: self.channels.clone(), ident: self.ident.clone(), synced: log.synced() };
         let consensus = Arc::new(Consensus::start(id, &self.config, network, log, sm.clone()).await?);
         let (peers, limits, clock) = (self.channels.clone(), self.config.limits.clone(), self.io.clock.clone());
         let handle = NodeHandle::new(consensus.clone(), sm, peers, limits, self.me.clone(), clock);

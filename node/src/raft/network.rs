@@ -2,6 +2,7 @@
 //! payloads bincode-encoded inside `bytes` fields.
 
 use super::identity::{ClusterIdent, CLUSTER_HEADER};
+use crate::store::Synced;
 use super::types::{NodeId, NodeInfo, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -96,13 +97,21 @@ pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, bincode::Error> {
 pub struct Network {
     pub channels: Arc<PeerChannels>,
     pub ident: Arc<ClusterIdent>,
+    /// This node's log on disk: a commit index goes to followers only once it covers it.
+    pub synced: Synced,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConn {
-        PeerConn { target, addr: node.peer_addr.clone(), channels: self.channels.clone(), ident: self.ident.clone() }
+        PeerConn {
+            target,
+            addr: node.peer_addr.clone(),
+            channels: self.channels.clone(),
+            ident: self.ident.clone(),
+            synced: self.synced.clone(),
+        }
     }
 }
 
@@ -111,6 +120,7 @@ pub struct PeerConn {
     addr: String,
     channels: Arc<PeerChannels>,
     ident: Arc<ClusterIdent>,
+    synced: Synced,
 }
 
 #[derive(Clone, Copy)]
@@ -167,6 +177,16 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        // The leader counts itself toward a commit before its own copy is on disk (ADR 0012):
+        // a follower may apply what it is told is committed, so it is told once that copy is.
+        if let Some(commit) = req.leader_commit {
+            let synced = tokio::time::timeout(option.hard_ttl(), self.synced.wait(commit.index)).await;
+            match synced {
+                Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+                Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+                Ok(Ok(())) => {}
+            }
+        }
         self.call(Rpc::Append, &req, option.hard_ttl()).await
     }
 

@@ -1,14 +1,21 @@
-//! `RaftLogStorage` over a `LogBackend` (redb or memory).
+//! `RaftLogStorage` over a `LogBackend` (segment files, redb or memory).
 //!
 //! With a disk (a blocking backend), one writer thread owns the log's writes and commits
 //! whatever queued up while it was fsyncing as one transaction: appends return at once and
 //! report "flushed" after that batch's fsync, so concurrent client writes share one fsync
-//! (group commit) and the leader's fsync overlaps with replication. Appended entries not yet
-//! on disk are read from memory; truncate, purge and vote wait for their batch.
+//! (group commit). Appended entries not yet on disk are read from memory; truncate, purge
+//! and vote wait for their batch.
+//!
+//! The leader's own entries are the exception (ADR 0012): openraft 0.9 sends nothing to
+//! the followers until the leader's append reports flushed, so the leader's append reports
+//! it at once and its fsync overlaps with replication, as etcd's does. The leader then counts
+//! itself toward the quorum before its copy is on disk, which is safe only if nothing acts on
+//! a commit before that copy is: [`Synced`] is what is on disk, and the state machine applies
+//! (so answers clients) and the network tells followers a commit index only once it covers them.
 
 use super::backend::{LogBackend, LogMeta, LogOp};
 use super::worker::Worker;
-use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 use std::collections::BTreeMap;
@@ -16,14 +23,47 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// The log store handed to openraft; clones share the backend and the writer (log readers).
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn LogBackend>,
+    /// This node: entries of its own leadership are the leader's (see the module doc).
+    me: NodeId,
     /// `None` for a log without real I/O: every call applies at once, inline.
     writer: Option<Arc<Writer>>,
+}
+
+/// What of the log is on disk: the last index written by a finished batch, or a failed write
+/// (after which nothing waiting on the log may go on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct OnDisk {
+    upto: u64,
+    failed: bool,
+}
+
+/// Waits for the log to be on disk up to an index: what the state machine and the network
+/// wait for before they act on a commit (see the module doc). Always there for a log
+/// without real I/O.
+#[derive(Clone, Default)]
+pub struct Synced(Option<watch::Receiver<OnDisk>>);
+
+impl Synced {
+    /// Returns once the log is on disk up to `index`, or `Err` if a write failed.
+    pub async fn wait(&self, index: u64) -> io::Result<()> {
+        let Some(rx) = &self.0 else { return Ok(()) };
+        let mut rx = rx.clone();
+        let seen = rx.wait_for(|d| d.upto >= index || d.failed).await.map_err(|_| stopped())?;
+        if seen.failed {
+            return Err(io::Error::other("the log could not be written: the node stops acting on commits"));
+        }
+        Ok(())
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the log writer stopped")
 }
 
 /// Most jobs one batch takes: bounds a transaction's size and a caller's wait.
@@ -35,6 +75,9 @@ struct Writer {
     pending: Arc<Mutex<Pending>>,
     /// The last committed log id not yet written (encoded): it rides with the next batch.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The last vote this node saved: whether it leads, and in which term.
+    vote: Mutex<Option<Vote>>,
+    on_disk: watch::Sender<OnDisk>,
 }
 
 #[derive(Default)]
@@ -51,8 +94,9 @@ struct Job {
 
 /// Whom to tell once a job's batch is on disk.
 enum Done {
-    /// openraft's flush callback, and the pending entries (index, sequence) it wrote.
-    Flushed(LogFlushed<TypeConfig>, Vec<(u64, u64)>),
+    /// openraft's flush callback (`None`: told already, the leader's own entries), and the
+    /// pending entries (index, sequence) it wrote.
+    Flushed(Option<LogFlushed<TypeConfig>>, Vec<(u64, u64)>),
     Reply(oneshot::Sender<io::Result<()>>),
 }
 
@@ -61,18 +105,36 @@ fn copy_err(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
+/// The last index on disk once `ops` are written after a log that ended at `upto`.
+fn last_after(mut upto: u64, ops: &[LogOp]) -> u64 {
+    for op in ops {
+        match op {
+            LogOp::Append(entries) => upto = entries.last().map_or(upto, |e| e.log_id.index),
+            LogOp::Truncate(index) => upto = upto.min(index.saturating_sub(1)),
+            LogOp::Purge(..) | LogOp::SetMeta(..) => {}
+        }
+    }
+    upto
+}
+
 /// Writes one batch of jobs as one transaction, then tells whom it concerns.
 fn write_batch(
     backend: &dyn LogBackend,
     pending: &Mutex<Pending>,
     committed: &Mutex<Option<Vec<u8>>>,
+    on_disk: &watch::Sender<OnDisk>,
     batch: Vec<Job>,
 ) {
     let (mut ops, dones): (Vec<LogOp>, Vec<Done>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
     if let Some(bytes) = committed.lock().expect("poisoned").take() {
         ops.push(LogOp::SetMeta(LogMeta::Committed, bytes));
     }
+    let upto = last_after(on_disk.borrow().upto, &ops);
     let result = backend.apply(ops);
+    on_disk.send_modify(|d| match result {
+        Ok(()) => d.upto = upto,
+        Err(_) => d.failed = true,
+    });
     if result.is_ok() {
         let mut p = pending.lock().expect("poisoned");
         for done in &dones {
@@ -88,7 +150,8 @@ fn write_batch(
     for done in dones {
         let r = result.as_ref().map(|_| ()).map_err(copy_err);
         match done {
-            Done::Flushed(callback, _) => callback.log_io_completed(r),
+            Done::Flushed(Some(callback), _) => callback.log_io_completed(r),
+            Done::Flushed(None, _) => {}
             Done::Reply(tx) => drop(tx.send(r)),
         }
     }
@@ -107,19 +170,42 @@ fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Storag
 }
 
 impl LogStore {
-    pub fn new(backend: Arc<dyn LogBackend>) -> Self {
-        let writer = backend.blocking().then(|| {
+    /// The log of node `me` over `backend`.
+    pub fn new(backend: Arc<dyn LogBackend>, me: NodeId) -> io::Result<Self> {
+        let writer = if backend.blocking() {
             let pending = Arc::new(Mutex::new(Pending::default()));
             let committed = Arc::new(Mutex::new(None));
-            let (b, p, c) = (backend.clone(), pending.clone(), committed.clone());
-            let worker = Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, &c, batch));
-            Arc::new(Writer { worker, pending, committed })
-        });
-        Self { backend, writer }
+            let upto = backend.last()?.map_or(0, |l| l.index);
+            let on_disk = watch::Sender::new(OnDisk { upto, failed: false });
+            let (b, p, c, d) = (backend.clone(), pending.clone(), committed.clone(), on_disk.clone());
+            let worker =
+                Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, &c, &d, batch));
+            Some(Arc::new(Writer { worker, pending, committed, vote: Mutex::new(None), on_disk }))
+        } else {
+            None
+        };
+        Ok(Self { backend, me, writer })
+    }
+
+    /// What waits for this log to be on disk.
+    pub fn synced(&self) -> Synced {
+        Synced(self.writer.as_ref().map(|w| w.on_disk.subscribe()))
+    }
+
+    /// Whether `entries` are this node's own as the leader of its current term: its last
+    /// vote is its own, committed (it won the election), and they are of that term. Only one
+    /// leader has a term; a follower's vote is for another node; entries of an earlier
+    /// leadership of this node coming back from a new leader carry an older term.
+    fn leads(&self, writer: &Writer, entries: &[Entry]) -> bool {
+        let vote = writer.vote.lock().expect("poisoned");
+        vote.is_some_and(|v| {
+            let ours = v.is_committed() && v.leader_id().voted_for() == Some(self.me);
+            ours && entries.iter().all(|e| e.log_id.leader_id.term == v.leader_id().get_term())
+        })
     }
 
     async fn send(&self, writer: &Writer, op: LogOp, done: Done) -> io::Result<()> {
-        writer.worker.send(Job { op, done }).await.map_err(|_| io::Error::other("the log writer stopped"))
+        writer.worker.send(Job { op, done }).await.map_err(|_| stopped())
     }
 
     /// Applies `op` and returns once it is on disk (after everything queued before it).
@@ -129,7 +215,7 @@ impl LogStore {
         };
         let (tx, rx) = oneshot::channel();
         self.send(writer, op, Done::Reply(tx)).await?;
-        rx.await.map_err(|_| io::Error::other("the log writer stopped"))?
+        rx.await.map_err(|_| stopped())?
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: LogMeta) -> Result<Option<T>, StorageError> {
@@ -203,6 +289,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        if let Some(w) = &self.writer {
+            *w.vote.lock().expect("poisoned") = Some(*vote);
+        }
         self.write_meta(LogMeta::Vote, vote).await.map_err(|e| err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -246,7 +335,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(result.as_ref().map(|_| ()).map_err(copy_err));
             return result.map_err(log_err(ErrorVerb::Write));
         };
-        // Readable from memory at once; openraft hears "flushed" after the batch's fsync.
+        // Readable from memory at once; openraft hears "flushed" after the batch's fsync, or
+        // at once for the leader's own entries (see the module doc).
+        let leads = self.leads(writer, &entries);
         let written = {
             let mut p = writer.pending.lock().expect("poisoned");
             p.next_seq += 1;
@@ -256,8 +347,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             entries.iter().map(|e| (e.log_id.index, seq)).collect()
         };
+        let (told, callback) = if leads { (Some(callback), None) } else { (None, Some(callback)) };
         let done = Done::Flushed(callback, written);
-        self.send(writer, LogOp::Append(entries), done).await.map_err(log_err(ErrorVerb::Write))
+        self.send(writer, LogOp::Append(entries), done).await.map_err(log_err(ErrorVerb::Write))?;
+        if let Some(callback) = told {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -1,6 +1,7 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
+use super::log::Synced;
 use super::sm_writer::SmWriter;
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -8,7 +9,7 @@ use crate::watch::EventHub;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use std::io::{self, Cursor};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -28,6 +29,8 @@ struct Shared {
     hub: Arc<EventHub>,
     /// The revision applied so far, for callers that must read their own write here.
     revision: watch::Sender<u64>,
+    /// The log an entry must be on disk in before it is applied (`log::Synced`).
+    log: OnceLock<Synced>,
 }
 
 /// The state machine store handed to openraft; clones share the state.
@@ -83,7 +86,13 @@ impl SmStore {
         };
         let disk = disk.map(SmWriter::new);
         let revision = watch::Sender::new(state.kv.revision());
-        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub, revision }) }
+        let log = OnceLock::new();
+        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub, revision, log }) }
+    }
+
+    /// Applies an entry only once `log` has it on disk (the first call counts).
+    pub fn apply_after(&self, log: Synced) {
+        let _ = self.shared.log.set(log);
     }
 
     /// Read access to the applied state.
@@ -202,7 +211,13 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (results, applied, changes) = self.apply_batch(entries.into_iter().collect());
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // The leader may know an entry committed before its own copy is on disk (ADR 0012):
+        // applying it answers its client, so that waits for the copy.
+        if let (Some(last), Some(log)) = (entries.last(), self.shared.log.get()) {
+            log.wait(last.log_id.index).await.map_err(sm_err(ErrorVerb::Write))?;
+        }
+        let (results, applied, changes) = self.apply_batch(entries);
         if let (Some(changes), Some(disk)) = (changes, &self.shared.disk) {
             disk.persist(changes).await.map_err(sm_err(ErrorVerb::Write))?;
         }

@@ -10,7 +10,7 @@ struct MemBuilder;
 impl StoreBuilder<TypeConfig, LogStore, SmStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), LogStore, SmStore), StorageError<u64>> {
         let hub = Arc::new(EventHub::new(64, 1));
-        Ok(((), LogStore::new(Arc::new(MemLog::default())), SmStore::memory(hub)))
+        Ok(((), LogStore::new(Arc::new(MemLog::default()), 1).expect("open"), SmStore::memory(hub)))
     }
 }
 
@@ -22,7 +22,7 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for RedbBuil
         let log = RedbLog::open(&dir.path().join("raft.redb")).expect("raft.redb");
         let sm = RedbSm::open(&dir.path().join("sm.redb")).expect("sm.redb");
         let hub = Arc::new(EventHub::new(64, 1));
-        Ok((dir, LogStore::new(Arc::new(log)), SmStore::disk(Arc::new(sm), hub).expect("load")))
+        Ok((dir, LogStore::new(Arc::new(log), 1).expect("open"), SmStore::disk(Arc::new(sm), hub).expect("load")))
     }
 }
 
@@ -35,7 +35,7 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for WalBuild
         let log = WalLog::open_with(&dir.path().join("raft.wal"), 2048).expect("raft.wal");
         let sm = RedbSm::open(&dir.path().join("sm.redb")).expect("sm.redb");
         let hub = Arc::new(EventHub::new(64, 1));
-        Ok((dir, LogStore::new(Arc::new(log)), SmStore::disk(Arc::new(sm), hub).expect("load")))
+        Ok((dir, LogStore::new(Arc::new(log), 1).expect("open"), SmStore::disk(Arc::new(sm), hub).expect("load")))
     }
 }
 
@@ -72,7 +72,7 @@ mod restart {
         let log = RedbLog::open(&dir.join("raft.redb")).unwrap();
         let sm = RedbSm::open(&dir.join("sm.redb")).unwrap();
         let hub = Arc::new(EventHub::new(64, 1));
-        (LogStore::new(Arc::new(log)), SmStore::disk(Arc::new(sm), hub).unwrap())
+        (LogStore::new(Arc::new(log), 1).expect("open"), SmStore::disk(Arc::new(sm), hub).unwrap())
     }
 
     /// Everything acknowledged as durable is there after the process goes away.
@@ -388,5 +388,157 @@ mod wal {
         let log = WalLog::open_with(&dir, 512).unwrap();
         assert_eq!(indexes(&log).len(), 7);
         assert_eq!(log.raw_meta("vote").unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+}
+
+/// The leader's own appends report flushed at once; followers' only once on disk; nothing
+/// is applied before it is on disk; a failed write stops everything that waits (ADR 0012).
+mod leader_append {
+    use super::*;
+    use crate::kv::{Command, Op, Put, PutCondition};
+    use crate::raft::types::{Entry, LogId, Vote};
+    use crate::store::backend::LogOp;
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use std::io;
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    /// A disk whose writes wait while `held`, and fail once `broken`.
+    #[derive(Default)]
+    struct Gated {
+        log: MemLog,
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    impl Gated {
+        fn set(&self, held: bool, broken: bool) {
+            *self.state.lock().unwrap() = (held, broken);
+            self.changed.notify_all();
+        }
+    }
+
+    impl RawMeta for Gated {
+        fn raw_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+            self.log.raw_meta(name)
+        }
+        fn set_raw_meta(&self, name: &str, value: &[u8]) -> io::Result<()> {
+            self.log.set_raw_meta(name, value)
+        }
+    }
+
+    impl LogBackend for Gated {
+        fn range(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+            self.log.range(start, end)
+        }
+        fn last(&self) -> io::Result<Option<LogId>> {
+            self.log.last()
+        }
+        fn append(&self, entries: Vec<Entry>) -> io::Result<()> {
+            self.log.append(entries)
+        }
+        fn truncate_from(&self, index: u64) -> io::Result<()> {
+            self.log.truncate_from(index)
+        }
+        fn purge(&self, upto: LogId, encoded: Vec<u8>) -> io::Result<()> {
+            self.log.purge(upto, encoded)
+        }
+        fn apply(&self, ops: Vec<LogOp>) -> io::Result<()> {
+            let mut state = self.state.lock().unwrap();
+            while state.0 {
+                state = self.changed.wait(state).unwrap();
+            }
+            if state.1 {
+                return Err(io::Error::other("the disk broke"));
+            }
+            drop(state);
+            ops.into_iter().try_for_each(|op| match op {
+                LogOp::Append(entries) => self.log.append(entries),
+                LogOp::Truncate(index) => self.log.truncate_from(index),
+                LogOp::Purge(upto, encoded) => self.log.purge(upto, encoded),
+                LogOp::SetMeta(key, value) => self.log.set_meta(key, value),
+            })
+        }
+        fn blocking(&self) -> bool {
+            true
+        }
+    }
+
+    fn entry(term: u64, leader: u64, index: u64) -> Entry {
+        let key = format!("k{index}").into_bytes().into();
+        let (ttl_ms, condition, fencing, client_ts) = (None, PutCondition::Always, None, None);
+        let op = Op::Put(Put { key, value: b"v".to_vec().into(), ttl_ms, condition, fencing, client_ts });
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+            payload: EntryPayload::Normal(Command { client: None, now_ms: 1, op }),
+        }
+    }
+
+    const SOON: Duration = Duration::from_millis(300);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_leader_goes_on_before_its_fsync_and_applies_after_it() {
+        let disk = Arc::new(Gated::default());
+        let mut log = LogStore::new(disk.clone(), 1).unwrap();
+        let sm = SmStore::memory(Arc::new(EventHub::new(64, 1)));
+        sm.apply_after(log.synced());
+        let synced = log.synced();
+
+        // Node 1 leads term 2: its own entry is reported flushed while the disk holds it.
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        disk.set(true, false);
+        tokio::time::timeout(SOON, log.blocking_append([entry(2, 1, 1)])).await.expect("reported at once").unwrap();
+        assert!(tokio::time::timeout(SOON, synced.wait(1)).await.is_err(), "not on disk yet");
+        let mut applying = sm.clone();
+        let apply = tokio::spawn(async move { applying.apply([entry(2, 1, 1)]).await });
+        tokio::time::sleep(SOON).await;
+        assert!(!apply.is_finished(), "an entry is not applied before it is on disk");
+        assert!(sm.read().kv.get(b"k1", 0).is_none());
+        disk.set(false, false);
+        apply.await.unwrap().unwrap();
+        synced.wait(1).await.unwrap();
+        assert!(sm.read().kv.get(b"k1", 0).is_some());
+
+        // Node 2 leads term 3: node 1 is a follower, its append waits for the disk.
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        disk.set(true, false);
+        let mut following = log.clone();
+        let append = tokio::spawn(async move { following.blocking_append([entry(3, 2, 2)]).await });
+        tokio::time::sleep(SOON).await;
+        assert!(!append.is_finished(), "a follower reports flushed only once on disk");
+        disk.set(false, false);
+        append.await.unwrap().unwrap();
+        synced.wait(2).await.unwrap();
+
+        // An entry of node 1's own old term, sent back by another leader, is a follower's too.
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        disk.set(true, false);
+        let mut old = log.clone();
+        let append = tokio::spawn(async move { old.blocking_append([entry(2, 1, 3)]).await });
+        tokio::time::sleep(SOON).await;
+        assert!(!append.is_finished(), "only the current term's entries are the leader's");
+        disk.set(false, false);
+        append.await.unwrap().unwrap();
+
+        // A truncate takes back what is on disk.
+        log.truncate(LogId::new(CommittedLeaderId::new(3, 2), 2)).await.unwrap();
+        assert!(tokio::time::timeout(SOON, synced.wait(2)).await.is_err());
+        synced.wait(1).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_stops_whatever_waits_for_it() {
+        let disk = Arc::new(Gated::default());
+        let mut log = LogStore::new(disk.clone(), 1).unwrap();
+        let mut sm = SmStore::memory(Arc::new(EventHub::new(64, 1)));
+        sm.apply_after(log.synced());
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        disk.set(true, false);
+        log.blocking_append([entry(2, 1, 1)]).await.unwrap();
+        disk.set(false, true);
+        assert!(log.synced().wait(1).await.is_err());
+        assert!(sm.apply([entry(2, 1, 1)]).await.is_err(), "never applied");
+        assert!(sm.read().kv.get(b"k1", 0).is_none());
     }
 }
