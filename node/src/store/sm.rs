@@ -1,7 +1,7 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
-use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use super::log::Synced;
+use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use super::sm_writer::SmWriter;
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
