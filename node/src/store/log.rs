@@ -172,18 +172,14 @@ fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Storag
 impl LogStore {
     /// The log of node `me` over `backend`.
     pub fn new(backend: Arc<dyn LogBackend>, me: NodeId) -> io::Result<Self> {
-        let latency = backend.write_latency();
-        let writer = if backend.blocking() || latency.is_some() {
+        let writer = if backend.blocking() {
             let pending = Arc::new(Mutex::new(Pending::default()));
             let committed = Arc::new(Mutex::new(None));
             let upto = backend.last()?.map_or(0, |l| l.index);
             let on_disk = watch::Sender::new(OnDisk { upto, failed: false });
             let (b, p, c, d) = (backend.clone(), pending.clone(), committed.clone(), on_disk.clone());
-            let run = move |batch| write_batch(b.as_ref(), &p, &c, &d, batch);
-            let worker = match latency {
-                Some(latency) => Worker::spawn_task(MAX_BATCH, latency, run),
-                None => Worker::spawn("statenode-log", MAX_BATCH, run),
-            };
+            let worker =
+                Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, &c, &d, batch));
             Some(Arc::new(Writer { worker, pending, committed, vote: Mutex::new(None), on_disk }))
         } else {
             None
