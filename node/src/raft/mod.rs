@@ -12,6 +12,7 @@ pub mod peer;
 mod proposer;
 pub mod rt;
 pub mod server;
+pub mod synced;
 pub mod types;
 
 use crate::error::Error;

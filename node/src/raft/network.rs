@@ -2,8 +2,8 @@
 //! payloads bincode-encoded inside `bytes` fields.
 
 use super::identity::{ClusterIdent, CLUSTER_HEADER};
+use super::synced::Synced;
 use super::types::{NodeId, NodeInfo, TypeConfig};
-use crate::store::Synced;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{

@@ -15,6 +15,7 @@
 
 use super::backend::{LogBackend, LogMeta, LogOp};
 use super::worker::Worker;
+use crate::raft::synced::{OnDisk, Synced};
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
@@ -33,33 +34,6 @@ pub struct LogStore {
     me: NodeId,
     /// `None` for a log without real I/O: every call applies at once, inline.
     writer: Option<Arc<Writer>>,
-}
-
-/// What of the log is on disk: the last index written by a finished batch, or a failed write
-/// (after which nothing waiting on the log may go on).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct OnDisk {
-    upto: u64,
-    failed: bool,
-}
-
-/// Waits for the log to be on disk up to an index: what the state machine and the network
-/// wait for before they act on a commit (see the module doc). Always there for a log
-/// without real I/O.
-#[derive(Clone, Default)]
-pub struct Synced(Option<watch::Receiver<OnDisk>>);
-
-impl Synced {
-    /// Returns once the log is on disk up to `index`, or `Err` if a write failed.
-    pub async fn wait(&self, index: u64) -> io::Result<()> {
-        let Some(rx) = &self.0 else { return Ok(()) };
-        let mut rx = rx.clone();
-        let seen = rx.wait_for(|d| d.upto >= index || d.failed).await.map_err(|_| stopped())?;
-        if seen.failed {
-            return Err(io::Error::other("the log could not be written: the node stops acting on commits"));
-        }
-        Ok(())
-    }
 }
 
 fn stopped() -> io::Error {
@@ -189,7 +163,7 @@ impl LogStore {
 
     /// What waits for this log to be on disk.
     pub fn synced(&self) -> Synced {
-        Synced(self.writer.as_ref().map(|w| w.on_disk.subscribe()))
+        Synced::new(self.writer.as_ref().map(|w| w.on_disk.subscribe()))
     }
 
     /// Whether `entries` are this node's own as the leader of its current term: its last

@@ -19,7 +19,7 @@ mod tests;
 
 pub use crate::raft::identity::RawMeta;
 pub use backend::{LogBackend, MemLog};
-pub use log::{LogStore, Synced};
+pub use log::LogStore;
 pub use redb_log::RedbLog;
 pub use redb_sm::RedbSm;
 pub use sm::SmStore;

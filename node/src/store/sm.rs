@@ -1,9 +1,9 @@
 //! `RaftStateMachine` over the kv state machine, kept in memory and optionally in `sm.redb`.
 
-use super::log::Synced;
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use super::sm_writer::SmWriter;
 use crate::kv::{snapshot, CommandResult, Event, Outcome, StateMachine};
+use crate::raft::synced::Synced;
 use crate::raft::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::EventHub;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -29,7 +29,7 @@ struct Shared {
     hub: Arc<EventHub>,
     /// The revision applied so far, for callers that must read their own write here.
     revision: watch::Sender<u64>,
-    /// The log an entry must be on disk in before it is applied (`log::Synced`).
+    /// The log an entry must be on disk in before it is applied (`raft::synced::Synced`).
     log: OnceLock<Synced>,
 }
 
