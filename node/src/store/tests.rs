@@ -477,6 +477,17 @@ mod leader_append {
 
     const SOON: Duration = Duration::from_millis(300);
 
+    /// `entry`'s append does not report flushed while the disk holds its write, and does after.
+    async fn append_waits_for_the_disk(disk: &Gated, log: &LogStore, entry: Entry, why: &str) {
+        disk.set(true, false);
+        let mut log = log.clone();
+        let append = tokio::spawn(async move { log.blocking_append([entry]).await });
+        tokio::time::sleep(SOON).await;
+        assert!(!append.is_finished(), "{why}");
+        disk.set(false, false);
+        append.await.unwrap().unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_leader_goes_on_before_its_fsync_and_applies_after_it() {
         let disk = Arc::new(Gated::default());
@@ -502,24 +513,13 @@ mod leader_append {
 
         // Node 2 leads term 3: node 1 is a follower, its append waits for the disk.
         log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
-        disk.set(true, false);
-        let mut following = log.clone();
-        let append = tokio::spawn(async move { following.blocking_append([entry(3, 2, 2)]).await });
-        tokio::time::sleep(SOON).await;
-        assert!(!append.is_finished(), "a follower reports flushed only once on disk");
-        disk.set(false, false);
-        append.await.unwrap().unwrap();
+        append_waits_for_the_disk(&disk, &log, entry(3, 2, 2), "a follower reports flushed only once on disk").await;
         synced.wait(2).await.unwrap();
 
         // An entry of node 1's own old term, sent back by another leader, is a follower's too.
         log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
-        disk.set(true, false);
-        let mut old = log.clone();
-        let append = tokio::spawn(async move { old.blocking_append([entry(2, 1, 3)]).await });
-        tokio::time::sleep(SOON).await;
-        assert!(!append.is_finished(), "only the current term's entries are the leader's");
-        disk.set(false, false);
-        append.await.unwrap().unwrap();
+        append_waits_for_the_disk(&disk, &log, entry(2, 1, 3), "only the current term's entries are the leader's")
+            .await;
 
         // A truncate takes back what is on disk.
         log.truncate(LogId::new(CommittedLeaderId::new(3, 2), 2)).await.unwrap();
