@@ -146,7 +146,9 @@ fn node_config(i: usize, n: usize, memory: bool) -> Config {
 type DiskSlot = Arc<Mutex<Option<Disk>>>;
 
 fn fresh_disk() -> Disk {
-    Disk { log: Arc::new(MemLog::default()), sm: Arc::new(MemSmDisk::default()) }
+    // Each log batch takes 1 ms of simulated time, so a crash can land between an append and
+    // its write — after the leader reported its own entries flushed (ADR 0012).
+    Disk { log: Arc::new(MemLog::with_write_latency(Duration::from_millis(1))), sm: Arc::new(MemSmDisk::default()) }
 }
 
 fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<AtomicI64>, disk: DiskSlot) {

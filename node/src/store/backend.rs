@@ -70,6 +70,11 @@ pub trait LogBackend: RawMeta {
     fn blocking(&self) -> bool {
         false
     }
+    /// Some for a log without real I/O that should behave as a disk taking this long per
+    /// batch (the simulation's twin): writes go through the writer, as on a disk.
+    fn write_latency(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// A crash: forget what a real log may not have written yet. Only the simulation's twin
     /// models it (a real disk loses it by itself).
     fn lose_unsynced(&self) {}
@@ -79,6 +84,14 @@ pub trait LogBackend: RawMeta {
 #[derive(Default)]
 pub struct MemLog {
     inner: Mutex<MemLogInner>,
+    latency: Option<std::time::Duration>,
+}
+
+impl MemLog {
+    /// A twin of a disk whose every batch takes `latency` to write (the simulation's).
+    pub fn with_write_latency(latency: std::time::Duration) -> Self {
+        Self { latency: Some(latency), ..Self::default() }
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +133,10 @@ impl LogBackend for MemLog {
         g.log = g.log.split_off(&(upto.index + 1));
         g.meta.insert(LogMeta::LastPurged.name().to_string(), encoded);
         Ok(())
+    }
+
+    fn write_latency(&self) -> Option<std::time::Duration> {
+        self.latency
     }
 
     /// The commit index rides with the next batch of a real log (`LogStore::save_committed`),

@@ -146,14 +146,18 @@ fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Storag
 impl LogStore {
     /// The log of node `me` over `backend`.
     pub fn new(backend: Arc<dyn LogBackend>, me: NodeId) -> io::Result<Self> {
-        let writer = if backend.blocking() {
+        let latency = backend.write_latency();
+        let writer = if backend.blocking() || latency.is_some() {
             let pending = Arc::new(Mutex::new(Pending::default()));
             let committed = Arc::new(Mutex::new(None));
             let upto = backend.last()?.map_or(0, |l| l.index);
             let on_disk = watch::Sender::new(OnDisk { upto, failed: false });
             let (b, p, c, d) = (backend.clone(), pending.clone(), committed.clone(), on_disk.clone());
-            let worker =
-                Worker::spawn("statenode-log", MAX_BATCH, move |batch| write_batch(b.as_ref(), &p, &c, &d, batch));
+            let run = move |batch| write_batch(b.as_ref(), &p, &c, &d, batch);
+            let worker = match latency {
+                Some(latency) => Worker::spawn_task(MAX_BATCH, latency, run),
+                None => Worker::spawn("statenode-log", MAX_BATCH, run),
+            };
             Some(Arc::new(Writer { worker, pending, committed, vote: Mutex::new(None), on_disk }))
         } else {
             None
