@@ -117,13 +117,13 @@ impl Consensus {
             return Err(Error::invalid(msg).into());
         }
         if !member.is_some_and(|m| m.voter) {
+            self.still_a_member()?;
             let add = self.raft.add_learner(id, node, true);
             tokio::time::timeout(Duration::from_secs(120), add)
                 .await
                 .map_err(|_| Error::Timeout("learner did not catch up in time".into()))?
                 .map_err(Fail::from_write)?;
-            let ids: BTreeSet<NodeId> = [id].into();
-            self.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(Fail::from_write)?;
+            self.change(ChangeMembers::AddVoterIds([id].into())).await?;
         }
         if !stale.is_empty() {
             tracing::info!(?stale, new = id, "removing the members this node replaces");
@@ -150,12 +150,34 @@ impl Consensus {
         let voters: BTreeSet<NodeId> = self.status().members.iter().filter(|m| m.voter).map(|m| m.id).collect();
         let (v, l): (BTreeSet<NodeId>, BTreeSet<NodeId>) = ids.into_iter().partition(|i| voters.contains(i));
         if !v.is_empty() {
-            self.raft.change_membership(ChangeMembers::RemoveVoters(v), false).await.map_err(Fail::from_write)?;
+            self.change(ChangeMembers::RemoveVoters(v)).await?;
         }
         if !l.is_empty() {
-            self.raft.change_membership(ChangeMembers::RemoveNodes(l), false).await.map_err(Fail::from_write)?;
+            self.change(ChangeMembers::RemoveNodes(l)).await?;
         }
         Ok(())
+    }
+
+    async fn change(&self, changes: ChangeMembers<NodeId, NodeInfo>) -> Result<(), Fail> {
+        self.still_a_member()?;
+        self.raft.change_membership(changes, false).await.map_err(Fail::from_write)?;
+        Ok(())
+    }
+
+    /// Refuses a membership change on a leader that a committed change has removed.
+    /// openraft 0.9 answers that change when it is applied and steps the leader down only
+    /// when its core next hears from the state machine, so a change sent in between (the
+    /// next step of `remove`, or of a queued join) found it still leading a membership
+    /// without itself: a debug build panics in openraft, a release build appends a
+    /// membership from a leader outside it. The membership that removed it was appended,
+    /// and reported in the metrics, long before, so checking them closes that window.
+    fn still_a_member(&self) -> Result<(), Fail> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&self.id).is_some() {
+            return Ok(());
+        }
+        tracing::warn!(id = self.id, "refusing a membership change: this node has been removed from the cluster");
+        Err(Fail::unavailable("this node has been removed from the cluster; retry at the new leader"))
     }
 
     pub fn status(&self) -> ClusterStatus {
