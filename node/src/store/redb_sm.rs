@@ -7,6 +7,7 @@ use crate::kv::StateMachine;
 use crate::raft::types::{LogId, SnapshotMeta};
 use bytes::Bytes;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::sync::Mutex;
@@ -67,27 +68,34 @@ impl SmDisk for RedbSm {
             return Ok(());
         };
         redb_db::write_with(&self.db, self.durable_now(), |txn| {
-            let mut kv = txn.open_table(KV)?;
-            let mut dd = txn.open_table(DEDUP)?;
-            let mut ss = txn.open_table(SESSIONS)?;
+            // The last change of each key wins: one insert per key, in key order.
+            let mut keys = BTreeMap::new();
+            let mut clients = BTreeMap::new();
+            let mut sessions = BTreeMap::new();
             for c in batches {
-                for (k, e) in &c.keys {
-                    match e {
-                        Some(e) => drop(kv.insert(k.as_ref(), enc(e)?.as_slice())?),
-                        None => drop(kv.remove(k.as_ref())?),
-                    }
+                keys.extend(c.keys.iter().map(|(k, e)| (k.as_ref(), e)));
+                clients.extend(c.clients.iter().map(|(id, w)| (*id, w)));
+                sessions.extend(c.sessions.iter().map(|(s, r)| (s.as_str(), r)));
+            }
+            let mut kv = txn.open_table(KV)?;
+            for (k, e) in keys {
+                match e {
+                    Some(e) => drop(kv.insert(k, enc(e)?.as_slice())?),
+                    None => drop(kv.remove(k)?),
                 }
-                for (id, w) in &c.clients {
-                    match w {
-                        Some(w) => drop(dd.insert(*id, enc(w)?.as_slice())?),
-                        None => drop(dd.remove(*id)?),
-                    }
+            }
+            let mut dd = txn.open_table(DEDUP)?;
+            for (id, w) in clients {
+                match w {
+                    Some(w) => drop(dd.insert(id, enc(w)?.as_slice())?),
+                    None => drop(dd.remove(id)?),
                 }
-                for (client, r) in &c.sessions {
-                    match r {
-                        Some(r) => drop(ss.insert(client.as_str(), enc(r)?.as_slice())?),
-                        None => drop(ss.remove(client.as_str())?),
-                    }
+            }
+            let mut ss = txn.open_table(SESSIONS)?;
+            for (client, r) in sessions {
+                match r {
+                    Some(r) => drop(ss.insert(client, enc(r)?.as_slice())?),
+                    None => drop(ss.remove(client)?),
                 }
             }
             let (applied, membership) = (enc(&last.last_applied)?, enc(&last.membership)?);

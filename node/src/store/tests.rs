@@ -110,6 +110,48 @@ mod restart {
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(8));
     }
 
+    /// Batches persisted together keep only each key's last change (one insert per key):
+    /// a key put then deleted is gone, deleted then put is there with its last value.
+    #[test]
+    fn batches_persisted_together_keep_each_keys_last_change() {
+        use crate::kv::{Entry as KvEntry, Hlc};
+        use crate::store::sm_disk::Changes;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = RedbSm::open(&dir.path().join("sm.redb")).unwrap();
+        let value = |v: &'static str, revision| KvEntry {
+            value: v.into(),
+            revision,
+            create_revision: revision,
+            version: Hlc::default(),
+            expires_at_ms: None,
+            fencing: None,
+        };
+        let batch = |index, keys: Vec<(&'static str, Option<KvEntry>)>| Changes {
+            keys: keys.into_iter().map(|(k, e)| (k.into(), e)).collect(),
+            clients: Vec::new(),
+            sessions: Vec::new(),
+            last_applied: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            membership: Default::default(),
+            last_version: Hlc::default(),
+            clock_ms: 1,
+            revision: index,
+        };
+        let batches = [
+            batch(1, vec![("a", Some(value("a1", 1))), ("b", None), ("c", Some(value("c1", 1)))]),
+            batch(2, vec![("a", None), ("b", Some(value("b2", 2))), ("c", Some(value("c2", 2)))]),
+            batch(3, vec![("c", Some(value("c3", 3)))]),
+        ];
+        disk.persist(&batches).unwrap();
+        let loaded = disk.load().unwrap();
+        let kv: Vec<(String, String)> = loaded
+            .kv
+            .entries()
+            .map(|(k, e)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(&e.value).into()))
+            .collect();
+        assert_eq!(kv, vec![("b".into(), "b2".into()), ("c".into(), "c3".into())]);
+        assert_eq!(loaded.last_applied.map(|l| l.index), Some(3));
+    }
+
     /// A snapshot that does not decode is refused and leaves the state as it was.
     #[test]
     fn corrupt_snapshot_is_rejected_not_installed() {
