@@ -329,8 +329,11 @@ mod wal {
     }
 
     fn segments(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
         names.sort();
         names
     }
@@ -370,6 +373,38 @@ mod wal {
         assert_eq!(log.raw_meta("node_id").unwrap().as_deref(), Some(&b"7"[..]), "metadata outlives its segment");
         let purged: LogId = bincode::deserialize(&log.meta(LogMeta::LastPurged).unwrap().unwrap()).unwrap();
         assert_eq!(purged, upto);
+    }
+
+    /// The next segment is made ahead once the current one is half full, and a rotation
+    /// takes it; a spare left half made by a crash is made again, never read as a segment.
+    #[test]
+    fn the_next_segment_is_made_ahead_and_a_stale_spare_is_never_a_segment() {
+        let (_tmp, dir) = wal_dir();
+        let spare = dir.join("spare.wal.tmp");
+        {
+            let log = WalLog::open_with(&dir, 4096).unwrap();
+            append_n(&log, 8, 300);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < 4096 {
+                assert!(std::time::Instant::now() < deadline, "no spare made past half a segment");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let before = segments(&dir).len();
+            for i in 9..=16 {
+                log.append(vec![entry(1, i, &"v".repeat(300))]).unwrap();
+            }
+            assert!(segments(&dir).len() > before, "rotated: {:?}", segments(&dir));
+        }
+        std::fs::write(&spare, vec![0xa5u8; 100]).unwrap();
+        {
+            let log = WalLog::open_with(&dir, 4096).unwrap();
+            assert!(!spare.exists(), "a stale spare is removed at open");
+            for i in 17..=40 {
+                log.append(vec![entry(1, i, &"v".repeat(300))]).unwrap();
+            }
+        }
+        let log = WalLog::open_with(&dir, 4096).unwrap();
+        assert_eq!(indexes(&log), (1..=40).map(|i| (1, i)).collect::<Vec<_>>());
     }
 
     #[test]
