@@ -317,9 +317,9 @@ mod wal {
         (tmp, dir)
     }
 
-    /// Appends entries 1..=n of term 1, each its own batch, with values of `len` bytes.
-    fn append_n(log: &WalLog, n: u64, len: usize) {
-        for i in 1..=n {
+    /// Appends the entries at `indexes`, of term 1, each its own batch, with values of `len` bytes.
+    fn append_n(log: &WalLog, indexes: std::ops::RangeInclusive<u64>, len: usize) {
+        for i in indexes {
             log.append(vec![entry(1, i, &"v".repeat(len))]).unwrap();
         }
     }
@@ -354,7 +354,7 @@ mod wal {
         {
             let log = WalLog::open_with(&dir, 1024).unwrap();
             log.set_raw_meta("node_id", b"7").unwrap();
-            append_n(&log, 40, 100);
+            append_n(&log, 1..=40, 100);
             log.truncate_from(35).unwrap();
             log.append(vec![entry(2, 35, "new")]).unwrap();
             assert!(segments(&dir).len() > 4, "{:?}", segments(&dir));
@@ -383,25 +383,21 @@ mod wal {
         let spare = dir.join("spare.wal.tmp");
         {
             let log = WalLog::open_with(&dir, 4096).unwrap();
-            append_n(&log, 8, 300);
+            append_n(&log, 1..=8, 300);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < 4096 {
                 assert!(std::time::Instant::now() < deadline, "no spare made past half a segment");
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let before = segments(&dir).len();
-            for i in 9..=16 {
-                log.append(vec![entry(1, i, &"v".repeat(300))]).unwrap();
-            }
+            append_n(&log, 9..=16, 300);
             assert!(segments(&dir).len() > before, "rotated: {:?}", segments(&dir));
         }
         std::fs::write(&spare, vec![0xa5u8; 100]).unwrap();
         {
             let log = WalLog::open_with(&dir, 4096).unwrap();
             assert!(!spare.exists(), "a stale spare is removed at open");
-            for i in 17..=40 {
-                log.append(vec![entry(1, i, &"v".repeat(300))]).unwrap();
-            }
+            append_n(&log, 17..=40, 300);
         }
         let log = WalLog::open_with(&dir, 4096).unwrap();
         assert_eq!(indexes(&log), (1..=40).map(|i| (1, i)).collect::<Vec<_>>());
@@ -436,7 +432,7 @@ mod wal {
     fn a_bad_record_in_a_finished_segment_refuses_to_open() {
         let (_tmp, dir) = wal_dir();
         {
-            append_n(&WalLog::open_with(&dir, 512).unwrap(), 10, 200);
+            append_n(&WalLog::open_with(&dir, 512).unwrap(), 1..=10, 200);
         }
         let first = dir.join(format!("{:016x}.wal", 1));
         let mut data = std::fs::read(&first).unwrap();
@@ -453,7 +449,7 @@ mod wal {
         {
             let log = WalLog::open_with(&dir, 512).unwrap();
             log.set_raw_meta("vote", b"v1").unwrap();
-            append_n(&log, 6, 200);
+            append_n(&log, 1..=6, 200);
         }
         let mut names = segments(&dir);
         let next = u64::from_str_radix(names.pop().unwrap().trim_end_matches(".wal"), 16).unwrap() + 1;
