@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use statenode::config::Config;
 use statenode::io::{Clock, Disk, Io};
-use statenode::store::{MemLog, MemSmDisk};
+use statenode::store::{MemLog, MemSlot, SnapSm};
 use statenode::{Listeners, Node, Role};
 use statenode_client::{v1 as pb, Client, Options};
 use std::cell::RefCell;
@@ -148,7 +148,10 @@ type DiskSlot = Arc<Mutex<Option<Disk>>>;
 fn fresh_disk() -> Disk {
     // Each log batch takes 1 ms of simulated time, so a crash can land between an append and
     // its write — after the leader reported its own entries flushed (ADR 0012).
-    Disk { log: Arc::new(MemLog::with_write_latency(Duration::from_millis(1))), sm: Arc::new(MemSmDisk::default()) }
+    Disk {
+        log: Arc::new(MemLog::with_write_latency(Duration::from_millis(1))),
+        sm: Arc::new(SnapSm::new(MemSlot::default())),
+    }
 }
 
 fn add_node(sim: &mut turmoil::Sim<'_>, cfg: &SimConfig, i: usize, skew: Arc<AtomicI64>, disk: DiskSlot) {
@@ -535,17 +538,19 @@ impl Driver {
         self.pending.push((heal_at, Heal::BounceMany(back)));
     }
 
-    /// What a crashed node's disk keeps. The log's commit index may be older than the one
-    /// last saved (it rides with the next batch). Of the state-machine applies not synced
-    /// yet, a power loss keeps none and a process crash those its writer had written: half
-    /// the time none, else any part (each finds other bugs: a restart that must re-apply
-    /// the log; a node whose applies ran ahead of the commit index it finds).
+    /// What a crashed node's disk keeps: the log loses the batches it had not written yet,
+    /// and its commit index may be older than the one last saved (it rides with the next
+    /// batch). The state machine keeps only snapshots, each durable before the log behind it
+    /// is purged (ADR 0013): a restart applies the log after the snapshot again.
     fn lose_unsynced(&mut self, name: &str) {
-        let keep = if self.rng.gen_bool(0.5) { 0.0 } else { self.rng.gen_range(0.0..=1.0) };
+        // Drawn as when the state machine lost a part of its applies, so that each seed's
+        // faults stay where they were.
+        if !self.rng.gen_bool(0.5) {
+            self.rng.gen_range(0.0..=1.0f64);
+        }
         let i = self.names.iter().position(|n| n == name).expect("node");
         if let Some(d) = &*self.disks[i].lock().expect("disk slot") {
             d.log.lose_unsynced();
-            d.sm.lose_unsynced(keep);
         }
     }
 

@@ -47,19 +47,32 @@ pub enum SnapshotError {
 }
 
 pub fn encode(sm: &StateMachine) -> Vec<u8> {
-    let body = Body {
-        keys: sm.entries().map(|(k, e)| (k.clone(), e.clone())).collect(),
-        last_version: sm.last_version(),
-        clock_ms: sm.clock_ms(),
-        dedup: sm.dedup().clone(),
-        sessions: sm.sessions().map(|(c, r)| (c.clone(), r.clone())).collect(),
-        revision: sm.revision(),
-    };
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT.to_le_bytes());
-    bincode::serialize_into(&mut out, &body).expect("in-memory serialization cannot fail");
-    out
+    Capture::of(sm).encode()
+}
+
+/// The state to encode, copied cheaply (keys and values are shared, not copied): what a
+/// snapshot build takes under the state's lock, to encode after it lets go.
+pub struct Capture(Body);
+
+impl Capture {
+    pub fn of(sm: &StateMachine) -> Self {
+        Self(Body {
+            keys: sm.entries().map(|(k, e)| (k.clone(), e.clone())).collect(),
+            last_version: sm.last_version(),
+            clock_ms: sm.clock_ms(),
+            dedup: sm.dedup().clone(),
+            sessions: sm.sessions().map(|(c, r)| (c.clone(), r.clone())).collect(),
+            revision: sm.revision(),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT.to_le_bytes());
+        bincode::serialize_into(&mut out, &self.0).expect("in-memory serialization cannot fail");
+        out
+    }
 }
 
 /// Decodes a snapshot of the state after log index `index` (its revision is at least that).

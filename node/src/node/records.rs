@@ -6,7 +6,7 @@ use crate::io::Io;
 use crate::raft::membership::{Plan, Stored};
 use crate::raft::types::NodeId;
 use crate::store::backend::LogMeta;
-use crate::store::{LogBackend, MemLog, RedbLog, RedbSm, SmDisk, WalLog};
+use crate::store::{FileSlot, LogBackend, MemLog, RedbLog, RedbSm, SmDisk, SnapSm, WalLog};
 use anyhow::Context;
 use std::sync::Arc;
 
@@ -40,8 +40,12 @@ pub(super) fn open_disks(config: &Config, io: &Io) -> anyhow::Result<Disks> {
         old if old.exists() => Arc::new(RedbLog::open(&old).context("open raft.redb")?),
         _ => Arc::new(WalLog::open(&dir.join("raft.wal")).context("open the log in raft.wal")?),
     };
-    let sm = RedbSm::open(&dir.join("sm.redb")).context("open sm.redb")?;
-    Ok((log, Some(Arc::new(sm))))
+    // Likewise its state machine tables (ADR 0013: a new one keeps only snapshots).
+    let sm: Arc<dyn SmDisk> = match dir.join("sm.redb") {
+        old if old.exists() => Arc::new(RedbSm::open(&old).context("open sm.redb")?),
+        _ => Arc::new(SnapSm::new(FileSlot::open(&dir.join("sm.snap")).context("open sm.snap")?)),
+    };
+    Ok((log, Some(sm)))
 }
 
 fn decode_id(b: &[u8]) -> anyhow::Result<NodeId> {

@@ -1,6 +1,6 @@
-//! Log and state-machine storage: segment files for the log and redb for the state machine
-//! on disk (redb for the log of a data dir made before the segment log), with an in-memory
-//! twin of each.
+//! Log and state-machine storage: segment files for the log and the state machine's latest
+//! snapshot on disk (redb for either in a data dir made before them), with an in-memory twin
+//! of each.
 //! Both pass openraft's storage suite (see `tests.rs`).
 
 pub mod backend;
@@ -11,6 +11,7 @@ pub mod redb_sm;
 pub mod sm;
 pub mod sm_disk;
 mod sm_writer;
+pub mod snap_sm;
 pub mod wal;
 mod worker;
 
@@ -23,5 +24,6 @@ pub use log::LogStore;
 pub use redb_log::RedbLog;
 pub use redb_sm::RedbSm;
 pub use sm::SmStore;
-pub use sm_disk::{MemSmDisk, SmDisk};
+pub use sm_disk::SmDisk;
+pub use snap_sm::{FileSlot, MemSlot, SnapSm};
 pub use wal::WalLog;

@@ -26,6 +26,8 @@ pub struct SmState {
 struct Shared {
     state: RwLock<SmState>,
     disk: Option<SmWriter>,
+    /// Whether each apply batch's changes go to the disk (`SmDisk::keeps_applies`).
+    persist_applies: bool,
     hub: Arc<EventHub>,
     /// The revision applied so far, for callers that must read their own write here.
     revision: watch::Sender<u64>,
@@ -84,10 +86,12 @@ impl SmStore {
             snapshot: l.snapshot,
             snapshot_seq: 0,
         };
+        let persist_applies = disk.as_ref().is_some_and(|d| d.keeps_applies());
         let disk = disk.map(SmWriter::new);
         let revision = watch::Sender::new(state.kv.revision());
         let log = OnceLock::new();
-        Self { shared: Arc::new(Shared { state: RwLock::new(state), disk, hub, revision, log }) }
+        let shared = Shared { state: RwLock::new(state), disk, persist_applies, hub, revision, log };
+        Self { shared: Arc::new(shared) }
     }
 
     /// Applies an entry only once `log` has it on disk (the first call counts).
@@ -145,7 +149,7 @@ impl SmStore {
         self.shared.revision.send_replace(st.kv.revision());
         let dirty = st.kv.take_dirty();
         let sessions: Vec<String> = dirty.sessions.iter().cloned().collect();
-        let changes = self.shared.disk.as_ref().map(|_| Changes {
+        let changes = self.shared.persist_applies.then(|| Changes {
             keys: dirty
                 .keys
                 .into_iter()
@@ -175,9 +179,10 @@ struct Applied {
 
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = {
+        // Under the lock only what is cheap: a copy of the state sharing its values. Encoding
+        // it there held every apply and read for 70–145 ms at 10,000 keys (a p99 tail).
+        let (state, meta) = {
             let mut st = self.shared.state.write().expect("poisoned");
-            let data = snapshot::encode(&st.kv);
             st.snapshot_seq += 1;
             let snapshot_id = match st.last_applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, st.snapshot_seq),
@@ -185,14 +190,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
             };
             let meta =
                 SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone(), snapshot_id };
-            if is_newer(&meta, st.snapshot.as_ref().map(|(m, _)| m)) {
-                st.snapshot = Some((meta.clone(), data.clone()));
-            }
-            (meta, data)
+            (snapshot::Capture::of(&st.kv), meta)
         };
-        if let Some(disk) = &self.shared.disk {
-            let (m, d) = (meta.clone(), data.clone());
-            disk.run(move |disk| disk.save_snapshot(&m, &d)).await.map_err(sm_err(ErrorVerb::Write))?;
+        let data = match &self.shared.disk {
+            // Encoded on the disk's thread: 12 MB took 100 ms here, too long to hold a
+            // runtime worker.
+            Some(disk) => {
+                let m = meta.clone();
+                let keep = move |disk: &dyn SmDisk| {
+                    let data = state.encode();
+                    disk.save_snapshot(&m, &data).map(|()| data)
+                };
+                disk.run(keep).await.map_err(sm_err(ErrorVerb::Write))?
+            }
+            None => state.encode(),
+        };
+        let mut st = self.shared.state.write().expect("poisoned");
+        if is_newer(&meta, st.snapshot.as_ref().map(|(m, _)| m)) {
+            st.snapshot = Some((meta.clone(), data.clone()));
         }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }

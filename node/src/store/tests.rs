@@ -39,9 +39,27 @@ impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for WalBuild
     }
 }
 
+/// What a data dir made now holds: segment files and the state machine's snapshot file.
+struct SnapBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for SnapBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, SmStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = WalLog::open_with(&dir.path().join("raft.wal"), 2048).expect("raft.wal");
+        let sm = SnapSm::new(FileSlot::open(&dir.path().join("sm.snap")).expect("sm.snap"));
+        let hub = Arc::new(EventHub::new(64, 1));
+        Ok((dir, LogStore::new(Arc::new(log), 1).expect("open"), SmStore::disk(Arc::new(sm), hub).expect("load")))
+    }
+}
+
 #[test]
 fn wal_store_passes_openraft_suite() {
     Suite::test_all(WalBuilder).unwrap();
+}
+
+#[test]
+fn snapshot_file_store_passes_openraft_suite() {
+    Suite::test_all(SnapBuilder).unwrap();
 }
 
 #[test]
@@ -108,6 +126,43 @@ mod restart {
         assert_eq!((session.owner.map(|o| o.boot), session.expiry_s), (Some(7), 60));
         let snap = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(8));
+    }
+
+    /// A data dir made now keeps the state machine as its last snapshot alone (ADR 0013):
+    /// after a restart the state is the snapshot's, and the log after it (still there: the
+    /// log is purged only behind a durable snapshot) brings back the rest when applied again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_file_state_comes_back_from_the_snapshot_and_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let log = WalLog::open_with(&dir.path().join("raft.wal"), 2048).unwrap();
+            let sm = SnapSm::new(FileSlot::open(&dir.path().join("sm.snap")).unwrap());
+            let hub = Arc::new(EventHub::new(64, 1));
+            (LogStore::new(Arc::new(log), 1).unwrap(), SmStore::disk(Arc::new(sm), hub).unwrap())
+        };
+        {
+            let (mut log, mut sm) = open();
+            log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+            log.blocking_append((1..=10).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
+            sm.apply((1..=6).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+            sm.apply((7..=10).map(|i| entry(i, &format!("k{i}")))).await.unwrap();
+            assert!(sm.read().kv.get(b"k10", 0).is_some());
+        }
+        let (mut log, mut sm) = open();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(6), "the snapshot's point");
+        assert!(sm.read().kv.get(b"k6", 0).is_some() && sm.read().kv.get(b"k7", 0).is_none());
+        let snap = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(6));
+        // What openraft does next: apply the log after the snapshot again.
+        let rest = log.try_get_log_entries(7..=10).await.unwrap();
+        assert_eq!(rest.len(), 4, "the log behind the snapshot's point is still there");
+        sm.apply(rest).await.unwrap();
+        assert!(sm.read().kv.get(b"k10", 0).is_some());
+        assert_eq!(sm.read().kv.revision(), 10);
+        assert!(!dir.path().join("sm.redb").exists());
     }
 
     /// Batches persisted together keep only each key's last change (one insert per key):
@@ -181,7 +236,7 @@ mod restart {
 
     /// A disk that refuses every write after the first `ok` ones (a crash mid-way).
     struct CrashAfter {
-        inner: MemSmDisk,
+        inner: RedbSm,
         ok: std::sync::atomic::AtomicUsize,
     }
 
@@ -224,7 +279,8 @@ mod restart {
     /// snapshot, and rewrites the tables from it so that what it dropped stays gone.
     #[tokio::test]
     async fn a_snapshot_newer_than_the_tables_wins_at_restart() {
-        let disk = Arc::new(MemSmDisk::default());
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(RedbSm::open(&dir.path().join("sm.redb")).unwrap());
         let mut sm = SmStore::disk(disk.clone(), Arc::new(EventHub::new(64, 1))).unwrap();
         sm.apply([entry(1, "stale")]).await.unwrap();
         drop(sm);
@@ -245,7 +301,9 @@ mod restart {
     /// transactions, and a crash between them kept a snapshot older than the purge point).
     #[tokio::test]
     async fn snapshot_install_is_one_durable_step() {
-        let disk = Arc::new(CrashAfter { inner: MemSmDisk::default(), ok: 1.into() });
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbSm::open(&dir.path().join("sm.redb")).unwrap();
+        let disk = Arc::new(CrashAfter { inner, ok: 1.into() });
         let mut sm = SmStore::disk(disk.clone(), Arc::new(EventHub::new(64, 1))).unwrap();
         let mut source = crate::kv::StateMachine::default();
         source.apply(7, &Command { client: None, now_ms: 1, op: entry_op("installed") });
@@ -269,20 +327,29 @@ mod restart {
     }
 
     /// A build that finishes writing after a newer install never replaces the newer snapshot
-    /// (item 8 of issue 8), on both disks.
+    /// (item 8 of issue 8), on every disk.
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let disks: Vec<Arc<dyn SmDisk>> =
-            vec![Arc::new(MemSmDisk::default()), Arc::new(RedbSm::open(&dir.path().join("sm.redb")).unwrap())];
+        let disks: Vec<Arc<dyn SmDisk>> = vec![
+            Arc::new(SnapSm::new(MemSlot::default())),
+            Arc::new(SnapSm::new(FileSlot::open(&dir.path().join("sm.snap")).unwrap())),
+            Arc::new(RedbSm::open(&dir.path().join("sm.redb")).unwrap()),
+        ];
+        let state = |index, key| {
+            let mut sm = crate::kv::StateMachine::default();
+            sm.apply(index, &Command { client: None, now_ms: 1, op: entry_op(key) });
+            let data = crate::kv::snapshot::encode(&sm);
+            (sm, data)
+        };
+        let ((ten, ten_data), (_, five), (_, twelve)) = (state(10, "ten"), state(5, "five"), state(12, "twelve"));
         for disk in disks {
-            let sm = crate::kv::StateMachine::default();
-            disk.install(&sm, &snap_meta(10), b"ten").unwrap();
-            disk.save_snapshot(&snap_meta(5), b"five").unwrap();
+            disk.install(&ten, &snap_meta(10), &ten_data).unwrap();
+            disk.save_snapshot(&snap_meta(5), &five).unwrap();
             let (meta, data) = disk.load().unwrap().snapshot.expect("a snapshot");
-            assert_eq!((meta.last_log_id.map(|l| l.index), data.as_slice()), (Some(10), &b"ten"[..]));
-            disk.save_snapshot(&snap_meta(12), b"twelve").unwrap();
-            assert_eq!(disk.load().unwrap().snapshot.unwrap().1, b"twelve");
+            assert_eq!((meta.last_log_id.map(|l| l.index), &data), (Some(10), &ten_data));
+            disk.save_snapshot(&snap_meta(12), &twelve).unwrap();
+            assert_eq!(disk.load().unwrap().snapshot.unwrap().1, twelve);
         }
     }
 }
