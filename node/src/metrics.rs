@@ -47,7 +47,7 @@ impl Stat {
 /// process share it).
 static DISK_COMMITS: Mutex<BTreeMap<&'static str, Stat>> = Mutex::new(BTreeMap::new());
 
-/// Records one durable commit of `file` (`raft.redb`, `sm.redb`).
+/// Records one durable commit of `file` (`raft.wal`, `sm.snap`; `raft.redb`, `sm.redb`).
 pub fn disk_commit(file: &'static str, took: Duration) {
     DISK_COMMITS.lock().expect("poisoned").entry(file).or_default().observe(took);
 }
