@@ -15,7 +15,8 @@
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
 use crate::kv::{snapshot, StateMachine};
 use crate::raft::types::{SnapshotMeta, StoredMembership};
-use std::io::{self, Write};
+use super::wal::write_synced;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -65,7 +66,7 @@ impl Slot for FileSlot {
         let took = Instant::now();
         let tmp = self.tmp();
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        write_synced(&mut f, bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {

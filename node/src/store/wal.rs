@@ -201,11 +201,23 @@ fn zero_file(path: &Path, size: u64) -> io::Result<File> {
     let mut left = size;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])?;
+        write_synced(&mut file, &zeros[..n])?;
         left -= n as u64;
     }
     file.sync_all()?;
     Ok(file)
+}
+
+/// Writes `bytes` a MiB at a time, each on disk before the next. One large write synced at
+/// the end put all of it ahead of the log's own small syncs in the disk's queue: a 32 MiB
+/// segment made ahead, or a 12 MB snapshot, held the log's fsyncs for 100–400 ms (the p99
+/// of puts at 64 clients). A MiB holds them a few ms at most.
+pub(super) fn write_synced(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    for chunk in bytes.chunks(1 << 20) {
+        file.write_all(chunk)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Makes segment `seq`, zero-filled, holding `head` at its start; durable when it returns.
