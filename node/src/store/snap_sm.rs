@@ -13,9 +13,9 @@
 //! new one is written beside it, synced, renamed over it, and the directory synced.
 
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
+use super::wal::write_synced;
 use crate::kv::{snapshot, StateMachine};
 use crate::raft::types::{SnapshotMeta, StoredMembership};
-use super::wal::write_synced;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
