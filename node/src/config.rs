@@ -237,7 +237,10 @@ impl Default for RaftTuning {
             heartbeat_ms: 100,
             election_min_ms: 400,
             election_max_ms: 800,
-            snapshot_threshold: 5000,
+            // A snapshot encodes and writes the whole state on every node at once (ADR
+            // 0013): every 5,000 entries it put the p99 of puts at 64 clients at 90–100 ms
+            // (12 MB here), every 20,000 at 10–17 ms. etcd 3.4 snapshots every 100,000.
+            snapshot_threshold: 20_000,
             keep_after_snapshot: 1000,
             ttl_reap_ms: 250,
             snapshot_chunk_bytes: 1024 * 1024,
