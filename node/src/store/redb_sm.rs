@@ -1,4 +1,5 @@
 //! The state machine in `sm.redb`: keys, dedup windows and metadata, written per apply batch.
+//! Kept for a data dir made before ADR 0013; a new one keeps only snapshots (`snap_sm.rs`).
 
 use super::redb_db::{self, dec, enc, DbResult};
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
