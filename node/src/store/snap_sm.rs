@@ -13,7 +13,7 @@
 //! new one is written beside it, synced, renamed over it, and the directory synced.
 
 use super::sm_disk::{is_newer, Changes, Loaded, SmDisk};
-use super::wal::write_synced;
+use super::wal::{sync_dir, write_synced};
 use crate::kv::{snapshot, StateMachine};
 use crate::raft::types::{SnapshotMeta, StoredMembership};
 use std::io;
@@ -70,7 +70,7 @@ impl Slot for FileSlot {
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+            sync_dir(dir)?;
         }
         crate::metrics::disk_commit("sm.snap", took.elapsed());
         Ok(())
