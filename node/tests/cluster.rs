@@ -38,6 +38,16 @@ impl Cluster {
 
     /// `start`, with `edit` applied to every node's config.
     async fn start_with(n: u64, snapshot_threshold: u64, edit: impl Fn(&mut Config)) -> Cluster {
+        Self::start_io(n, snapshot_threshold, edit, |_| Io::real()).await
+    }
+
+    /// `start_with`, node `i` running on `io(i)`.
+    async fn start_io(
+        n: u64,
+        snapshot_threshold: u64,
+        edit: impl Fn(&mut Config),
+        io: impl Fn(usize) -> Io,
+    ) -> Cluster {
         let mut bound = Vec::new();
         for _ in 0..n {
             bound.push(bind().await);
@@ -52,7 +62,7 @@ impl Cluster {
             c.peers = peers.clone();
             edit(&mut c);
             // Together: each waits for the others to answer before bootstrapping.
-            starts.push(Node::start(c, l, Role::Serve, Io::real()));
+            starts.push(Node::start(c, l, Role::Serve, io(i)));
             dirs.push(dir);
         }
         let nodes = futures::future::join_all(starts).await.into_iter().map(|n| n.unwrap()).collect();
@@ -256,6 +266,48 @@ async fn a_write_retried_after_the_leader_stopped_applies_once() {
         }
     }
     assert!(false_conflicts.is_empty(), "writes that applied but reported a conflict: {false_conflicts:?}");
+    c.stop().await;
+}
+
+/// A write that carries no reference gets one of its node's own, with the time that node
+/// stops retrying it; the state machine keeps its result only that long (plus a grace) and
+/// refuses it after. A node whose clock is a minute behind the leader's thus has such writes
+/// refused with a timeout, and none applies; callers' own references are not bound to a
+/// deadline, and a caller may not pass off a reference as a node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_nodes_deadline_is_refused_not_applied() {
+    use statenode::kv::ClientRef;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let lag: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let clocks = lag.clone();
+    let c = Cluster::start_io(
+        3,
+        5000,
+        |_| {},
+        |i| {
+            let (lag, real) = (clocks[i].clone(), statenode::io::system_clock());
+            Io { clock: Arc::new(move || real() - lag.load(Ordering::Relaxed)), ..Io::real() }
+        },
+    )
+    .await;
+    let f = c.follower().await;
+    let handle = c.handle(f);
+    handle.put(put("before", "v"), None).await.expect("clocks agree: it applies");
+
+    lag[f].store(60_000, Ordering::Relaxed);
+    let err = handle.put(put("late", "v"), None).await.expect_err("refused");
+    assert!(matches!(err, statenode::Error::Timeout(_)) && err.to_string().contains("past its deadline"), "{err}");
+    assert!(handle.get(b"late", Consistency::Linearizable).await.unwrap().is_none(), "nothing applied");
+    let caller = ClientRef { client_id: 77, seq: 1 };
+    handle.put(put("caller", "v"), Some(caller)).await.expect("a caller's reference has no deadline");
+    let forged = ClientRef { client_id: 77, seq: ClientRef::OWN | 2 };
+    let err = handle.put(put("forged", "v"), Some(forged)).await.expect_err("refused");
+    assert!(matches!(err, statenode::Error::InvalidArgument(_)), "{err}");
+
+    lag[f].store(0, Ordering::Relaxed);
+    handle.put(put("after", "v"), None).await.expect("clocks agree again");
     c.stop().await;
 }
 

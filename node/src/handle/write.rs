@@ -14,7 +14,9 @@ use crate::raft::peer::{unexpected, PeerReply, PeerRequest};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// This node's own client ids: a random base, a new id every `EPOCH` writes (so one id's
-/// results never overflow the dedup window however many writes are in flight).
+/// results never overflow the dedup window however many writes are in flight). Each
+/// reference carries the time this node stops retrying its write, which is how long the
+/// state machine keeps its result (`kv::dedup`).
 pub(super) struct OwnRefs {
     base: u64,
     next: AtomicU64,
@@ -27,9 +29,9 @@ impl OwnRefs {
         Self { base: rand::Rng::gen(&mut crate::raft::rt::rng()), next: AtomicU64::new(0) }
     }
 
-    fn next(&self) -> ClientRef {
+    fn next(&self, deadline_ms: u64) -> ClientRef {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        ClientRef { client_id: self.base.wrapping_add(n / Self::EPOCH), seq: n % Self::EPOCH + 1 }
+        ClientRef::own(self.base.wrapping_add(n / Self::EPOCH), deadline_ms, n % Self::EPOCH)
     }
 }
 
@@ -103,10 +105,25 @@ impl NodeHandle {
     /// retry after an unknown outcome is answered from the dedup table, never applied twice.
     async fn write(&self, op: Op, client: Option<ClientRef>) -> Result<CommandResult> {
         self.check_caller(&op)?;
-        let client = client.or_else(|| (!matches!(op, Op::Expire)).then(|| self.inner.own_refs.next()));
+        if client.is_some_and(|c| c.own_deadline().is_some()) {
+            return Err(Error::invalid("a client seq must be below 2^63 (the top bit marks a node's own writes)"));
+        }
+        let own = client.is_none() && !matches!(op, Op::Expire);
+        // `route` stops retrying after the same timeout.
+        let deadline_ms = self.now_ms().saturating_add(self.inner.limits.request_timeout.as_millis() as u64);
+        let client = client.or_else(|| own.then(|| self.inner.own_refs.next(deadline_ms)));
         // `now_ms` is stamped by the leader that proposes it (`route.rs`, `serve`).
         let cmd = Command { client, now_ms: 0, op };
         match self.route(PeerRequest::Write(cmd)).await? {
+            // Our own reference reached the log past its deadline (or a retry of it found its
+            // result forgotten): the caller gets what a timeout tells, an unknown outcome.
+            PeerReply::Write(r) if own && r.outcome == Outcome::Op(OpResult::Rejected(Rejection::DuplicateUnknown)) => {
+                Err(Error::Timeout(
+                    "the write reached the leader past its deadline and was refused, or an earlier attempt applied; \
+                     if this persists, check that this node's clock agrees with the leader's"
+                        .into(),
+                ))
+            }
             PeerReply::Write(r) => Ok(r),
             other => Err(unexpected(other)),
         }

@@ -13,6 +13,24 @@ pub struct ClientRef {
     pub seq: u64,
 }
 
+impl ClientRef {
+    /// The top bit of `seq` marks a node's own reference (a write whose caller gave none);
+    /// callers' own references never set it (`NodeHandle::write` refuses them).
+    pub const OWN: u64 = 1 << 63;
+
+    /// A node's own reference: `nth` (below 16) of the writes it sends under `client_id`,
+    /// which the node stops retrying at `deadline_ms` (its wall clock).
+    pub fn own(client_id: u64, deadline_ms: u64, nth: u64) -> Self {
+        debug_assert!(nth < 16 && deadline_ms < 1 << 59);
+        Self { client_id, seq: Self::OWN | deadline_ms << 4 | nth }
+    }
+
+    /// The deadline of a node's own reference; `None` for a caller's.
+    pub fn own_deadline(&self) -> Option<u64> {
+        (self.seq & Self::OWN != 0).then_some((self.seq & !Self::OWN) >> 4)
+    }
+}
+
 /// One log entry's worth of work. Everything `apply` needs is decided by the proposer,
 /// so every replica computes the same result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

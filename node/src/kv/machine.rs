@@ -111,7 +111,7 @@ impl StateMachine {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         let now_ms = self.clock_ms;
         if let Some(client) = cmd.client {
-            match self.dedup.check(client) {
+            match self.dedup.check(client, now_ms) {
                 Seen::Applied(r) => return (r.clone(), events),
                 Seen::Forgotten => {
                     let outcome = Outcome::Op(OpResult::Rejected(Rejection::DuplicateUnknown));
@@ -208,9 +208,10 @@ impl StateMachine {
         last_version: Hlc,
         clock_ms: u64,
         revision: u64,
-        dedup: DedupTable,
+        mut dedup: DedupTable,
         sessions: impl IntoIterator<Item = (String, SessionRecord)>,
     ) -> Self {
+        dedup.index_own();
         let keys: BTreeMap<Bytes, Entry> = keys.into_iter().collect();
         let expiry = keys.iter().filter_map(|(k, e)| e.expires_at_ms.map(|t| (t, k.clone()))).collect();
         let sessions: BTreeMap<String, SessionRecord> = sessions.into_iter().collect();
