@@ -71,6 +71,7 @@ type Labels = (&'static str, String, String);
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Stat>>,
     leader_changes: AtomicU64,
+    late_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -81,6 +82,15 @@ impl Metrics {
 
     pub fn leader_changed(&self) {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One of this node's own writes was refused as past its deadline (ADR 0014).
+    pub fn late_write(&self) {
+        self.late_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn late_writes(&self) -> u64 {
+        self.late_writes.load(Ordering::Relaxed)
     }
 
     /// The text exposition format; `snapshot_bytes` is the size of the snapshot this node
@@ -128,6 +138,11 @@ impl Metrics {
         }
         let counters = [
             ("raft_leader_changes_total", "Leader changes this node saw.", &self.leader_changes),
+            (
+                "late_writes_total",
+                "Writes this node sent that the leader refused as past their deadline (is this node's clock behind?).",
+                &self.late_writes,
+            ),
             ("proposals_total", "Log entries proposed for client commands.", &PROPOSALS),
             ("proposed_commands_total", "Client commands those entries carried.", &PROPOSED_COMMANDS),
         ];

@@ -300,6 +300,7 @@ async fn a_write_past_its_nodes_deadline_is_refused_not_applied() {
     let err = handle.put(put("late", "v"), None).await.expect_err("refused");
     assert!(matches!(err, statenode::Error::Timeout(_)) && err.to_string().contains("past its deadline"), "{err}");
     assert!(handle.get(b"late", Consistency::Linearizable).await.unwrap().is_none(), "nothing applied");
+    assert_eq!(handle.metrics().late_writes(), 1, "counted in statenode_late_writes_total");
     let caller = ClientRef { client_id: 77, seq: 1 };
     handle.put(put("caller", "v"), Some(caller)).await.expect("a caller's reference has no deadline");
     let forged = ClientRef { client_id: 77, seq: ClientRef::OWN | 2 };

@@ -118,6 +118,7 @@ impl NodeHandle {
             // Our own reference reached the log past its deadline (or a retry of it found its
             // result forgotten): the caller gets what a timeout tells, an unknown outcome.
             PeerReply::Write(r) if own && r.outcome == Outcome::Op(OpResult::Rejected(Rejection::DuplicateUnknown)) => {
+                self.inner.metrics.late_write();
                 Err(Error::Timeout(
                     "the write reached the leader past its deadline and was refused, or an earlier attempt applied; \
                      if this persists, check that this node's clock agrees with the leader's"
