@@ -109,9 +109,13 @@ impl NodeHandle {
             return Err(Error::invalid("a client seq must be below 2^63 (the top bit marks a node's own writes)"));
         }
         let own = client.is_none() && !matches!(op, Op::Expire);
-        // `route` stops retrying after the same timeout.
-        let deadline_ms = self.now_ms().saturating_add(self.inner.limits.request_timeout.as_millis() as u64);
-        let client = client.or_else(|| own.then(|| self.inner.own_refs.next(deadline_ms)));
+        let client = client.or_else(|| {
+            own.then(|| {
+                // `route` stops retrying after the same timeout.
+                let timeout_ms = self.inner.limits.request_timeout.as_millis() as u64;
+                self.inner.own_refs.next(self.now_ms().saturating_add(timeout_ms))
+            })
+        });
         // `now_ms` is stamped by the leader that proposes it (`route.rs`, `serve`).
         let cmd = Command { client, now_ms: 0, op };
         match self.route(PeerRequest::Write(cmd)).await? {
