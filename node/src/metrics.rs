@@ -72,6 +72,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Stat>>,
     leader_changes: AtomicU64,
     late_writes: AtomicU64,
+    appends_sent: AtomicU64,
+    commits_folded: AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +93,21 @@ impl Metrics {
 
     pub fn late_writes(&self) -> u64 {
         self.late_writes.load(Ordering::Relaxed)
+    }
+
+    /// This node sent one AppendEntries (as leader: entries, heartbeats, read rounds).
+    pub fn append_sent(&self) {
+        self.appends_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A commit-only AppendEntries was folded into the next message (ADR 0015).
+    pub fn commit_folded(&self) {
+        self.commits_folded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(sent, folded)` AppendEntries so far.
+    pub fn appends(&self) -> (u64, u64) {
+        (self.appends_sent.load(Ordering::Relaxed), self.commits_folded.load(Ordering::Relaxed))
     }
 
     /// The text exposition format; `snapshot_bytes` is the size of the snapshot this node
@@ -142,6 +159,12 @@ impl Metrics {
                 "late_writes_total",
                 "Writes this node sent that the leader refused as past their deadline (is this node's clock behind?).",
                 &self.late_writes,
+            ),
+            ("raft_appends_sent_total", "AppendEntries messages this node sent.", &self.appends_sent),
+            (
+                "raft_commits_folded_total",
+                "Commit-only AppendEntries this node folded into the next message to a follower.",
+                &self.commits_folded,
             ),
             ("proposals_total", "Log entries proposed for client commands.", &PROPOSALS),
             ("proposed_commands_total", "Client commands those entries carried.", &PROPOSED_COMMANDS),

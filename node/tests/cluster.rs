@@ -312,6 +312,49 @@ async fn a_write_past_its_nodes_deadline_is_refused_not_applied() {
     c.stop().await;
 }
 
+/// A commit index rides the leader's next AppendEntries to a follower instead of a message
+/// of its own (ADR 0015), and an idle follower still learns it at once, not at the next
+/// heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_rides_the_next_append_and_an_idle_follower_learns_it_at_once() {
+    let c = Cluster::start_with(3, 5000, |c| {
+        c.raft.heartbeat_ms = 1000;
+        c.raft.election_min_ms = 2000;
+        c.raft.election_max_ms = 2500;
+    })
+    .await;
+    let leader = c.wait_leader().await;
+    let l = (0..3).find(|i| c.handle(*i).id() == leader).unwrap();
+    let h = c.handle(l);
+    h.put(put("warm", "v"), None).await.unwrap();
+
+    let (sent0, folded0) = h.metrics().appends();
+    let n = 200;
+    for i in 0..n {
+        h.put(put(&format!("k{i}"), "v"), None).await.unwrap();
+    }
+    let (sent, folded) = h.metrics().appends();
+    let (sent, folded) = ((sent - sent0) as f64 / n as f64, (folded - folded0) as f64 / n as f64);
+    // Two followers: one message each per write; four when each commit went on its own.
+    assert!(sent < 3.0, "{sent:.2} AppendEntries per write ({folded:.2} folded)");
+    assert!(folded > 1.0, "{folded:.2} commits folded per write");
+
+    for i in 0..5 {
+        let key = format!("idle{i}");
+        h.put(put(&key, "v"), None).await.unwrap();
+        let at = tokio::time::Instant::now();
+        for f in (0..3).filter(|f| *f != l) {
+            while c.handle(f).get(key.as_bytes(), Consistency::Stale).await.unwrap().is_none() {
+                assert!(at.elapsed() < Duration::from_millis(300), "follower {f} waited for a heartbeat");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Idle: no write follows for longer than the folded commit's wait.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop().await;
+}
+
 /// With a cluster secret, members work as before and an outsider that reaches the peer port
 /// can neither write through `Forward` nor ask anything; the right secret is let in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,9 +62,9 @@ impl NodeHandle {
         limits: Limits,
         me: NodeInfo,
         clock: Clock,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let (metrics, own_refs, expiring, mailbox) =
-            (Arc::default(), OwnRefs::new(), Default::default(), Default::default());
+        let (own_refs, expiring, mailbox) = (OwnRefs::new(), Default::default(), Default::default());
         let inner = Inner { consensus, sm, peers, limits, me, clock, metrics, own_refs, expiring, mailbox };
         Self { inner: Arc::new(inner), caller: Caller::Root }
     }

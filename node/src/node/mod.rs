@@ -264,10 +264,12 @@ impl Boot {
         };
         let log = LogStore::new(self.log.clone(), id)?;
         sm.apply_after(log.synced());
-        let network = Network { channels: self.channels.clone(), ident: self.ident.clone(), synced: log.synced() };
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (channels, ident, synced) = (self.channels.clone(), self.ident.clone(), log.synced());
+        let network = Network { channels, ident, synced, metrics: metrics.clone() };
         let consensus = Arc::new(Consensus::start(id, &self.config, network, log, sm.clone()).await?);
         let (peers, limits, clock) = (self.channels.clone(), self.config.limits.clone(), self.io.clock.clone());
-        let handle = NodeHandle::new(consensus.clone(), sm, peers, limits, self.me.clone(), clock);
+        let handle = NodeHandle::new(consensus.clone(), sm, peers, limits, self.me.clone(), clock, metrics);
         let _ = self.started.set(Running::new(&consensus, Arc::new(handle.clone())));
         Ok((handle, consensus))
     }
