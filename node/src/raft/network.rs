@@ -124,7 +124,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// How long a commit-only AppendEntries waits for a message to ride on before it goes on
 /// its own (ADR 0015).
-pub const COMMIT_DELAY: Duration = Duration::from_millis(5);
+const COMMIT_DELAY: Duration = Duration::from_millis(5);
 /// A client whose entries a follower took this recently may fold a commit-only message.
 const FRESH: Duration = Duration::from_millis(50);
 
@@ -204,9 +204,7 @@ impl Link {
             decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
 
-impl Link {
     /// Sends one AppendEntries and notes what the follower took.
     async fn append(
         &self,
