@@ -260,26 +260,22 @@ impl Link {
     /// newer term reaches openraft through that one.
     async fn courier(self: Arc<Self>, ttl: Duration) {
         loop {
-            let due = {
+            let (due, req) = {
                 let mut s = self.stream.lock().expect("poisoned");
-                match &s.folded {
+                let due = match &s.folded {
                     Some((_, at, sent)) if *sent == s.sent => *at + COMMIT_DELAY,
                     _ => {
                         (s.folded, s.courier) = (None, false);
                         return;
                     }
-                }
+                };
+                let req = if due <= Instant::now() { s.folded.take().map(|(req, ..)| req) } else { None };
+                (due, req)
             };
-            tokio::time::sleep_until(due).await;
-            let req = {
-                let mut s = self.stream.lock().expect("poisoned");
-                let (now, latest) = (Instant::now(), s.sent);
-                match s.folded.take_if(|(_, at, sent)| *sent == latest && *at + COMMIT_DELAY <= now) {
-                    Some((req, ..)) => req,
-                    None => continue,
-                }
-            };
-            let _ = self.append(req, ttl).await;
+            match req {
+                Some(req) => drop(self.append(req, ttl).await),
+                None => tokio::time::sleep_until(due).await,
+            }
         }
     }
 }

@@ -52,8 +52,7 @@ impl Proposer {
         // A free slot means no proposal is in flight and none waits (the semaphore is fair):
         // the command goes alone at once, from the caller's task, without two hand-offs.
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            crate::metrics::proposed(1);
-            let r = write(&self.raft, cmd, timeout).await;
+            let r = propose_alone(&self.raft, cmd, timeout).await;
             drop(slot);
             return r;
         }
@@ -107,13 +106,19 @@ async fn run(
     }
 }
 
+/// Proposes one command as an entry of its own.
+async fn propose_alone(raft: &Raft, cmd: Command, timeout: Duration) -> Result<CommandResult, Fail> {
+    crate::metrics::proposed(1);
+    write(raft, cmd, timeout).await
+}
+
 async fn propose(raft: &Raft, mut group: Vec<(Command, Reply)>, timeout: Duration) {
-    crate::metrics::proposed(group.len());
     if group.len() == 1 {
         let (cmd, reply) = group.pop().expect("one");
-        let _ = reply.send(write(raft, cmd, timeout).await);
+        let _ = reply.send(propose_alone(raft, cmd, timeout).await);
         return;
     }
+    crate::metrics::proposed(group.len());
     let (cmds, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
     let now_ms = cmds.iter().map(|c| c.now_ms).max().unwrap_or(0);
     let n = cmds.len();
